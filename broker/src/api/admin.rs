@@ -1,0 +1,365 @@
+//! The `Admin` gRPC service: identities and join tokens. Every call needs
+//! the admin client certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use credbroker_proto::v1::admin_server::Admin;
+use credbroker_proto::v1::{
+    self as pb, ChangeIdentityRequest, CreateIdentityRequest, CreateJoinTokenRequest,
+    CreateJoinTokenResponse, IdentityRef, ListIdentitiesRequest, ListIdentitiesResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::peer::{Caller, authenticate};
+use super::status;
+use crate::attest::JoinToken;
+use crate::audit::AuditRecord;
+use crate::broker::Broker;
+use crate::model::{EnvName, IdentityKey, IdentityName, IdentityStatus, unix_now};
+use crate::policy::{IdentityRequest, IdentityView, PolicyError, validate_new_identity};
+
+/// Most uses one join token may carry.
+const MAX_JOIN_TOKEN_USES: u32 = 1000;
+
+/// Implements `credbroker.v1.Admin`.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    broker: Arc<Broker>,
+}
+
+impl AdminService {
+    /// A service over `broker`.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+
+    fn require_admin<T>(
+        &self,
+        request: &Request<T>,
+        audit: &mut AuditRecord,
+    ) -> Result<(), Status> {
+        let caller = authenticate(request, &self.broker.keys, unix_now());
+        let caller = match caller {
+            Ok(c) => c,
+            Err(e) => {
+                audit.denied(&status::reason(&e));
+                return Err(e);
+            }
+        };
+        audit.actor = Some(caller.actor());
+        let refusal = match caller {
+            Caller::Admin => return Ok(()),
+            Caller::Anonymous => {
+                Status::unauthenticated("admin calls need the admin client certificate")
+            }
+            Caller::Workload(_) => Status::permission_denied(
+                "admin calls need the admin client certificate, not an SVID",
+            ),
+        };
+        audit.denied(&status::reason(&refusal));
+        Err(refusal)
+    }
+}
+
+fn identity_key(r: Option<&IdentityRef>) -> Result<IdentityKey, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument("identity (env and name) is required"))?;
+    Ok(IdentityKey {
+        env: EnvName::new(&r.env).map_err(|e| Status::invalid_argument(e.to_string()))?,
+        name: IdentityName::new(&r.name).map_err(|e| Status::invalid_argument(e.to_string()))?,
+    })
+}
+
+fn to_proto(view: &IdentityView) -> pb::Identity {
+    let id = &view.identity;
+    pb::Identity {
+        env: id.key.env.to_string(),
+        name: id.key.name.to_string(),
+        spiffe_id: id.spiffe_id.to_string(),
+        owner: id.owner.clone(),
+        purpose: id.purpose.clone(),
+        selectors: id
+            .selectors
+            .iter()
+            .map(|s| pb::Selector {
+                key: s.key.clone(),
+                value: s.value.clone(),
+            })
+            .collect(),
+        audiences: id.audiences.iter().map(ToString::to_string).collect(),
+        scopes: id.scopes.iter().map(ToString::to_string).collect(),
+        jwt_ttl_seconds: id.jwt_ttl.as_secs() as u32,
+        x509_ttl_seconds: id.x509_ttl.as_secs() as u32,
+        expires_at: id.expires_at.unwrap_or(0),
+        enabled: id.enabled,
+        retired_at: id.retired_at.unwrap_or(0),
+        created_at: id.created_at,
+        updated_at: id.updated_at,
+        last_issued_at: id.last_issued_at.unwrap_or(0),
+        last_seen_at: id.last_seen_at.unwrap_or(0),
+        status: view.status.as_str().to_owned(),
+    }
+}
+
+fn nonzero_secs(v: u32) -> Option<Duration> {
+    (v != 0).then(|| Duration::from_secs(u64::from(v)))
+}
+
+impl AdminService {
+    async fn change(
+        &self,
+        request: Request<ChangeIdentityRequest>,
+        action: &'static str,
+        change: impl FnOnce(&mut crate::model::Identity, i64) -> Result<(), PolicyError>,
+    ) -> Result<Response<pb::Identity>, Status> {
+        let mut audit = AuditRecord::new(action, request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        let req = request.into_inner();
+        let result = async {
+            let key = identity_key(req.identity.as_ref())?;
+            audit.identity = Some(key.to_string());
+            audit.env = Some(key.env.to_string());
+            let now = unix_now();
+            self.broker
+                .registry
+                .update(&key, now, |id| change(id, now))
+                .await
+                .map_err(status::update)?;
+            let view = self
+                .broker
+                .registry
+                .view(&key, now)
+                .ok_or_else(|| Status::not_found(format!("identity {key} not found")))?;
+            Ok(view)
+        }
+        .await;
+        match result {
+            Ok(view) => {
+                let reason = req.reason.trim();
+                audit.changed(if reason.is_empty() {
+                    "no reason given"
+                } else {
+                    reason
+                });
+                Ok(Response::new(to_proto(&view)))
+            }
+            Err(e) => {
+                audit.denied(&status::reason(&e));
+                Err(e)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_identity(
+        &self,
+        request: Request<CreateIdentityRequest>,
+    ) -> Result<Response<pb::Identity>, Status> {
+        let mut audit = AuditRecord::new("identity.create", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        let req = request.into_inner();
+        audit.identity = Some(format!("{}/{}", req.env, req.name));
+        audit.env = Some(req.env.clone());
+        let now = unix_now();
+        let spec = IdentityRequest {
+            env: req.env,
+            name: req.name,
+            owner: req.owner,
+            purpose: req.purpose,
+            selectors: req
+                .selectors
+                .into_iter()
+                .map(|s| (s.key, s.value))
+                .collect(),
+            audiences: req.audiences,
+            scopes: req.scopes,
+            jwt_ttl: nonzero_secs(req.jwt_ttl_seconds),
+            x509_ttl: nonzero_secs(req.x509_ttl_seconds),
+            expires_at: (req.expires_at != 0).then_some(req.expires_at),
+        };
+        let result = async {
+            let identity =
+                validate_new_identity(&spec, &self.broker.envs, &self.broker.limits, now)
+                    .map_err(status::policy)?;
+            let created = self
+                .broker
+                .registry
+                .create(identity)
+                .await
+                .map_err(status::store)?;
+            Ok(IdentityView {
+                status: created.status(now),
+                identity: (*created).clone(),
+            })
+        }
+        .await;
+        match result {
+            Ok(view) => {
+                audit.changed(&format!("owner={:?}", view.identity.owner));
+                Ok(Response::new(to_proto(&view)))
+            }
+            Err(e) => {
+                audit.denied(&status::reason(&e));
+                Err(e)
+            }
+        }
+    }
+
+    async fn get_identity(
+        &self,
+        request: Request<IdentityRef>,
+    ) -> Result<Response<pb::Identity>, Status> {
+        let mut audit = AuditRecord::new("identity.get", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        let key = identity_key(Some(request.get_ref()))?;
+        let view = self
+            .broker
+            .registry
+            .view(&key, unix_now())
+            .ok_or_else(|| Status::not_found(format!("identity {key} not found")))?;
+        Ok(Response::new(to_proto(&view)))
+    }
+
+    async fn list_identities(
+        &self,
+        request: Request<ListIdentitiesRequest>,
+    ) -> Result<Response<ListIdentitiesResponse>, Status> {
+        let mut audit = AuditRecord::new("identity.list", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        let req = request.into_inner();
+        let env = if req.env.is_empty() {
+            None
+        } else {
+            Some(EnvName::new(&req.env).map_err(|e| Status::invalid_argument(e.to_string()))?)
+        };
+        let owner = (!req.owner.is_empty()).then_some(req.owner.as_str());
+        let identities = self
+            .broker
+            .registry
+            .list(env.as_ref(), owner, unix_now())
+            .iter()
+            .map(to_proto)
+            .collect();
+        Ok(Response::new(ListIdentitiesResponse { identities }))
+    }
+
+    async fn disable_identity(
+        &self,
+        request: Request<ChangeIdentityRequest>,
+    ) -> Result<Response<pb::Identity>, Status> {
+        self.change(request, "identity.disable", |id, _| {
+            if id.retired_at.is_some() {
+                return Err(PolicyError::Invalid(format!(
+                    "identity {} is retired",
+                    id.key
+                )));
+            }
+            id.enabled = false;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn enable_identity(
+        &self,
+        request: Request<ChangeIdentityRequest>,
+    ) -> Result<Response<pb::Identity>, Status> {
+        self.change(request, "identity.enable", |id, _| {
+            if id.retired_at.is_some() {
+                return Err(PolicyError::Invalid(format!(
+                    "identity {} is retired and cannot be re-enabled; create a new one",
+                    id.key
+                )));
+            }
+            id.enabled = true;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn retire_identity(
+        &self,
+        request: Request<ChangeIdentityRequest>,
+    ) -> Result<Response<pb::Identity>, Status> {
+        self.change(request, "identity.retire", |id, now| {
+            if id.retired_at.is_none() {
+                id.retired_at = Some(now);
+            }
+            id.enabled = false;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        let mut audit = AuditRecord::new("join_token.create", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        let req = request.into_inner();
+        let result = async {
+            let key = identity_key(req.identity.as_ref())?;
+            audit.identity = Some(key.to_string());
+            audit.env = Some(key.env.to_string());
+            let now = unix_now();
+            let identity = self
+                .broker
+                .registry
+                .get(&key)
+                .ok_or_else(|| Status::not_found(format!("identity {key} not found")))?;
+            let status = identity.status(now);
+            if status != IdentityStatus::Active {
+                return Err(Status::failed_precondition(format!(
+                    "identity {key} is {status}; a join token for it would be useless"
+                )));
+            }
+            let ttl = self.broker.config.ttl.join_token_default;
+            let ttl = nonzero_secs(req.ttl_seconds).unwrap_or(ttl);
+            let ceiling = self.broker.config.ttl.join_token_ceiling;
+            if ttl > ceiling {
+                return Err(Status::invalid_argument(format!(
+                    "join token TTL {} exceeds the maximum of {}",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(ceiling)
+                )));
+            }
+            let uses = if req.uses == 0 { 1 } else { req.uses };
+            if uses > MAX_JOIN_TOKEN_USES {
+                return Err(Status::invalid_argument(format!(
+                    "a join token may carry at most {MAX_JOIN_TOKEN_USES} uses"
+                )));
+            }
+            let token = JoinToken::generate(key, now, ttl.as_secs() as i64, uses)
+                .map_err(|_| Status::internal("random number generator failed"))?;
+            self.broker
+                .store
+                .insert_join_token(&token.record)
+                .await
+                .map_err(status::store)?;
+            Ok(token)
+        }
+        .await;
+        match result {
+            Ok(token) => {
+                audit.evidence = Some(format!("join_token:{}", token.id()));
+                audit.changed(&format!(
+                    "expires_at={} uses={}",
+                    token.record.expires_at, token.record.uses_left
+                ));
+                Ok(Response::new(CreateJoinTokenResponse {
+                    token_id: token.id(),
+                    expires_at: token.record.expires_at,
+                    uses: token.record.uses_left,
+                    token: token.secret,
+                }))
+            }
+            Err(e) => {
+                audit.denied(&status::reason(&e));
+                Err(e)
+            }
+        }
+    }
+}

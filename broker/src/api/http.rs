@@ -1,0 +1,140 @@
+//! Plain HTTP endpoints: per-environment OIDC discovery, JWKS and SPIFFE
+//! bundle, plus health checks. Everything here is public key material.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+use crate::broker::Broker;
+use crate::keys::EnvironmentKeys;
+use crate::model::EnvName;
+
+/// How long relying parties may cache key material (seconds).
+const CACHE_SECONDS: u32 = 300;
+const CACHE_CONTROL: &str = "public, max-age=300";
+
+/// The HTTP router.
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/{env}/.well-known/openid-configuration", get(discovery))
+        .route("/{env}/jwks.json", get(jwks))
+        .route("/{env}/bundle", get(bundle))
+        .with_state(broker)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
+    match broker.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+        }
+    }
+}
+
+fn env_keys<'a>(broker: &'a Broker, env: &str) -> Result<&'a Arc<EnvironmentKeys>, Response> {
+    EnvName::new(env)
+        .ok()
+        .and_then(|name| broker.keys.env(&name))
+        .ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": format!("environment {env:?} is not served here")})),
+            )
+                .into_response()
+        })
+}
+
+fn cached_json(value: Value, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, CACHE_CONTROL),
+        ],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+async fn discovery(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Response {
+    if let Err(r) = env_keys(&broker, &env) {
+        return r;
+    }
+    let issuer = broker.issuer(&env);
+    cached_json(
+        json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/jwks.json"),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "env", "scope", "cnf"],
+        }),
+        "application/json",
+    )
+}
+
+async fn jwks(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Response {
+    match env_keys(&broker, &env) {
+        Ok(keys) => cached_json(
+            json!({ "keys": [keys.jwt.jwk("sig")] }),
+            "application/jwk-set+json",
+        ),
+        Err(r) => r,
+    }
+}
+
+/// SPIFFE trust bundle in JWKS form (SPIFFE Trust Domain and Bundle §4).
+async fn bundle(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Response {
+    match env_keys(&broker, &env) {
+        Ok(keys) => {
+            let ca = json!({
+                "kty": "EC",
+                "crv": "P-256",
+                "use": "x509-svid",
+                "x5c": [STANDARD.encode(keys.ca.cert_der())],
+            });
+            let mut ca = ca;
+            if let (Some(obj), Some(point)) = (ca.as_object_mut(), ec_point(keys)) {
+                obj.insert("x".into(), point.0.into());
+                obj.insert("y".into(), point.1.into());
+            }
+            cached_json(
+                json!({
+                    "keys": [ca, keys.jwt.jwk("jwt-svid")],
+                    "spiffe_refresh_hint": CACHE_SECONDS,
+                    "spiffe_sequence": 1,
+                }),
+                "application/json",
+            )
+        }
+        Err(r) => r,
+    }
+}
+
+/// The CA's public point as base64url x and y, read from its certificate.
+fn ec_point(keys: &EnvironmentKeys) -> Option<(String, String)> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (_, cert) = x509_parser::parse_x509_certificate(keys.ca.cert_der()).ok()?;
+    let point = cert.public_key().subject_public_key.data.as_ref();
+    (point.len() == 65 && point[0] == 4).then(|| {
+        (
+            URL_SAFE_NO_PAD.encode(&point[1..33]),
+            URL_SAFE_NO_PAD.encode(&point[33..65]),
+        )
+    })
+}

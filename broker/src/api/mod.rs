@@ -1,0 +1,11 @@
+//! The broker's network faces: the gRPC `Workload` and `Admin` services and
+//! the HTTP endpoints.
+
+pub mod admin;
+pub mod http;
+pub mod peer;
+mod status;
+pub mod workload;
+
+pub use admin::AdminService;
+pub use workload::WorkloadService;

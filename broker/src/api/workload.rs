@@ -1,0 +1,285 @@
+//! The `Workload` gRPC service: attest, fetch JWTs, renew certificates.
+
+use std::sync::Arc;
+
+use credbroker_proto::v1::attest_request::Evidence as ProtoEvidence;
+use credbroker_proto::v1::workload_server::Workload;
+use credbroker_proto::v1::{
+    AttestRequest, AttestResponse, FetchJwtRequest, FetchJwtResponse, IdentityRef, JwtRequest,
+    JwtSvid, RenewX509Request, RenewX509Response, X509Svid,
+};
+use tonic::{Request, Response, Status};
+
+use super::peer::{Caller, WorkloadPeer, authenticate};
+use super::status;
+use crate::attest::{Attestor, Evidence};
+use crate::audit::AuditRecord;
+use crate::broker::Broker;
+use crate::issue::{Confirmation, IssuedSvid, JwtSpec, VerifiedCsr, issue_svid, mint};
+use crate::keys::EnvironmentKeys;
+use crate::model::{Identity, unix_now};
+use crate::policy::{JwtGrant, check_active, grant_jwt};
+
+/// Implements `credbroker.v1.Workload`.
+#[derive(Debug, Clone)]
+pub struct WorkloadService {
+    broker: Arc<Broker>,
+}
+
+impl WorkloadService {
+    /// A service over `broker`.
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+
+    fn grants(
+        &self,
+        identity: &Identity,
+        requests: &[JwtRequest],
+    ) -> Result<Vec<JwtGrant>, Status> {
+        requests
+            .iter()
+            .map(|r| {
+                grant_jwt(
+                    identity,
+                    &r.audiences,
+                    &r.scopes,
+                    r.ttl_seconds,
+                    self.broker.limits.floor,
+                )
+                .map_err(status::policy)
+            })
+            .collect()
+    }
+
+    fn mint_jwt(
+        &self,
+        env: &EnvironmentKeys,
+        identity: &Identity,
+        grant: &JwtGrant,
+        cnf: Option<Confirmation>,
+        now: i64,
+        audit: &AuditRecord,
+    ) -> Result<JwtSvid, Status> {
+        let issuer = self.broker.issuer(identity.key.env.as_str());
+        let minted = mint(
+            &env.jwt,
+            JwtSpec {
+                issuer: &issuer,
+                spiffe_id: &identity.spiffe_id,
+                env: &identity.key.env,
+                audiences: &grant.audiences,
+                scopes: &grant.scopes,
+                ttl_seconds: grant.ttl_seconds,
+                cnf,
+            },
+            now,
+        )
+        .map_err(status::key)?;
+        audit.issued_jwt(&minted.claims.jti, &minted.claims.aud, minted.claims.exp);
+        Ok(JwtSvid {
+            token: minted.token,
+            spiffe_id: minted.claims.sub,
+            jti: minted.claims.jti,
+            audiences: minted.claims.aud,
+            scopes: grant.scopes.iter().map(ToString::to_string).collect(),
+            expires_at: minted.claims.exp,
+        })
+    }
+
+    fn svid(
+        &self,
+        env: &EnvironmentKeys,
+        identity: &Identity,
+        csr: &VerifiedCsr,
+        now: i64,
+        audit: &AuditRecord,
+    ) -> Result<X509Svid, Status> {
+        let IssuedSvid {
+            chain,
+            serial,
+            expires_at,
+        } = issue_svid(&env.ca, csr, &identity.spiffe_id, identity.x509_ttl, now)
+            .map_err(status::key)?;
+        audit.issued_x509(&serial, expires_at);
+        Ok(X509Svid {
+            spiffe_id: identity.spiffe_id.to_string(),
+            cert_chain: chain.into_iter().map(|c| c.to_vec()).collect(),
+            serial,
+            expires_at,
+        })
+    }
+
+    /// The caller, which must be a workload with a valid SVID, and its
+    /// identity, which must be active.
+    fn workload_caller<T>(
+        &self,
+        request: &Request<T>,
+        audit: &mut AuditRecord,
+        now: i64,
+    ) -> Result<(WorkloadPeer, Arc<Identity>), Status> {
+        let caller = authenticate(request, &self.broker.keys, now)?;
+        audit.actor = Some(caller.actor());
+        let Caller::Workload(peer) = caller else {
+            return Err(match caller {
+                Caller::Anonymous => Status::unauthenticated(
+                    "this call needs a valid X.509-SVID as the TLS client certificate",
+                ),
+                _ => Status::permission_denied("this call is for workloads, not the admin"),
+            });
+        };
+        audit.identity = Some(peer.identity.to_string());
+        audit.env = Some(peer.identity.env.to_string());
+        let identity = self.broker.registry.get(&peer.identity).ok_or_else(|| {
+            Status::permission_denied(format!("identity {} no longer exists", peer.identity))
+        })?;
+        self.broker.registry.record_seen(&peer.identity, now);
+        check_active(&identity, now).map_err(status::policy)?;
+        Ok((peer, identity))
+    }
+
+    async fn attest_inner(
+        &self,
+        request: Request<AttestRequest>,
+        audit: &mut AuditRecord,
+    ) -> Result<AttestResponse, Status> {
+        let now = unix_now();
+        audit.actor = Some("anonymous".into());
+        let req = request.into_inner();
+        let csr = VerifiedCsr::parse(&req.csr).map_err(status::csr)?;
+        let evidence = match req.evidence {
+            Some(ProtoEvidence::JoinToken(token)) => Evidence::JoinToken(token),
+            None => return Err(Status::invalid_argument("attestation evidence is required")),
+        };
+        let attestor = &self.broker.join_tokens;
+        let attested = attestor
+            .verify(&evidence, now)
+            .await
+            .map_err(status::attest)?;
+        audit.evidence = Some(format!("{}:{}", attested.method, attested.evidence_id));
+        audit.identity = Some(attested.identity.to_string());
+        audit.env = Some(attested.identity.env.to_string());
+        if let Some(expected) = &req.expected_identity
+            && (expected.env != attested.identity.env.as_str()
+                || expected.name != attested.identity.name.as_str())
+        {
+            return Err(Status::permission_denied(format!(
+                "{} is bound to a different identity than {}/{}",
+                attested.method, expected.env, expected.name
+            )));
+        }
+        let identity = self
+            .broker
+            .registry
+            .get(&attested.identity)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "identity {} no longer exists",
+                    attested.identity
+                ))
+            })?;
+        check_active(&identity, now).map_err(status::policy)?;
+        let grants = self.grants(&identity, &req.jwts)?;
+        let env = self
+            .broker
+            .keys
+            .env(&identity.key.env)
+            .ok_or_else(|| Status::internal("identity's environment has no keys"))?;
+        // Everything checked: only now is single-use evidence spent.
+        attestor
+            .commit(&attested, now)
+            .await
+            .map_err(status::attest)?;
+        let svid = self.svid(env, &identity, &csr, now, audit)?;
+        let jwts = grants
+            .iter()
+            .map(|g| self.mint_jwt(env, &identity, g, None, now, audit))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.broker.registry.record_issued(&identity.key, now);
+        Ok(AttestResponse {
+            identity: Some(IdentityRef {
+                env: identity.key.env.to_string(),
+                name: identity.key.name.to_string(),
+            }),
+            svid: Some(svid),
+            trust_bundle: vec![env.ca.cert_der().to_vec()],
+            jwts,
+        })
+    }
+
+    fn fetch_jwt_inner(
+        &self,
+        request: Request<FetchJwtRequest>,
+        audit: &mut AuditRecord,
+    ) -> Result<FetchJwtResponse, Status> {
+        let now = unix_now();
+        let (peer, identity) = self.workload_caller(&request, audit, now)?;
+        let req = request
+            .into_inner()
+            .jwt
+            .ok_or_else(|| Status::invalid_argument("jwt request is required"))?;
+        let grant = self
+            .grants(&identity, std::slice::from_ref(&req))?
+            .remove(0);
+        let cnf = Confirmation::for_certificate(&peer.cert);
+        let jwt = self.mint_jwt(&peer.env, &identity, &grant, Some(cnf), now, audit)?;
+        self.broker.registry.record_issued(&identity.key, now);
+        Ok(FetchJwtResponse { jwt: Some(jwt) })
+    }
+
+    fn renew_inner(
+        &self,
+        request: Request<RenewX509Request>,
+        audit: &mut AuditRecord,
+    ) -> Result<RenewX509Response, Status> {
+        let now = unix_now();
+        let (peer, identity) = self.workload_caller(&request, audit, now)?;
+        let csr = VerifiedCsr::parse(&request.into_inner().csr).map_err(status::csr)?;
+        let svid = self.svid(&peer.env, &identity, &csr, now, audit)?;
+        self.broker.registry.record_issued(&identity.key, now);
+        Ok(RenewX509Response {
+            svid: Some(svid),
+            trust_bundle: vec![peer.env.ca.cert_der().to_vec()],
+        })
+    }
+}
+
+fn finish<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<T>, Status> {
+    match result {
+        Ok(value) => Ok(Response::new(value)),
+        Err(status) => {
+            audit.denied(&status::reason(&status));
+            Err(status)
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Workload for WorkloadService {
+    async fn attest(
+        &self,
+        request: Request<AttestRequest>,
+    ) -> Result<Response<AttestResponse>, Status> {
+        let mut audit = AuditRecord::new("attest", request.remote_addr());
+        let result = self.attest_inner(request, &mut audit).await;
+        finish(result, &audit)
+    }
+
+    async fn fetch_jwt(
+        &self,
+        request: Request<FetchJwtRequest>,
+    ) -> Result<Response<FetchJwtResponse>, Status> {
+        let mut audit = AuditRecord::new("fetch_jwt", request.remote_addr());
+        let result = self.fetch_jwt_inner(request, &mut audit);
+        finish(result, &audit)
+    }
+
+    async fn renew_x509(
+        &self,
+        request: Request<RenewX509Request>,
+    ) -> Result<Response<RenewX509Response>, Status> {
+        let mut audit = AuditRecord::new("renew_x509", request.remote_addr());
+        let result = self.renew_inner(request, &mut audit);
+        finish(result, &audit)
+    }
+}

@@ -1,0 +1,83 @@
+//! The broker's shared state: configuration, keys, identities and the
+//! attestors, built once at start-up and shared by every service.
+
+use std::sync::Arc;
+
+use crate::attest::JoinTokenAttestor;
+use crate::config::{Config, Environment};
+use crate::keys::{Kek, KeyError, KeyRing};
+use crate::policy::{IdentityRegistry, TtlLimits};
+use crate::store::{self, Store, StoreError};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Keys could not be loaded or created.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Files or sockets.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Everything the services share.
+#[derive(Debug)]
+pub struct Broker {
+    /// The configuration it started with.
+    pub config: Config,
+    /// Validated environments.
+    pub envs: Vec<Environment>,
+    /// TTL bounds.
+    pub limits: TtlLimits,
+    /// Keys and CAs.
+    pub keys: KeyRing,
+    /// Identities.
+    pub registry: IdentityRegistry,
+    /// Join token attestation.
+    pub join_tokens: JoinTokenAttestor,
+    /// The durable store.
+    pub store: Arc<dyn Store>,
+}
+
+impl Broker {
+    /// Opens the store, loads or creates keys and loads identities.
+    pub async fn open(config: Config) -> Result<Arc<Self>, StartError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::Io {
+            what: format!("creating data directory {}", config.data_dir.display()),
+            source,
+        })?;
+        let kek = Kek::load_or_generate(config.kek_file.as_deref(), &config.data_dir)?;
+        let store = store::open(&config.store_url()).await?;
+        let keys = KeyRing::load_or_create(&config, store.as_ref(), &kek).await?;
+        let registry = IdentityRegistry::load(Arc::clone(&store)).await?;
+        Ok(Arc::new(Self {
+            envs: config.environments()?,
+            limits: TtlLimits::from(&config.ttl),
+            keys,
+            registry,
+            join_tokens: JoinTokenAttestor::new(Arc::clone(&store)),
+            store,
+            config,
+        }))
+    }
+
+    /// The OIDC issuer URL of `env`: `{public_url}/{env}`.
+    pub fn issuer(&self, env: &str) -> String {
+        format!("{}/{env}", self.config.public_url())
+    }
+}

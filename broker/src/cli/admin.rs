@@ -1,0 +1,190 @@
+//! Admin commands: one gRPC call each, authenticated with the admin client
+//! certificate from the data directory.
+
+use std::path::Path;
+
+use credbroker_proto::v1::admin_client::AdminClient;
+use credbroker_proto::v1::{
+    ChangeIdentityRequest, CreateIdentityRequest, CreateJoinTokenRequest, IdentityRef,
+    ListIdentitiesRequest, Selector,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use super::output::{print_identities, print_identity, print_token};
+use super::{Cli, Command, IdentityArgs, IdentityCommand, TokenCommand};
+use crate::keys::AdminFiles;
+
+/// Why an admin command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// A local file is missing or unreadable.
+    #[error("cannot read {path}: {source} (is --data-dir the broker's data directory?)")]
+    File {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Could not connect.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// Broker URL.
+        url: String,
+        /// What failed.
+        source: tonic::transport::Error,
+    },
+    /// The broker refused or failed.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Rpc(#[from] tonic::Status),
+    /// Output could not be written.
+    #[error("{0}")]
+    Output(String),
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, AdminError> {
+    std::fs::read(path).map_err(|source| AdminError::File {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+async fn connect(url: &str, data_dir: &Path) -> Result<AdminClient<Channel>, AdminError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let files = AdminFiles::locate(data_dir);
+    let ca = read(&data_dir.join("broker-ca.pem"))?;
+    let cert = read(&files.cert)?;
+    let key = read(&files.key)?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key));
+    let connect_err = |source| AdminError::Connect {
+        url: url.to_owned(),
+        source,
+    };
+    let channel = Channel::from_shared(url.to_owned())
+        .map_err(|e| AdminError::Output(format!("invalid --broker URL {url:?}: {e}")))?
+        .tls_config(tls)
+        .map_err(connect_err)?
+        .connect()
+        .await
+        .map_err(connect_err)?;
+    Ok(AdminClient::new(channel))
+}
+
+fn identity_ref(id: &IdentityArgs) -> IdentityRef {
+    IdentityRef {
+        env: id.env.clone(),
+        name: id.name.clone(),
+    }
+}
+
+fn change(id: &IdentityArgs, reason: &str) -> ChangeIdentityRequest {
+    ChangeIdentityRequest {
+        identity: Some(identity_ref(id)),
+        reason: reason.to_owned(),
+    }
+}
+
+fn secs(d: Option<std::time::Duration>) -> u32 {
+    d.map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32)
+        .unwrap_or(0)
+}
+
+/// Runs an admin command (anything but `serve`).
+pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| "./credbroker-data".into());
+    let mut client = connect(&cli.broker, &data_dir).await?;
+    let out = cli.output;
+    match &cli.command {
+        Command::Serve { .. } => unreachable!("serve is not an admin command"),
+        Command::Identity(cmd) => match cmd {
+            IdentityCommand::Create {
+                id,
+                owner,
+                purpose,
+                audiences,
+                scopes,
+                selectors,
+                jwt_ttl,
+                x509_ttl,
+                expires_at,
+            } => {
+                let created = client
+                    .create_identity(CreateIdentityRequest {
+                        env: id.env.clone(),
+                        name: id.name.clone(),
+                        owner: owner.clone(),
+                        purpose: purpose.clone(),
+                        selectors: selectors
+                            .iter()
+                            .map(|(key, value)| Selector {
+                                key: key.clone(),
+                                value: value.clone(),
+                            })
+                            .collect(),
+                        audiences: audiences.clone(),
+                        scopes: scopes.clone(),
+                        jwt_ttl_seconds: secs(*jwt_ttl),
+                        x509_ttl_seconds: secs(*x509_ttl),
+                        expires_at: expires_at.unwrap_or(0),
+                    })
+                    .await?
+                    .into_inner();
+                print_identity(&created, out)
+            }
+            IdentityCommand::List { env, owner } => {
+                let list = client
+                    .list_identities(ListIdentitiesRequest {
+                        env: env.clone().unwrap_or_default(),
+                        owner: owner.clone().unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                print_identities(&list.identities, out)
+            }
+            IdentityCommand::Show { id } => {
+                let shown = client.get_identity(identity_ref(id)).await?.into_inner();
+                print_identity(&shown, out)
+            }
+            IdentityCommand::Disable { id, reason } => {
+                let changed = client
+                    .disable_identity(change(id, reason))
+                    .await?
+                    .into_inner();
+                print_identity(&changed, out)
+            }
+            IdentityCommand::Enable { id, reason } => {
+                let changed = client
+                    .enable_identity(change(id, reason))
+                    .await?
+                    .into_inner();
+                print_identity(&changed, out)
+            }
+            IdentityCommand::Retire { id, reason } => {
+                let changed = client
+                    .retire_identity(change(id, reason))
+                    .await?
+                    .into_inner();
+                print_identity(&changed, out)
+            }
+        },
+        Command::Token(TokenCommand::Create { id, ttl, uses }) => {
+            let token = client
+                .create_join_token(CreateJoinTokenRequest {
+                    identity: Some(identity_ref(id)),
+                    ttl_seconds: secs(*ttl),
+                    uses: *uses,
+                })
+                .await?
+                .into_inner();
+            print_token(&token, out)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The `credbroker` command line: `serve`, and the admin commands that talk
+//! to a running broker over gRPC with the admin client certificate.
+
+mod admin;
+mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use admin::run_admin;
+
+/// credbroker: short-lived workload credentials.
+#[derive(Debug, Parser)]
+#[command(name = "credbroker", version, about)]
+pub struct Cli {
+    /// Data directory: the broker's state when serving; where admin commands
+    /// find `admin/` and `broker-ca.pem`. [default: ./credbroker-data]
+    #[arg(long, global = true, env = "CREDBROKER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Broker gRPC URL for admin commands.
+    #[arg(
+        long,
+        global = true,
+        env = "CREDBROKER_BROKER",
+        default_value = "https://127.0.0.1:7443"
+    )]
+    pub broker: String,
+    /// Output format of admin commands.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker.
+    Serve {
+        /// TOML configuration file; without one, built-in defaults apply.
+        #[arg(long, env = "CREDBROKER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Manage identities.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Manage join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// Names one identity.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// Environment.
+    #[arg(long)]
+    pub env: String,
+    /// Identity name.
+    #[arg(long)]
+    pub name: String,
+}
+
+/// `credbroker identity …`
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Register a workload identity.
+    Create {
+        /// The identity.
+        #[command(flatten)]
+        id: IdentityArgs,
+        /// Team or person accountable for it.
+        #[arg(long)]
+        owner: String,
+        /// Why it exists.
+        #[arg(long)]
+        purpose: String,
+        /// Audience its JWTs may name (repeatable).
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Scope its JWTs may carry (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// KEY=VALUE that attestation must prove (repeatable).
+        #[arg(long = "selector", value_parser = parse_selector)]
+        selectors: Vec<(String, String)>,
+        /// JWT lifetime, e.g. 5m.
+        #[arg(long, value_parser = parse_duration)]
+        jwt_ttl: Option<Duration>,
+        /// X.509 lifetime, e.g. 1h.
+        #[arg(long, value_parser = parse_duration)]
+        x509_ttl: Option<Duration>,
+        /// Retirement date: RFC 3339 time (2027-01-31T00:00:00Z) or a
+        /// duration from now (90d).
+        #[arg(long, value_parser = parse_time)]
+        expires_at: Option<i64>,
+    },
+    /// List identities.
+    List {
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<String>,
+        /// Only this owner.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Show one identity.
+    Show {
+        /// The identity.
+        #[command(flatten)]
+        id: IdentityArgs,
+    },
+    /// Stop issuing credentials to an identity (reversible with `enable`).
+    Disable {
+        /// The identity.
+        #[command(flatten)]
+        id: IdentityArgs,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Resume issuing credentials to a disabled identity.
+    Enable {
+        /// The identity.
+        #[command(flatten)]
+        id: IdentityArgs,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Retire an identity for good.
+    Retire {
+        /// The identity.
+        #[command(flatten)]
+        id: IdentityArgs,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// `credbroker token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token for one identity and print it (shown once).
+    Create {
+        /// The identity.
+        #[command(flatten)]
+        id: IdentityArgs,
+        /// Lifetime, e.g. 10m.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// How many attestations it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 90s, 5m, 1h, 30d: {e}"))
+}
+
+fn parse_selector(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .map_err(|_| format!("{s:?} is before 1970"));
+    }
+    let d = parse_duration(s)
+        .map_err(|_| format!("{s:?} is neither an RFC 3339 time nor a duration"))?;
+    Ok(crate::model::unix_now() + d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_command_lines() {
+        let cli = Cli::try_parse_from([
+            "credbroker",
+            "identity",
+            "create",
+            "--env",
+            "dev",
+            "--name",
+            "api",
+            "--owner",
+            "o",
+            "--purpose",
+            "p",
+            "--audience",
+            "a",
+            "--audience",
+            "b",
+            "--selector",
+            "k=v",
+            "--jwt-ttl",
+            "2m",
+            "--expires-at",
+            "2030-01-01T00:00:00Z",
+        ])
+        .unwrap();
+        let Command::Identity(IdentityCommand::Create {
+            audiences,
+            selectors,
+            jwt_ttl,
+            expires_at,
+            ..
+        }) = cli.command
+        else {
+            panic!("wrong command")
+        };
+        assert_eq!(audiences, ["a", "b"]);
+        assert_eq!(selectors, [("k".to_owned(), "v".to_owned())]);
+        assert_eq!(jwt_ttl, Some(Duration::from_secs(120)));
+        assert_eq!(expires_at, Some(1_893_456_000));
+        assert!(Cli::try_parse_from(["credbroker", "identity", "create", "--env", "dev"]).is_err());
+        assert!(parse_selector("novalue").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

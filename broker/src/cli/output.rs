@@ -1,0 +1,177 @@
+//! Rendering admin results as a table for people or JSON for scripts.
+
+use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+use credbroker_proto::v1::{CreateJoinTokenResponse, Identity};
+use serde_json::{Value, json};
+
+use super::Output;
+use super::admin::AdminError;
+
+fn time(secs: i64) -> Value {
+    if secs == 0 {
+        Value::Null
+    } else {
+        Value::String(
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs as u64))
+                .to_string(),
+        )
+    }
+}
+
+fn time_text(secs: i64) -> String {
+    match time(secs) {
+        Value::String(s) => s,
+        _ => "-".to_owned(),
+    }
+}
+
+/// The JSON form of an identity (times as RFC 3339, `null` when unset).
+pub fn identity_json(id: &Identity) -> Value {
+    json!({
+        "env": id.env,
+        "name": id.name,
+        "spiffe_id": id.spiffe_id,
+        "status": id.status,
+        "owner": id.owner,
+        "purpose": id.purpose,
+        "selectors": id.selectors.iter().map(|s| format!("{}={}", s.key, s.value)).collect::<Vec<_>>(),
+        "audiences": id.audiences,
+        "scopes": id.scopes,
+        "jwt_ttl_seconds": id.jwt_ttl_seconds,
+        "x509_ttl_seconds": id.x509_ttl_seconds,
+        "expires_at": time(id.expires_at),
+        "enabled": id.enabled,
+        "retired_at": time(id.retired_at),
+        "created_at": time(id.created_at),
+        "updated_at": time(id.updated_at),
+        "last_issued_at": time(id.last_issued_at),
+        "last_seen_at": time(id.last_seen_at),
+    })
+}
+
+fn emit(text: &str) -> Result<(), AdminError> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}").map_err(|e| AdminError::Output(e.to_string()))
+}
+
+fn json_text(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+/// Prints one identity.
+pub fn print_identity(id: &Identity, out: Output) -> Result<(), AdminError> {
+    if out == Output::Json {
+        return emit(&json_text(&identity_json(id)));
+    }
+    let join = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let selectors: Vec<String> = id
+        .selectors
+        .iter()
+        .map(|s| format!("{}={}", s.key, s.value))
+        .collect();
+    let rows = [
+        ("identity", format!("{}/{}", id.env, id.name)),
+        ("spiffe id", id.spiffe_id.clone()),
+        ("status", id.status.clone()),
+        ("owner", id.owner.clone()),
+        ("purpose", id.purpose.clone()),
+        ("selectors", join(&selectors)),
+        ("audiences", join(&id.audiences)),
+        ("scopes", join(&id.scopes)),
+        (
+            "jwt ttl",
+            humantime::format_duration(Duration::from_secs(id.jwt_ttl_seconds.into())).to_string(),
+        ),
+        (
+            "x509 ttl",
+            humantime::format_duration(Duration::from_secs(id.x509_ttl_seconds.into())).to_string(),
+        ),
+        ("expires at", time_text(id.expires_at)),
+        ("created", time_text(id.created_at)),
+        ("updated", time_text(id.updated_at)),
+        ("last issued", time_text(id.last_issued_at)),
+        ("last seen", time_text(id.last_seen_at)),
+    ];
+    let text: Vec<String> = rows.iter().map(|(k, v)| format!("{k:<12} {v}")).collect();
+    emit(&text.join("\n"))
+}
+
+/// Prints a list of identities.
+pub fn print_identities(ids: &[Identity], out: Output) -> Result<(), AdminError> {
+    if out == Output::Json {
+        return emit(&json_text(&Value::Array(
+            ids.iter().map(identity_json).collect(),
+        )));
+    }
+    let header = [
+        "ENV",
+        "NAME",
+        "STATUS",
+        "OWNER",
+        "PURPOSE",
+        "LAST ISSUED",
+        "EXPIRES",
+    ];
+    let rows: Vec<[String; 7]> = ids
+        .iter()
+        .map(|id| {
+            [
+                id.env.clone(),
+                id.name.clone(),
+                id.status.clone(),
+                id.owner.clone(),
+                id.purpose.clone(),
+                time_text(id.last_issued_at),
+                time_text(id.expires_at),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut text = vec![line(&header.map(str::to_owned))];
+    text.extend(rows.iter().map(|r| line(r)));
+    emit(&text.join("\n"))
+}
+
+/// Prints a new join token: in table mode the bare token on stdout (so
+/// `TOKEN=$(credbroker token create …)` works) and the details on stderr.
+pub fn print_token(token: &CreateJoinTokenResponse, out: Output) -> Result<(), AdminError> {
+    if out == Output::Json {
+        return emit(&json_text(&json!({
+            "token": token.token,
+            "token_id": token.token_id,
+            "expires_at": time(token.expires_at),
+            "uses": token.uses,
+        })));
+    }
+    eprintln!(
+        "join token {} expires {} ({} use{}); it is shown only once",
+        token.token_id,
+        time_text(token.expires_at),
+        token.uses,
+        if token.uses == 1 { "" } else { "s" }
+    );
+    emit(&token.token)
+}

@@ -1,0 +1,162 @@
+//! A certificate authority: an ECDSA P-256 key and its self-signed
+//! certificate. The same type backs each environment's SPIFFE CA, the CA of
+//! the broker's own TLS certificate, and the admin CA.
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256;
+
+use super::KeyError;
+
+/// A CA that signs certificates with its P-256 key.
+pub struct CertificateAuthority {
+    cert_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+    public_key: Vec<u8>,
+    not_after: i64,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Creates a CA valid for `ttl`, returning it with its PKCS#8 private key
+    /// (for the caller to seal and store).
+    pub fn generate(
+        common_name: &str,
+        uri_san: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(Self, Vec<u8>), KeyError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "credbroker");
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        if let Some(uri) = uri_san {
+            params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+        }
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + ttl;
+        params.serial_number = Some(random_serial()?);
+        let cert = params.self_signed(&key)?;
+        let pkcs8 = key.serialize_der();
+        let ca = Self::from_parts(cert.der().clone(), &pkcs8)?;
+        Ok((ca, pkcs8))
+    }
+
+    /// Rebuilds a CA from its stored certificate and PKCS#8 key.
+    pub fn from_parts(cert_der: CertificateDer<'static>, pkcs8: &[u8]) -> Result<Self, KeyError> {
+        let key = KeyPair::from_pkcs8_der_and_sign_algo(
+            &PrivatePkcs8KeyDer::from(pkcs8.to_vec()),
+            &PKCS_ECDSA_P256_SHA256,
+        )?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der)
+            .map_err(|e| KeyError::BadCertificate(e.to_string()))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+            return Err(KeyError::BadCertificate(
+                "stored CA certificate does not match its key".into(),
+            ));
+        }
+        let not_after = parsed.validity().not_after.timestamp();
+        let public_key = key.der_bytes().to_vec();
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
+        Ok(Self {
+            cert_der,
+            issuer,
+            public_key,
+            not_after,
+        })
+    }
+
+    /// The CA certificate (DER).
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The CA certificate (PEM).
+    pub fn cert_pem(&self) -> String {
+        pem_encode("CERTIFICATE", &self.cert_der)
+    }
+
+    /// When the CA certificate expires (unix seconds). Nothing it signs may
+    /// outlive it.
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
+    /// Signs `params` for `public_key`.
+    pub fn sign(
+        &self,
+        params: &CertificateParams,
+        public_key: &impl PublicKeyData,
+    ) -> Result<CertificateDer<'static>, KeyError> {
+        Ok(params.signed_by(public_key, &self.issuer)?.der().clone())
+    }
+
+    /// Whether this CA's key signed `cert` (signature check only; validity
+    /// and names are the caller's business).
+    pub fn signed(&self, cert: &X509Certificate<'_>) -> bool {
+        cert.signature_algorithm.algorithm == OID_SIG_ECDSA_WITH_SHA256
+            && cert.issuer()
+                == cert_subject(&self.cert_der)
+                    .as_ref()
+                    .unwrap_or(cert.issuer())
+            && UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &self.public_key)
+                .verify(
+                    cert.tbs_certificate.as_ref(),
+                    cert.signature_value.data.as_ref(),
+                )
+                .is_ok()
+    }
+}
+
+fn cert_subject(der: &[u8]) -> Option<x509_parser::x509::X509Name<'_>> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .map(|(_, c)| c.tbs_certificate.subject)
+}
+
+/// A random positive 126-bit serial whose first byte is never zero, so its
+/// hex form is the same however a parser trims leading zeros.
+pub fn random_serial() -> Result<SerialNumber, KeyError> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| KeyError::Random)?;
+    bytes[0] = (bytes[0] & 0x3f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// PEM-encodes one DER object.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

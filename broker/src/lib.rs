@@ -1,0 +1,25 @@
+//! credbroker: a short-lived workload credential broker.
+//!
+//! Workloads prove what they are ([`attest`]), and receive X.509-SVIDs and
+//! JWT-SVIDs ([`issue`]) that live minutes, scoped by their identity's
+//! [`policy`]. Keys are per environment ([`keys`]); state lives behind one
+//! [`store`] trait; operators use the admin API ([`api`]) and CLI ([`cli`]).
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod attest;
+pub mod audit;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod issue;
+pub mod keys;
+pub mod model;
+pub mod policy;
+pub mod server;
+pub mod store;
+
+pub use broker::{Broker, StartError};
+pub use config::Config;
+pub use server::{RunningBroker, start};

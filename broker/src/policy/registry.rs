@@ -1,0 +1,209 @@
+//! The identity registry: every identity in memory (so issuance never waits
+//! on the database), written through to the store on change, with usage times
+//! collected in memory and flushed in batches.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use dashmap::DashMap;
+use tokio::sync::Mutex;
+
+use super::PolicyError;
+use crate::model::{EnvName, Identity, IdentityKey, IdentityStatus};
+use crate::store::{Store, StoreError, UsageUpdate};
+
+#[derive(Debug, Default)]
+struct Usage {
+    last_issued_at: AtomicI64,
+    last_seen_at: AtomicI64,
+    dirty: AtomicBool,
+}
+
+impl Usage {
+    fn from_identity(id: &Identity) -> Self {
+        Self {
+            last_issued_at: AtomicI64::new(id.last_issued_at.unwrap_or(0)),
+            last_seen_at: AtomicI64::new(id.last_seen_at.unwrap_or(0)),
+            dirty: AtomicBool::new(false),
+        }
+    }
+}
+
+/// An identity with its latest usage times, as shown to operators.
+#[derive(Debug, Clone)]
+pub struct IdentityView {
+    /// Settings and usage merged.
+    pub identity: Identity,
+    /// Status at the time of the view.
+    pub status: IdentityStatus,
+}
+
+/// In-memory identities backed by a [`Store`].
+pub struct IdentityRegistry {
+    store: Arc<dyn Store>,
+    identities: DashMap<IdentityKey, Arc<Identity>>,
+    usage: DashMap<IdentityKey, Arc<Usage>>,
+    /// Serializes read-modify-write changes so two admins cannot lose each
+    /// other's update.
+    writes: Mutex<()>,
+}
+
+impl std::fmt::Debug for IdentityRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityRegistry")
+            .field("identities", &self.identities.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentityRegistry {
+    /// Loads every identity from `store`.
+    pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let registry = Self {
+            store,
+            identities: DashMap::new(),
+            usage: DashMap::new(),
+            writes: Mutex::new(()),
+        };
+        for id in registry.store.list_identities().await? {
+            registry
+                .usage
+                .insert(id.key.clone(), Arc::new(Usage::from_identity(&id)));
+            registry.identities.insert(id.key.clone(), Arc::new(id));
+        }
+        Ok(registry)
+    }
+
+    /// The identity's current settings (usage times as of load).
+    pub fn get(&self, key: &IdentityKey) -> Option<Arc<Identity>> {
+        self.identities.get(key).map(|e| Arc::clone(e.value()))
+    }
+
+    /// The identity with up-to-date usage times.
+    pub fn view(&self, key: &IdentityKey, now: i64) -> Option<IdentityView> {
+        self.get(key).map(|id| self.merge_usage(&id, now))
+    }
+
+    /// Identities matching the filters, sorted by environment and name.
+    pub fn list(&self, env: Option<&EnvName>, owner: Option<&str>, now: i64) -> Vec<IdentityView> {
+        let mut out: Vec<IdentityView> = self
+            .identities
+            .iter()
+            .filter(|e| env.is_none_or(|env| &e.key().env == env))
+            .filter(|e| owner.is_none_or(|o| e.value().owner == o))
+            .map(|e| self.merge_usage(e.value(), now))
+            .collect();
+        out.sort_by(|a, b| a.identity.key.cmp(&b.identity.key));
+        out
+    }
+
+    fn merge_usage(&self, id: &Identity, now: i64) -> IdentityView {
+        let mut identity = id.clone();
+        if let Some(usage) = self.usage.get(&id.key) {
+            let nonzero = |v: i64| (v != 0).then_some(v);
+            identity.last_issued_at = nonzero(usage.last_issued_at.load(Ordering::Relaxed));
+            identity.last_seen_at = nonzero(usage.last_seen_at.load(Ordering::Relaxed));
+        }
+        let status = identity.status(now);
+        IdentityView { identity, status }
+    }
+
+    /// Stores a new identity, then caches it.
+    pub async fn create(&self, identity: Identity) -> Result<Arc<Identity>, StoreError> {
+        let _guard = self.writes.lock().await;
+        if self.identities.contains_key(&identity.key) {
+            return Err(StoreError::AlreadyExists(format!(
+                "identity {}",
+                identity.key
+            )));
+        }
+        self.store.insert_identity(&identity).await?;
+        let identity = Arc::new(identity);
+        self.usage.insert(
+            identity.key.clone(),
+            Arc::new(Usage::from_identity(&identity)),
+        );
+        self.identities
+            .insert(identity.key.clone(), Arc::clone(&identity));
+        Ok(identity)
+    }
+
+    /// Applies `change` to the identity, stores the result, then caches it.
+    /// `change` may refuse by returning an error; nothing is written then.
+    pub async fn update(
+        &self,
+        key: &IdentityKey,
+        now: i64,
+        change: impl FnOnce(&mut Identity) -> Result<(), PolicyError>,
+    ) -> Result<Arc<Identity>, UpdateError> {
+        let _guard = self.writes.lock().await;
+        let current = self
+            .get(key)
+            .ok_or_else(|| UpdateError::Store(StoreError::NotFound(format!("identity {key}"))))?;
+        let mut next = (*current).clone();
+        change(&mut next).map_err(UpdateError::Policy)?;
+        next.updated_at = now;
+        self.store.update_identity(&next).await?;
+        let next = Arc::new(next);
+        self.identities.insert(key.clone(), Arc::clone(&next));
+        Ok(next)
+    }
+
+    /// Notes that a credential was issued to `key` at `now`.
+    pub fn record_issued(&self, key: &IdentityKey, now: i64) {
+        if let Some(usage) = self.usage.get(key) {
+            usage.last_issued_at.fetch_max(now, Ordering::Relaxed);
+            usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
+            usage.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Notes an authenticated use by `key` at `now`.
+    pub fn record_seen(&self, key: &IdentityKey, now: i64) {
+        if let Some(usage) = self.usage.get(key) {
+            usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
+            usage.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Writes changed usage times to the store in one batch.
+    pub async fn flush_usage(&self) -> Result<usize, StoreError> {
+        let updates: Vec<UsageUpdate> = self
+            .usage
+            .iter()
+            .filter(|e| e.value().dirty.swap(false, Ordering::AcqRel))
+            .map(|e| {
+                let nonzero = |v: i64| (v != 0).then_some(v);
+                UsageUpdate {
+                    identity: e.key().clone(),
+                    last_issued_at: nonzero(e.value().last_issued_at.load(Ordering::Relaxed)),
+                    last_seen_at: nonzero(e.value().last_seen_at.load(Ordering::Relaxed)),
+                }
+            })
+            .collect();
+        if updates.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.store.record_usage(&updates).await {
+            // Keep them for the next attempt.
+            for u in &updates {
+                if let Some(usage) = self.usage.get(&u.identity) {
+                    usage.dirty.store(true, Ordering::Release);
+                }
+            }
+            return Err(e);
+        }
+        Ok(updates.len())
+    }
+}
+
+/// Why an identity change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The change was refused.
+    #[error(transparent)]
+    Policy(PolicyError),
+    /// The store failed or the identity is unknown.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,150 @@
+//! Starting and stopping the broker: gRPC over TLS, HTTP, and the
+//! background flush of usage times.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use credbroker_proto::v1::admin_server::AdminServer;
+use credbroker_proto::v1::workload_server::WorkloadServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::api::{AdminService, WorkloadService, http};
+use crate::broker::{Broker, StartError};
+use crate::config::Config;
+use crate::keys::pem_encode;
+
+/// How often usage times (last issued / last seen) reach the store.
+const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A running broker.
+#[derive(Debug)]
+pub struct RunningBroker {
+    /// The shared state.
+    pub broker: Arc<Broker>,
+    /// Where gRPC listens (useful when configured with port 0).
+    pub grpc_addr: SocketAddr,
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), StartError>>>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Io {
+            what: format!("binding {what} listener on {addr}"),
+            source,
+        })
+}
+
+fn stopped(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> {
+    async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}
+
+/// Opens the broker and starts serving.
+pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+    // Whatever else links rustls, the server uses ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::open(config).await?;
+    let grpc = bind(broker.config.grpc_listen, "gRPC").await?;
+    let http_listener = bind(broker.config.http_listen, "HTTP").await?;
+    let grpc_addr = grpc.local_addr().map_err(|source| StartError::Io {
+        what: "reading gRPC address".into(),
+        source,
+    })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| StartError::Io {
+            what: "reading HTTP address".into(),
+            source,
+        })?;
+    let (stop, stop_rx) = watch::channel(false);
+
+    let tls = broker.keys.server_tls();
+    let client_cas: String = broker
+        .keys
+        .client_ca_certs()
+        .iter()
+        .map(|c| pem_encode("CERTIFICATE", c))
+        .collect();
+    let tls_config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert_chain_pem, &tls.key_pem))
+        .client_ca_root(Certificate::from_pem(client_cas))
+        .client_auth_optional(true);
+    let grpc_server = Server::builder()
+        .tls_config(tls_config)?
+        .add_service(WorkloadServer::new(WorkloadService::new(Arc::clone(
+            &broker,
+        ))))
+        .add_service(AdminServer::new(AdminService::new(Arc::clone(&broker))))
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc), stopped(stop_rx.clone()));
+    let grpc_task = tokio::spawn(async move { grpc_server.await.map_err(StartError::from) });
+
+    let router = http::router(Arc::clone(&broker));
+    let http_stop = stopped(stop_rx.clone());
+    let http_task = tokio::spawn(async move {
+        axum::serve(http_listener, router)
+            .with_graceful_shutdown(http_stop)
+            .await
+            .map_err(|source| StartError::Io {
+                what: "HTTP server".into(),
+                source,
+            })
+    });
+
+    let flusher = Arc::clone(&broker);
+    let mut flush_stop = stop_rx;
+    let flush_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = flush_stop.wait_for(|s| *s) => break,
+            }
+            if let Err(e) = flusher.registry.flush_usage().await {
+                tracing::warn!(error = %e, "could not record usage times; will retry");
+            }
+        }
+        let _ = flusher.registry.flush_usage().await;
+        Ok(())
+    });
+
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, data_dir = %broker.config.data_dir.display(), "credbroker serving");
+    Ok(RunningBroker {
+        broker,
+        grpc_addr,
+        http_addr,
+        stop,
+        tasks: vec![grpc_task, http_task, flush_task],
+    })
+}
+
+impl RunningBroker {
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), StartError> {
+        signal.await;
+        self.shutdown().await
+    }
+
+    /// Stops serving, waits for in-flight work and flushes usage times.
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            match task.await {
+                Ok(result) => result?,
+                Err(e) => tracing::error!(error = %e, "server task panicked"),
+            }
+        }
+        tracing::info!("credbroker stopped");
+        Ok(())
+    }
+}

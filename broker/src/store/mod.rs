@@ -1,0 +1,143 @@
+//! Durable state behind one trait. SQLite is the embedded default; the
+//! PostgreSQL store for HA implements the same trait.
+//!
+//! The hot path never waits on the store: identities are cached in memory
+//! (see [`crate::policy::IdentityRegistry`]) and usage times are flushed in
+//! batches. What must be durable before a call returns — a new identity, a
+//! join token, its consumption — goes through here.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+pub use sqlite::SqliteStore;
+
+use crate::model::{Identity, IdentityKey};
+
+/// A store failure.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database refused or failed the operation.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A row with the same key exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The row to change does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A stored value could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The store URL names no supported database.
+    #[error("unsupported store URL {0:?} (expected sqlite://PATH)")]
+    UnsupportedUrl(String),
+}
+
+/// What a stored key is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// An environment's X.509-SVID CA.
+    X509Ca,
+    /// An environment's ES256 JWT signing key.
+    JwtSigning,
+    /// CA of the broker's own TLS certificate (`broker-ca.pem`).
+    TlsCa,
+    /// CA of admin client certificates.
+    AdminCa,
+}
+
+impl KeyKind {
+    /// Stable name stored in the database and bound into sealed blobs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X509Ca => "x509-ca",
+            Self::JwtSigning => "jwt-es256",
+            Self::TlsCa => "tls-ca",
+            Self::AdminCa => "admin-ca",
+        }
+    }
+}
+
+/// A private key sealed under the KEK, with its certificate if it has one.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    /// Environment, or empty for broker-wide keys.
+    pub env: String,
+    /// Purpose.
+    pub kind: KeyKind,
+    /// Creation time (unix seconds).
+    pub created_at: i64,
+    /// DER certificate for CA keys.
+    pub cert_der: Option<Vec<u8>>,
+    /// PKCS#8 private key sealed with [`crate::keys::Kek::seal`].
+    pub sealed_key: Vec<u8>,
+}
+
+/// A join token as stored: only the SHA-256 of the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// The one identity it attests to.
+    pub identity: IdentityKey,
+    /// Creation time (unix seconds).
+    pub created_at: i64,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+    /// Remaining uses.
+    pub uses_left: u32,
+}
+
+/// Last-issued / last-seen times to merge into stored identities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageUpdate {
+    /// The identity.
+    pub identity: IdentityKey,
+    /// Latest issuance (unix seconds).
+    pub last_issued_at: Option<i64>,
+    /// Latest authenticated use (unix seconds).
+    pub last_seen_at: Option<i64>,
+}
+
+/// Durable storage for keys, identities and join tokens.
+#[async_trait]
+pub trait Store: std::fmt::Debug + Send + Sync + 'static {
+    /// Whether the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The newest key of `kind` for `env`, if any.
+    async fn latest_key(&self, env: &str, kind: KeyKind) -> Result<Option<KeyRecord>, StoreError>;
+    /// Stores a new key.
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+
+    /// Every identity.
+    async fn list_identities(&self) -> Result<Vec<Identity>, StoreError>;
+    /// Adds an identity; [`StoreError::AlreadyExists`] if its key is taken.
+    async fn insert_identity(&self, identity: &Identity) -> Result<(), StoreError>;
+    /// Replaces an identity's settings (not its usage times).
+    async fn update_identity(&self, identity: &Identity) -> Result<(), StoreError>;
+    /// Moves usage times forward (never back).
+    async fn record_usage(&self, updates: &[UsageUpdate]) -> Result<(), StoreError>;
+
+    /// Stores a join token.
+    async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
+    /// Looks a join token up by hash.
+    async fn find_join_token(&self, hash: &[u8; 32])
+    -> Result<Option<JoinTokenRecord>, StoreError>;
+    /// Atomically spends one use if the token is unexpired at `now` and has
+    /// uses left; returns whether it did.
+    async fn consume_join_token(&self, hash: &[u8; 32], now: i64) -> Result<bool, StoreError>;
+}
+
+/// Opens the store named by `url`, creating and migrating it as needed.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}

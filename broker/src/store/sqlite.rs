@@ -1,0 +1,312 @@
+//! The embedded SQLite store (the default).
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{JoinTokenRecord, KeyKind, KeyRecord, Store, StoreError, UsageUpdate};
+use crate::model::{
+    Audience, EnvName, Identity, IdentityKey, IdentityName, Scope, Selector, SpiffeId,
+};
+
+/// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+/// SQLite-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `url`
+    /// (`sqlite://PATH`).
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            // Both strings are compile-time constants or a formatted integer.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*step))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "PRAGMA user_version = {}",
+                i + 1
+            )))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreError> {
+    let env: String = row.try_get("env")?;
+    let name: String = row.try_get("name")?;
+    let json = |col: &str| -> Result<String, StoreError> { Ok(row.try_get::<String, _>(col)?) };
+    let audiences: Vec<String> = serde_json::from_str(&json("audiences")?).map_err(corrupt)?;
+    let scopes: Vec<String> = serde_json::from_str(&json("scopes")?).map_err(corrupt)?;
+    let selectors: Vec<Selector> = serde_json::from_str(&json("selectors")?).map_err(corrupt)?;
+    let spiffe_id: String = row.try_get("spiffe_id")?;
+    Ok(Identity {
+        key: IdentityKey {
+            env: EnvName::new(&env).map_err(corrupt)?,
+            name: IdentityName::new(&name).map_err(corrupt)?,
+        },
+        spiffe_id: SpiffeId::parse(&spiffe_id).map_err(corrupt)?,
+        owner: row.try_get("owner")?,
+        purpose: row.try_get("purpose")?,
+        selectors,
+        audiences: audiences
+            .iter()
+            .map(|a| Audience::new(a))
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map_err(corrupt)?,
+        scopes: scopes
+            .iter()
+            .map(|s| Scope::new(s))
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map_err(corrupt)?,
+        jwt_ttl: Duration::from_secs(row.try_get::<i64, _>("jwt_ttl_seconds")? as u64),
+        x509_ttl: Duration::from_secs(row.try_get::<i64, _>("x509_ttl_seconds")? as u64),
+        expires_at: row.try_get("expires_at")?,
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        retired_at: row.try_get("retired_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_issued_at: row.try_get("last_issued_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn strings<'a>(items: impl IntoIterator<Item = &'a (impl AsRef<str> + 'a)>) -> Vec<&'a str> {
+    items.into_iter().map(AsRef::as_ref).collect()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn latest_key(&self, env: &str, kind: KeyKind) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT created_at, cert_der, sealed_key FROM key_material
+             WHERE env = ? AND kind = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(env)
+        .bind(kind.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(KeyRecord {
+                env: env.to_owned(),
+                kind,
+                created_at: row.try_get("created_at")?,
+                cert_der: row.try_get("cert_der")?,
+                sealed_key: row.try_get("sealed_key")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO key_material (env, kind, created_at, cert_der, sealed_key)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&key.env)
+        .bind(key.kind.as_str())
+        .bind(key.created_at)
+        .bind(&key.cert_der)
+        .bind(&key.sealed_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_identities(&self) -> Result<Vec<Identity>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM identities ORDER BY env, name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(identity_from_row).collect()
+    }
+
+    async fn insert_identity(&self, id: &Identity) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO identities (env, name, spiffe_id, owner, purpose, selectors, audiences,
+                 scopes, jwt_ttl_seconds, x509_ttl_seconds, expires_at, enabled, retired_at,
+                 created_at, updated_at, last_issued_at, last_seen_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.key.env.as_str())
+        .bind(id.key.name.as_str())
+        .bind(id.spiffe_id.to_string())
+        .bind(&id.owner)
+        .bind(&id.purpose)
+        .bind(to_json(&id.selectors))
+        .bind(to_json(&strings(&id.audiences)))
+        .bind(to_json(&strings(&id.scopes)))
+        .bind(id.jwt_ttl.as_secs() as i64)
+        .bind(id.x509_ttl.as_secs() as i64)
+        .bind(id.expires_at)
+        .bind(id.enabled as i64)
+        .bind(id.retired_at)
+        .bind(id.created_at)
+        .bind(id.updated_at)
+        .bind(id.last_issued_at)
+        .bind(id.last_seen_at)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::AlreadyExists(format!("identity {}", id.key)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn update_identity(&self, id: &Identity) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "UPDATE identities SET owner = ?, purpose = ?, selectors = ?, audiences = ?,
+                 scopes = ?, jwt_ttl_seconds = ?, x509_ttl_seconds = ?, expires_at = ?,
+                 enabled = ?, retired_at = ?, updated_at = ?
+             WHERE env = ? AND name = ?",
+        )
+        .bind(&id.owner)
+        .bind(&id.purpose)
+        .bind(to_json(&id.selectors))
+        .bind(to_json(&strings(&id.audiences)))
+        .bind(to_json(&strings(&id.scopes)))
+        .bind(id.jwt_ttl.as_secs() as i64)
+        .bind(id.x509_ttl.as_secs() as i64)
+        .bind(id.expires_at)
+        .bind(id.enabled as i64)
+        .bind(id.retired_at)
+        .bind(id.updated_at)
+        .bind(id.key.env.as_str())
+        .bind(id.key.name.as_str())
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("identity {}", id.key)));
+        }
+        Ok(())
+    }
+
+    async fn record_usage(&self, updates: &[UsageUpdate]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for u in updates {
+            sqlx::query(
+                "UPDATE identities SET
+                     last_issued_at = MAX(COALESCE(last_issued_at, 0), COALESCE(?, 0)),
+                     last_seen_at = MAX(COALESCE(last_seen_at, 0), COALESCE(?, 0))
+                 WHERE env = ? AND name = ?",
+            )
+            .bind(u.last_issued_at)
+            .bind(u.last_seen_at)
+            .bind(u.identity.env.as_str())
+            .bind(u.identity.name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Zero means "never"; keep NULL for identities without usage.
+        sqlx::query("UPDATE identities SET last_issued_at = NULL WHERE last_issued_at = 0")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE identities SET last_seen_at = NULL WHERE last_seen_at = 0")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_join_token(&self, t: &JoinTokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO join_tokens (token_hash, env, name, created_at, expires_at, uses_left)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(t.hash.as_slice())
+        .bind(t.identity.env.as_str())
+        .bind(t.identity.name.as_str())
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(t.uses_left as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_join_token(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT env, name, created_at, expires_at, uses_left FROM join_tokens
+             WHERE token_hash = ?",
+        )
+        .bind(hash.as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let env: String = row.try_get("env")?;
+            let name: String = row.try_get("name")?;
+            Ok(JoinTokenRecord {
+                hash: *hash,
+                identity: IdentityKey {
+                    env: EnvName::new(&env).map_err(corrupt)?,
+                    name: IdentityName::new(&name).map_err(corrupt)?,
+                },
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+                uses_left: row.try_get::<i64, _>("uses_left")?.max(0) as u32,
+            })
+        })
+        .transpose()
+    }
+
+    async fn consume_join_token(&self, hash: &[u8; 32], now: i64) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE join_tokens SET uses_left = uses_left - 1
+             WHERE token_hash = ? AND uses_left > 0 AND expires_at > ?",
+        )
+        .bind(hash.as_slice())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+}
