@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_env("CREDBROKER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match &cli.command {
         Command::Serve { config } => serve(config.as_deref(), cli.data_dir.clone()).await,

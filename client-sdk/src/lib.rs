@@ -1,1 +1,38 @@
+//! credbroker client SDK.
+//!
+//! A workload links this crate to obtain short-lived credentials from a
+//! credbroker broker: it generates its key pair locally (the private key
+//! never leaves the process), attests once with evidence such as a join
+//! token, then fetches JWTs and renews its X.509-SVID over mTLS.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), credbroker_client::ClientError> {
+//! use credbroker_client::{Client, Evidence, JwtRequest};
+//! let bundle = std::fs::read("credbroker-data/broker-ca.pem").unwrap();
+//! let client = Client::connect("https://127.0.0.1:7443", &bundle).await?;
+//! let attested = client
+//!     .attest(&Evidence::JoinToken("cbjt_…".into()), &[JwtRequest::audience("billing")])
+//!     .await?;
+//! let jwt = client
+//!     .authenticated(&attested.svid)
+//!     .await?
+//!     .fetch_jwt(&JwtRequest::audience("billing").scope("charge"))
+//!     .await?;
+//! # let _ = jwt; Ok(()) }
+//! ```
+//!
+//! The `credbroker-agent` binary ([`agent`]) does the same for programs that
+//! read credentials from files.
 
+#![warn(missing_docs)]
+
+pub mod agent;
+mod client;
+mod error;
+mod request;
+mod svid;
+
+pub use client::{Attestation, Client, WorkloadClient};
+pub use error::ClientError;
+pub use request::{Evidence, JwtRequest};
+pub use svid::{JwtSvid, TrustBundle, X509Svid, pem_encode};

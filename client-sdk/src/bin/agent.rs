@@ -1,1 +1,77 @@
-fn main() {}
+//! `credbroker-agent`: attest, write credentials to files, keep them fresh.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use credbroker_client::Evidence;
+use credbroker_client::agent::{AgentConfig, OutputDir, run, run_once};
+use tracing_subscriber::EnvFilter;
+
+/// Sidecar that obtains short-lived credentials from credbroker and keeps
+/// them fresh on disk.
+#[derive(Debug, Parser)]
+#[command(name = "credbroker-agent", version, about)]
+struct Args {
+    /// Broker gRPC URL.
+    #[arg(
+        long,
+        env = "CREDBROKER_BROKER",
+        default_value = "https://127.0.0.1:7443"
+    )]
+    broker: String,
+    /// PEM file with the CA that signed the broker's TLS certificate
+    /// (the broker's DATA_DIR/broker-ca.pem).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Join token from `credbroker token create`.
+    #[arg(long, env = "CREDBROKER_JOIN_TOKEN", hide_env_values = true)]
+    join_token: String,
+    /// Directory for svid.pem, svid_key.pem, bundle.pem and jwt/.
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Keep a JWT for this audience in jwt/<audience>.token (repeatable).
+    #[arg(long = "jwt-audience")]
+    jwt_audiences: Vec<String>,
+    /// Write the credentials once and exit.
+    #[arg(long)]
+    once: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("CREDBROKER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let bundle_pem = match std::fs::read(&args.bundle) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: cannot read --bundle {}: {e}", args.bundle.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = AgentConfig {
+        broker: args.broker,
+        bundle_pem,
+        evidence: Evidence::JoinToken(args.join_token),
+        out_dir: OutputDir::new(args.out_dir),
+        jwt_audiences: args.jwt_audiences,
+    };
+    let result = if args.once {
+        run_once(&config).await
+    } else {
+        run(&config).await
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
