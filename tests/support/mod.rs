@@ -1,1 +1,299 @@
+//! Test harness: starts the real `credbroker` binary on free loopback ports
+//! with its own data directory, and drives it with the real CLI, agent and
+//! SDK.
 
+pub mod http;
+pub mod jwt;
+pub mod x509;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use credbroker_client::Client;
+use credbroker_proto::v1::workload_client::WorkloadClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A built binary of this workspace, next to the test executable's
+/// directory (`target/<profile>/`), or from `$CREDBROKER_BIN_DIR`.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("CREDBROKER_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            let deps = exe.parent().expect("deps dir");
+            deps.parent().expect("profile dir").to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found; build it with `cargo build --workspace` (or run `cargo test --workspace`, which builds it)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A broker process for one test.
+pub struct TestBroker {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    grpc_port: u16,
+    http_port: u16,
+    config: PathBuf,
+}
+
+impl TestBroker {
+    /// A broker serving `dev` with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(&["dev"], "").await
+    }
+
+    /// A broker serving `envs`, with `extra` TOML appended to its config
+    /// (e.g. a `[ttl]` table).
+    pub async fn start_with(envs: &[&str], extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let grpc_port = free_port();
+        let http_port = free_port();
+        let mut toml = format!(
+            "data_dir = {:?}\ngrpc_listen = \"127.0.0.1:{grpc_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n",
+            dir.path().join("data")
+        );
+        toml.push_str(extra);
+        toml.push('\n');
+        for env in envs {
+            toml.push_str(&format!("[[environments]]\nname = \"{env}\"\n"));
+        }
+        let config = dir.path().join("credbroker.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let mut broker = Self {
+            dir,
+            child: None,
+            grpc_port,
+            http_port,
+            config,
+        };
+        broker.spawn().await;
+        broker
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .expect("log file");
+        let child = Command::new(binary("credbroker"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env_remove("CREDBROKER_DATA_DIR")
+            .env("CREDBROKER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn credbroker");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = http::get(self.http_port, "/readyz").await {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("broker exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not become ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the broker with SIGTERM and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Stops and starts the broker on the same data directory and ports.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+
+    /// Everything the broker logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A scratch directory for the test.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        p
+    }
+
+    /// gRPC URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// HTTP port.
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// `broker-ca.pem`.
+    pub fn bundle_path(&self) -> PathBuf {
+        self.data_dir().join("broker-ca.pem")
+    }
+
+    /// Contents of `broker-ca.pem`.
+    pub fn bundle_pem(&self) -> Vec<u8> {
+        std::fs::read(self.bundle_path()).expect("broker-ca.pem")
+    }
+
+    /// Runs the `credbroker` CLI against this broker.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary("credbroker"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--broker", &self.url()])
+            .env_remove("CREDBROKER_DATA_DIR")
+            .env_remove("CREDBROKER_BROKER")
+            .output()
+            .expect("run credbroker CLI")
+    }
+
+    /// Runs the CLI and returns stdout, failing the test if it fails.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "credbroker {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Registers `env/name` allowing `audiences` and `scopes`.
+    pub fn create_identity(&self, env: &str, name: &str, audiences: &[&str], scopes: &[&str]) {
+        let mut args = vec![
+            "identity",
+            "create",
+            "--env",
+            env,
+            "--name",
+            name,
+            "--owner",
+            "team-test",
+            "--purpose",
+            "end-to-end test",
+        ];
+        for a in audiences {
+            args.extend(["--audience", a]);
+        }
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        self.cli_ok(&args);
+    }
+
+    /// A fresh single-use join token for `env/name`.
+    pub fn join_token(&self, env: &str, name: &str) -> String {
+        self.cli_ok(&["token", "create", "--env", env, "--name", name])
+            .trim()
+            .to_owned()
+    }
+
+    /// An SDK client trusting the broker's CA.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url(), &self.bundle_pem())
+            .await
+            .expect("SDK connect")
+    }
+
+    /// A raw gRPC Workload client, optionally presenting `identity`
+    /// (PEM cert chain, PEM key), for sending what the SDK would not.
+    pub async fn raw_workload(
+        &self,
+        identity: Option<(String, String)>,
+    ) -> WorkloadClient<Channel> {
+        WorkloadClient::new(self.channel(identity).await.expect("connect"))
+    }
+
+    /// A TLS channel to the broker, optionally with a client certificate.
+    pub async fn channel(
+        &self,
+        identity: Option<(String, String)>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.bundle_pem()));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Channel::from_shared(self.url())
+            .expect("url")
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    /// The admin client certificate and key, PEM.
+    pub fn admin_identity(&self) -> (String, String) {
+        let dir = self.data_dir().join("admin");
+        (
+            std::fs::read_to_string(dir.join("admin.pem")).expect("admin.pem"),
+            std::fs::read_to_string(dir.join("admin.key")).expect("admin.key"),
+        )
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `credbroker-agent` with `args`.
+pub fn agent(args: &[&str]) -> Output {
+    let mut cmd = Command::new(binary("credbroker-agent"));
+    cmd.args(args);
+    cmd.env_remove("CREDBROKER_JOIN_TOKEN")
+        .env_remove("CREDBROKER_BROKER")
+        .output()
+        .expect("run credbroker-agent")
+}

@@ -97,7 +97,8 @@ pub fn grant_jwt(
         let aud = Audience::new(raw).map_err(|e| PolicyError::Invalid(e.to_string()))?;
         if !identity.audiences.contains(&aud) {
             return Err(PolicyError::Denied(format!(
-                "audience {aud:?} is not allowed for identity {}",
+                "audience {:?} is not allowed for identity {}",
+                aud.as_str(),
                 identity.key
             )));
         }
@@ -113,7 +114,8 @@ pub fn grant_jwt(
             let scope = Scope::new(raw).map_err(|e| PolicyError::Invalid(e.to_string()))?;
             if !identity.scopes.contains(&scope) {
                 return Err(PolicyError::Denied(format!(
-                    "scope {scope:?} is not allowed for identity {}",
+                    "scope {:?} is not allowed for identity {}",
+                    scope.as_str(),
                     identity.key
                 )));
             }

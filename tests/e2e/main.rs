@@ -1,0 +1,10 @@
+//! End-to-end tests: each starts the real `credbroker` binary over real TLS
+//! with its own SQLite data directory and talks to it with the real CLI,
+//! SDK and agent.
+
+mod admin;
+mod attestation;
+mod happy_path;
+mod jwt;
+mod restart;
+mod x509;
