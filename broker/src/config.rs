@@ -57,7 +57,7 @@ pub struct EnvironmentConfig {
 }
 
 /// Lifetimes and their bounds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TtlConfig {
     /// JWT lifetime of a new identity when none is given.
@@ -375,6 +375,14 @@ mod tests {
         let envs = config.environments().unwrap();
         assert_eq!(envs[0].trust_domain.as_str(), "prod.corp.test");
         assert_eq!(envs[1].trust_domain.as_str(), "stage.corp.test");
+    }
+
+    #[test]
+    fn sample_config_in_deploy_is_valid() {
+        let sample: Config = toml::from_str(include_str!("../../deploy/credbroker.toml")).unwrap();
+        sample.validate().unwrap();
+        assert_eq!(sample.environments().unwrap().len(), 3);
+        assert_eq!(sample.ttl, TtlConfig::default());
     }
 
     #[test]

@@ -44,10 +44,8 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
         })
 }
 
-fn stopped(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Opens the broker and starts serving.

@@ -46,17 +46,18 @@ async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
     }
 }
 
-fn env_keys<'a>(broker: &'a Broker, env: &str) -> Result<&'a Arc<EnvironmentKeys>, Response> {
+fn env_keys<'a>(broker: &'a Broker, env: &str) -> Option<&'a Arc<EnvironmentKeys>> {
     EnvName::new(env)
         .ok()
         .and_then(|name| broker.keys.env(&name))
-        .ok_or_else(|| {
-            (
-                StatusCode::NOT_FOUND,
-                Json(json!({"error": format!("environment {env:?} is not served here")})),
-            )
-                .into_response()
-        })
+}
+
+fn unknown_env(env: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": format!("environment {env:?} is not served here")})),
+    )
+        .into_response()
 }
 
 fn cached_json(value: Value, content_type: &'static str) -> Response {
@@ -71,8 +72,8 @@ fn cached_json(value: Value, content_type: &'static str) -> Response {
 }
 
 async fn discovery(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Response {
-    if let Err(r) = env_keys(&broker, &env) {
-        return r;
+    if env_keys(&broker, &env).is_none() {
+        return unknown_env(&env);
     }
     let issuer = broker.issuer(&env);
     cached_json(
@@ -90,18 +91,18 @@ async fn discovery(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -
 
 async fn jwks(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Response {
     match env_keys(&broker, &env) {
-        Ok(keys) => cached_json(
+        Some(keys) => cached_json(
             json!({ "keys": [keys.jwt.jwk("sig")] }),
             "application/jwk-set+json",
         ),
-        Err(r) => r,
+        None => unknown_env(&env),
     }
 }
 
 /// SPIFFE trust bundle in JWKS form (SPIFFE Trust Domain and Bundle §4).
 async fn bundle(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Response {
     match env_keys(&broker, &env) {
-        Ok(keys) => {
+        Some(keys) => {
             let ca = json!({
                 "kty": "EC",
                 "crv": "P-256",
@@ -122,7 +123,7 @@ async fn bundle(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> R
                 "application/json",
             )
         }
-        Err(r) => r,
+        None => unknown_env(&env),
     }
 }
 

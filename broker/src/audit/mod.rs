@@ -96,6 +96,7 @@ impl AuditRecord {
             identity = self.identity.as_deref(),
             env = self.env.as_deref(),
             actor = self.actor.as_deref(),
+            evidence = self.evidence.as_deref(),
             peer = self.peer.map(|p| p.to_string()),
         );
     }

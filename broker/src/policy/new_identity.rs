@@ -199,7 +199,8 @@ mod tests {
         );
         assert_eq!(id.jwt_ttl, Duration::from_secs(300));
 
-        let cases: Vec<(&str, Box<dyn Fn(&mut IdentityRequest)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut IdentityRequest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("unknown environment", Box::new(|r| r.env = "prod".into())),
             ("owner is required", Box::new(|r| r.owner = "  ".into())),
             (
