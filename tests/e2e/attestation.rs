@@ -34,11 +34,29 @@ async fn join_tokens_are_single_use_expire_and_bind_one_identity() {
     let client = broker.client().await;
 
     // Reused.
-    let token = Evidence::JoinToken(broker.join_token("dev", "a"));
+    let secret = broker.join_token("dev", "a");
+    let token = Evidence::JoinToken(secret.clone());
     client.attest(&token, &[]).await.expect("first use");
     let err = client.attest(&token, &[]).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::Unauthenticated), "{err}");
     assert!(err.to_string().contains("already used"), "{err}");
+    // Both decisions are audit events; the secret appears in neither.
+    let log = broker.log();
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("credbroker::audit"))
+        .collect();
+    assert!(audit.iter().any(|l| l.contains(r#"action="attest""#)
+        && l.contains(r#"decision="issued""#)
+        && l.contains(r#"identity="dev/a""#)
+        && l.contains("serial=")
+        && l.contains("peer=")));
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains(r#"decision="denied""#) && l.contains("already used"))
+    );
+    assert!(!log.contains(&secret), "join token leaked into the log");
 
     // Unknown.
     let err = client

@@ -9,6 +9,23 @@ use std::net::SocketAddr;
 /// The `tracing` target of audit events.
 pub const TARGET: &str = "credbroker::audit";
 
+/// Emits one audit event with the record's common fields plus `extra`.
+macro_rules! audit_event {
+    ($level:ident, $record:expr, $decision:expr, $($extra:tt)*) => {
+        tracing::$level!(
+            target: TARGET,
+            action = $record.action,
+            decision = $decision,
+            identity = $record.identity.as_deref(),
+            env = $record.env.as_deref(),
+            actor = $record.actor.as_deref(),
+            evidence = $record.evidence.as_deref(),
+            peer = $record.peer.map(|p| p.to_string()),
+            $($extra)*
+        )
+    };
+}
+
 /// One auditable decision, filled in as a request is processed.
 #[derive(Debug, Clone, Default)]
 pub struct AuditRecord {
@@ -38,66 +55,28 @@ impl AuditRecord {
 
     /// Records that an X.509-SVID with `serial` was issued.
     pub fn issued_x509(&self, serial: &str, expires_at: i64) {
-        tracing::info!(
-            target: TARGET,
-            action = self.action,
-            decision = "issued",
+        audit_event!(
+            info,
+            self,
+            "issued",
             credential = "x509-svid",
             serial,
-            expires_at,
-            identity = self.identity.as_deref(),
-            env = self.env.as_deref(),
-            actor = self.actor.as_deref(),
-            evidence = self.evidence.as_deref(),
-            peer = self.peer.map(|p| p.to_string()),
+            expires_at
         );
     }
 
     /// Records that a JWT with `jti` was issued.
     pub fn issued_jwt(&self, jti: &str, audiences: &[String], expires_at: i64) {
-        tracing::info!(
-            target: TARGET,
-            action = self.action,
-            decision = "issued",
-            credential = "jwt-svid",
-            jti,
-            audiences = ?audiences,
-            expires_at,
-            identity = self.identity.as_deref(),
-            env = self.env.as_deref(),
-            actor = self.actor.as_deref(),
-            evidence = self.evidence.as_deref(),
-            peer = self.peer.map(|p| p.to_string()),
-        );
+        audit_event!(info, self, "issued", credential = "jwt-svid", jti, audiences = ?audiences, expires_at);
     }
 
     /// Records a refusal and why.
     pub fn denied(&self, reason: &str) {
-        tracing::warn!(
-            target: TARGET,
-            action = self.action,
-            decision = "denied",
-            reason,
-            identity = self.identity.as_deref(),
-            env = self.env.as_deref(),
-            actor = self.actor.as_deref(),
-            evidence = self.evidence.as_deref(),
-            peer = self.peer.map(|p| p.to_string()),
-        );
+        audit_event!(warn, self, "denied", reason);
     }
 
     /// Records a successful admin change.
     pub fn changed(&self, detail: &str) {
-        tracing::info!(
-            target: TARGET,
-            action = self.action,
-            decision = "done",
-            detail,
-            identity = self.identity.as_deref(),
-            env = self.env.as_deref(),
-            actor = self.actor.as_deref(),
-            evidence = self.evidence.as_deref(),
-            peer = self.peer.map(|p| p.to_string()),
-        );
+        audit_event!(info, self, "done", detail);
     }
 }

@@ -117,39 +117,42 @@ impl Identity {
     }
 }
 
+/// An active `dev/api` identity allowing audience `billing` and scopes
+/// `read` and `write`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_identity() -> Identity {
+    use super::names::TrustDomain;
+    let name = IdentityName::new("api").unwrap();
+    Identity {
+        key: IdentityKey {
+            env: EnvName::new("dev").unwrap(),
+            name: name.clone(),
+        },
+        spiffe_id: SpiffeId::new(TrustDomain::new("dev.example.org").unwrap(), name),
+        owner: "team".into(),
+        purpose: "p".into(),
+        selectors: vec![],
+        audiences: BTreeSet::from([Audience::new("billing").unwrap()]),
+        scopes: BTreeSet::from([Scope::new("read").unwrap(), Scope::new("write").unwrap()]),
+        jwt_ttl: Duration::from_secs(300),
+        x509_ttl: Duration::from_secs(3600),
+        expires_at: None,
+        enabled: true,
+        retired_at: None,
+        created_at: 0,
+        updated_at: 0,
+        last_issued_at: None,
+        last_seen_at: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::names::TrustDomain;
-
-    fn identity() -> Identity {
-        let name = IdentityName::new("api").unwrap();
-        Identity {
-            key: IdentityKey {
-                env: EnvName::new("dev").unwrap(),
-                name: name.clone(),
-            },
-            spiffe_id: SpiffeId::new(TrustDomain::new("dev.example.org").unwrap(), name),
-            owner: "team".into(),
-            purpose: "p".into(),
-            selectors: vec![],
-            audiences: BTreeSet::new(),
-            scopes: BTreeSet::new(),
-            jwt_ttl: Duration::from_secs(300),
-            x509_ttl: Duration::from_secs(3600),
-            expires_at: None,
-            enabled: true,
-            retired_at: None,
-            created_at: 0,
-            updated_at: 0,
-            last_issued_at: None,
-            last_seen_at: None,
-        }
-    }
 
     #[test]
     fn status_precedence() {
-        let mut id = identity();
+        let mut id = test_identity();
         assert_eq!(id.status(100), IdentityStatus::Active);
         id.expires_at = Some(100);
         assert_eq!(id.status(99), IdentityStatus::Active);

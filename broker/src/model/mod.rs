@@ -3,6 +3,8 @@
 mod identity;
 mod names;
 
+#[cfg(test)]
+pub(crate) use identity::test_identity;
 pub use identity::{Identity, IdentityKey, IdentityStatus, Selector};
 pub use names::{Audience, EnvName, IdentityName, NameError, Scope, SpiffeId, TrustDomain};
 

@@ -152,33 +152,7 @@ pub fn grant_jwt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EnvName, IdentityKey, IdentityName, SpiffeId, TrustDomain};
-    use std::collections::BTreeSet;
-
-    fn identity() -> Identity {
-        let name = IdentityName::new("api").unwrap();
-        Identity {
-            key: IdentityKey {
-                env: EnvName::new("dev").unwrap(),
-                name: name.clone(),
-            },
-            spiffe_id: SpiffeId::new(TrustDomain::new("dev.example.org").unwrap(), name),
-            owner: "o".into(),
-            purpose: "p".into(),
-            selectors: vec![],
-            audiences: BTreeSet::from([Audience::new("billing").unwrap()]),
-            scopes: BTreeSet::from([Scope::new("read").unwrap(), Scope::new("write").unwrap()]),
-            jwt_ttl: Duration::from_secs(300),
-            x509_ttl: Duration::from_secs(3600),
-            expires_at: None,
-            enabled: true,
-            retired_at: None,
-            created_at: 0,
-            updated_at: 0,
-            last_issued_at: None,
-            last_seen_at: None,
-        }
-    }
+    use crate::model::test_identity as identity;
 
     const FLOOR: Duration = Duration::from_secs(60);
     fn s(v: &[&str]) -> Vec<String> {
