@@ -18,9 +18,19 @@ use crate::api::{AdminService, WorkloadService, http};
 use crate::broker::{Broker, StartError};
 use crate::config::Config;
 use crate::keys::pem_encode;
+use crate::model::unix_now;
 
 /// How often usage times (last issued / last seen) reach the store.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often expired join tokens are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Expired join tokens are kept this long so a late attempt is told
+/// "expired" rather than "not recognized".
+const EXPIRED_TOKEN_GRACE: i64 = 24 * 60 * 60;
+/// Longest time one RPC may take.
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest time a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running broker.
 #[derive(Debug)]
@@ -77,9 +87,12 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let tls_config = ServerTlsConfig::new()
         .identity(Identity::from_pem(&tls.cert_chain_pem, &tls.key_pem))
         .client_ca_root(Certificate::from_pem(client_cas))
-        .client_auth_optional(true);
+        .client_auth_optional(true)
+        .timeout(HANDSHAKE_TIMEOUT);
     let grpc_server = Server::builder()
         .tls_config(tls_config)?
+        .timeout(RPC_TIMEOUT)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(WorkloadServer::new(WorkloadService::new(Arc::clone(
             &broker,
         ))))
@@ -100,16 +113,27 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     });
 
     let flusher = Arc::clone(&broker);
-    let mut flush_stop = stop_rx;
+    let flush_stop = stopped(stop_rx);
     let flush_task = tokio::spawn(async move {
+        tokio::pin!(flush_stop);
         let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
+        let mut purge = tokio::time::interval(PURGE_INTERVAL);
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
-                _ = flush_stop.wait_for(|s| *s) => break,
-            }
-            if let Err(e) = flusher.registry.flush_usage().await {
-                tracing::warn!(error = %e, "could not record usage times; will retry");
+                _ = tick.tick() => {
+                    if let Err(e) = flusher.registry.flush_usage().await {
+                        tracing::warn!(error = %e, "could not record usage times; will retry");
+                    }
+                }
+                _ = purge.tick() => {
+                    let before = unix_now() - EXPIRED_TOKEN_GRACE;
+                    match flusher.store.purge_join_tokens(before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(purged = n, "deleted expired join tokens"),
+                        Err(e) => tracing::warn!(error = %e, "could not purge expired join tokens"),
+                    }
+                }
+                () = &mut flush_stop => break,
             }
         }
         let _ = flusher.registry.flush_usage().await;

@@ -131,6 +131,8 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Atomically spends one use if the token is unexpired at `now` and has
     /// uses left; returns whether it did.
     async fn consume_join_token(&self, hash: &[u8; 32], now: i64) -> Result<bool, StoreError>;
+    /// Deletes join tokens that expired before `before`; returns how many.
+    async fn purge_join_tokens(&self, before: i64) -> Result<u64, StoreError>;
 }
 
 /// Opens the store named by `url`, creating and migrating it as needed.
