@@ -227,6 +227,10 @@ mod tests {
         assert_eq!(san.value.general_names.len(), 1);
         assert_eq!(format!("{:X}", cert.serial), svid.serial);
         assert!(ca.signed(&cert));
+        // Another environment's CA does not vouch for it.
+        let (other, _) =
+            CertificateAuthority::generate("t", None, Duration::from_secs(86400)).unwrap();
+        assert!(!other.signed(&cert));
         assert_eq!(
             cert.validity().not_after.timestamp(),
             1_900_000_600.min(ca.not_after())
