@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::api::peer::CallerCache;
 use crate::attest::JoinTokenAttestor;
 use crate::config::{Config, Environment};
 use crate::keys::{Kek, KeyError, KeyRing};
@@ -51,6 +52,8 @@ pub struct Broker {
     pub join_tokens: JoinTokenAttestor,
     /// The durable store.
     pub store: Arc<dyn Store>,
+    /// Client certificates already verified.
+    pub callers: CallerCache,
 }
 
 impl Broker {
@@ -73,6 +76,7 @@ impl Broker {
             join_tokens: JoinTokenAttestor::new(Arc::clone(&store)),
             store,
             config,
+            callers: CallerCache::default(),
         }))
     }
 

@@ -97,7 +97,11 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
             &broker,
         ))))
         .add_service(AdminServer::new(AdminService::new(Arc::clone(&broker))))
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY, Nagle plus delayed ACKs stall every response ~40 ms.
+            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
     let grpc_task = tokio::spawn(async move { grpc_server.await.map_err(StartError::from) });
 
     let router = http::router(Arc::clone(&broker));

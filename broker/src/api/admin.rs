@@ -11,7 +11,7 @@ use credbroker_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::peer::{Caller, authenticate};
+use super::peer::Caller;
 use super::status;
 use crate::attest::JoinToken;
 use crate::audit::AuditRecord;
@@ -39,7 +39,10 @@ impl AdminService {
         request: &Request<T>,
         audit: &mut AuditRecord,
     ) -> Result<(), Status> {
-        let caller = authenticate(request, &self.broker.keys, unix_now());
+        let caller = self
+            .broker
+            .callers
+            .authenticate(request, &self.broker.keys, unix_now());
         let caller = match caller {
             Ok(c) => c,
             Err(e) => {

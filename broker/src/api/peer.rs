@@ -5,15 +5,25 @@
 //! listener accepts (every environment's CA and the admin CA). That is not
 //! enough on its own: a certificate counts only for the environment its
 //! SPIFFE ID names, so we check the signature against that environment's CA.
+//!
+//! That check is an ECDSA verification, the most expensive step of a
+//! FetchJwt after signing, and its answer never changes for a given
+//! certificate, so [`CallerCache`] remembers it keyed by the certificate's
+//! SHA-256. Validity times are still checked on every call.
 
 use std::sync::Arc;
 
-use rustls_pki_types::CertificateDer;
+use dashmap::DashMap;
 use tonic::{Request, Status};
 use x509_parser::extensions::GeneralName;
 
+use crate::issue::Confirmation;
 use crate::keys::{EnvironmentKeys, KeyRing};
 use crate::model::{IdentityKey, SpiffeId};
+
+/// Certificates remembered at most; the cache is emptied when full (every
+/// entry can be recomputed).
+const CACHE_CAPACITY: usize = 100_000;
 
 /// An authenticated workload.
 #[derive(Debug, Clone)]
@@ -24,8 +34,8 @@ pub struct WorkloadPeer {
     pub spiffe_id: SpiffeId,
     /// Its environment's keys.
     pub env: Arc<EnvironmentKeys>,
-    /// The leaf certificate (for `cnf` binding).
-    pub cert: CertificateDer<'static>,
+    /// Binding to its certificate, for JWTs issued to it.
+    pub cnf: Confirmation,
 }
 
 /// The caller of an RPC.
@@ -34,7 +44,7 @@ pub enum Caller {
     /// No client certificate.
     Anonymous,
     /// A workload with a valid X.509-SVID.
-    Workload(WorkloadPeer),
+    Workload(Arc<WorkloadPeer>),
     /// The operator, with the admin certificate.
     Admin,
 }
@@ -50,24 +60,71 @@ impl Caller {
     }
 }
 
-/// Identifies the caller of `request` at unix time `now`.
-pub fn authenticate<T>(request: &Request<T>, keys: &KeyRing, now: i64) -> Result<Caller, Status> {
-    let Some(certs) = request.peer_certs() else {
-        return Ok(Caller::Anonymous);
-    };
-    let Some(leaf) = certs.first() else {
-        return Ok(Caller::Anonymous);
-    };
+/// A certificate already verified, with its validity window.
+#[derive(Debug, Clone)]
+struct Verified {
+    caller: Caller,
+    not_before: i64,
+    not_after: i64,
+}
+
+/// Remembers which client certificates were verified, and as whom.
+#[derive(Debug, Default)]
+pub struct CallerCache {
+    verified: DashMap<[u8; 32], Verified>,
+}
+
+impl CallerCache {
+    /// Identifies the caller of `request` at unix time `now`.
+    pub fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        keys: &KeyRing,
+        now: i64,
+    ) -> Result<Caller, Status> {
+        let Some(certs) = request.peer_certs() else {
+            return Ok(Caller::Anonymous);
+        };
+        let Some(leaf) = certs.first() else {
+            return Ok(Caller::Anonymous);
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(digest.as_ref());
+        let verified = match self.verified.get(&fingerprint) {
+            Some(hit) => hit.clone(),
+            None => {
+                let verified = verify(leaf, &fingerprint, keys)?;
+                if self.verified.len() >= CACHE_CAPACITY {
+                    self.verified.clear();
+                }
+                self.verified.insert(fingerprint, verified.clone());
+                verified
+            }
+        };
+        if now < verified.not_before || now >= verified.not_after {
+            return Err(Status::unauthenticated(
+                "client certificate is not valid now",
+            ));
+        }
+        Ok(verified.caller)
+    }
+}
+
+fn verify(leaf: &[u8], fingerprint: &[u8; 32], keys: &KeyRing) -> Result<Verified, Status> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|_| Status::unauthenticated("client certificate cannot be parsed"))?;
     let validity = cert.validity();
-    if now < validity.not_before.timestamp() || now >= validity.not_after.timestamp() {
-        return Err(Status::unauthenticated(
-            "client certificate is not valid now",
-        ));
-    }
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
     if keys.admin_ca().signed(&cert) {
-        return Ok(Caller::Admin);
+        return Ok(Verified {
+            caller: Caller::Admin,
+            not_before,
+            not_after,
+        });
     }
     let uris: Vec<&str> = cert
         .subject_alternative_name()
@@ -105,13 +162,17 @@ pub fn authenticate<T>(request: &Request<T>, keys: &KeyRing, now: i64) -> Result
             env.env.name
         )));
     }
-    Ok(Caller::Workload(WorkloadPeer {
-        identity: IdentityKey {
-            env: env.env.name.clone(),
-            name: spiffe_id.path().clone(),
-        },
-        spiffe_id,
-        env: Arc::clone(env),
-        cert: leaf.clone(),
-    }))
+    Ok(Verified {
+        caller: Caller::Workload(Arc::new(WorkloadPeer {
+            identity: IdentityKey {
+                env: env.env.name.clone(),
+                name: spiffe_id.path().clone(),
+            },
+            spiffe_id,
+            env: Arc::clone(env),
+            cnf: Confirmation::from_sha256(fingerprint),
+        })),
+        not_before,
+        not_after,
+    })
 }

@@ -10,7 +10,7 @@ use credbroker_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::peer::{Caller, WorkloadPeer, authenticate};
+use super::peer::{Caller, WorkloadPeer};
 use super::status;
 use crate::attest::{Attestor, Evidence};
 use crate::audit::AuditRecord;
@@ -117,8 +117,11 @@ impl WorkloadService {
         request: &Request<T>,
         audit: &mut AuditRecord,
         now: i64,
-    ) -> Result<(WorkloadPeer, Arc<Identity>), Status> {
-        let caller = authenticate(request, &self.broker.keys, now)?;
+    ) -> Result<(Arc<WorkloadPeer>, Arc<Identity>), Status> {
+        let caller = self
+            .broker
+            .callers
+            .authenticate(request, &self.broker.keys, now)?;
         audit.actor = Some(caller.actor());
         let Caller::Workload(peer) = caller else {
             return Err(match caller {
@@ -221,8 +224,14 @@ impl WorkloadService {
         let grant = self
             .grants(&identity, std::slice::from_ref(&req))?
             .remove(0);
-        let cnf = Confirmation::for_certificate(&peer.cert);
-        let jwt = self.mint_jwt(&peer.env, &identity, &grant, Some(cnf), now, audit)?;
+        let jwt = self.mint_jwt(
+            &peer.env,
+            &identity,
+            &grant,
+            Some(peer.cnf.clone()),
+            now,
+            audit,
+        )?;
         self.broker.registry.record_issued(&identity.key, now);
         Ok(FetchJwtResponse { jwt: Some(jwt) })
     }

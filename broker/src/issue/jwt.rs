@@ -24,6 +24,13 @@ impl Confirmation {
             x5t_s256: URL_SAFE_NO_PAD.encode(digest.as_ref()),
         }
     }
+
+    /// Binds to the certificate whose SHA-256 is `digest`.
+    pub fn from_sha256(digest: &[u8; 32]) -> Self {
+        Self {
+            x5t_s256: URL_SAFE_NO_PAD.encode(digest),
+        }
+    }
 }
 
 /// The claims of a JWT-SVID.
