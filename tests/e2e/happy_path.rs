@@ -184,3 +184,73 @@ async fn sdk_attests_fetches_bound_jwts_and_renews() {
     assert!(shown["last_issued_at"].is_string(), "{shown}");
     assert!(shown["last_seen_at"].is_string());
 }
+
+#[tokio::test]
+async fn agent_keeps_rotating_credentials_on_disk() {
+    // Lifetimes of seconds so several rotations happen during the test.
+    let broker = TestBroker::start_with(
+        &["dev"],
+        "[ttl]\nfloor = \"1s\"\ndefault_x509 = \"4s\"\ndefault_jwt = \"4s\"\n",
+    )
+    .await;
+    broker.create_identity("dev", "rotating", &["billing"], &[]);
+    let token = broker.join_token("dev", "rotating");
+    let out = broker.scratch("rotating");
+    let mut child = std::process::Command::new(credbroker_e2e::binary("credbroker-agent"))
+        .args([
+            "--broker",
+            &broker.url(),
+            "--join-token",
+            &token,
+            "--jwt-audience",
+            "billing",
+        ])
+        .arg("--bundle")
+        .arg(broker.bundle_path())
+        .arg("--out-dir")
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let serial = |path: &std::path::Path| -> Option<String> {
+        let pem = std::fs::read(path).ok()?;
+        let certs = x509::pem_certs(&pem);
+        Some(x509::parse(certs.first()?).raw_serial_as_string())
+    };
+    let mut serials = Vec::new();
+    let mut tokens = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    while std::time::Instant::now() < deadline && serials.len() < 4 {
+        if let Some(s) = serial(&out.join("svid.pem"))
+            && serials.last() != Some(&s)
+        {
+            serials.push(s);
+        }
+        if let Ok(t) = std::fs::read_to_string(out.join("jwt/billing.token"))
+            && tokens.last() != Some(&t)
+        {
+            tokens.push(t);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        serials.len() >= 3,
+        "expected rotations, saw {serials:?}\n{}",
+        broker.log()
+    );
+    assert!(tokens.len() >= 3, "JWT rotated too: {}", tokens.len());
+    // The key on disk always matches the certificate on disk.
+    let leaf = x509::pem_certs(&std::fs::read(out.join("svid.pem")).unwrap());
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(out.join("svid_key.pem")).unwrap())
+        .unwrap();
+    assert_eq!(
+        key.public_key_raw(),
+        x509::parse(&leaf[0])
+            .public_key()
+            .subject_public_key
+            .data
+            .as_ref()
+    );
+}
