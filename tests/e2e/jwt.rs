@@ -162,3 +162,43 @@ async fn tokens_verify_only_in_their_own_environment_and_untampered() {
     let confused = format!("{signing_input}.{sig}");
     assert!(jwt::verify(&confused, &staging, "billing", &staging_iss).is_err());
 }
+
+#[tokio::test]
+async fn a_disabled_identity_loses_fetch_and_renew_at_once() {
+    let broker = TestBroker::start().await;
+    broker.create_identity("dev", "api", &["billing"], &[]);
+    let client = broker.client().await;
+    let attested = client
+        .attest(&Evidence::JoinToken(broker.join_token("dev", "api")), &[])
+        .await
+        .unwrap();
+    let session = client.authenticated(&attested.svid).await.unwrap();
+    session
+        .fetch_jwt(&JwtRequest::audience("billing"))
+        .await
+        .expect("active");
+
+    broker.cli_ok(&[
+        "identity", "disable", "--env", "dev", "--name", "api", "--reason", "leak",
+    ]);
+    let err = session
+        .fetch_jwt(&JwtRequest::audience("billing"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied));
+    assert!(
+        err.to_string().contains("identity dev/api is disabled"),
+        "{err}"
+    );
+    let err = session.renew().await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied));
+
+    broker.cli_ok(&["identity", "enable", "--env", "dev", "--name", "api"]);
+    session
+        .fetch_jwt(&JwtRequest::audience("billing"))
+        .await
+        .expect("re-enabled");
+    broker.cli_ok(&["identity", "retire", "--env", "dev", "--name", "api"]);
+    let err = session.renew().await.unwrap_err();
+    assert!(err.to_string().contains("retired"), "{err}");
+}
