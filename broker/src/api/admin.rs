@@ -252,13 +252,8 @@ impl Admin for AdminService {
         &self,
         request: Request<ChangeIdentityRequest>,
     ) -> Result<Response<pb::Identity>, Status> {
+        // Disabling a retired identity changes nothing it could do: allowed.
         self.change(request, "identity.disable", |id, _| {
-            if id.retired_at.is_some() {
-                return Err(PolicyError::Invalid(format!(
-                    "identity {} is retired",
-                    id.key
-                )));
-            }
             id.enabled = false;
             Ok(())
         })
