@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::api::peer::CallerCache;
 use crate::attest::JoinTokenAttestor;
+use crate::audit::AuditLog;
 use crate::config::{Config, Environment};
 use crate::keys::{Kek, KeyError, KeyRing};
 use crate::policy::{IdentityRegistry, TtlLimits};
@@ -54,6 +55,8 @@ pub struct Broker {
     pub store: Arc<dyn Store>,
     /// Client certificates already verified.
     pub callers: CallerCache,
+    /// The durable audit log.
+    pub audit: AuditLog,
 }
 
 impl Broker {
@@ -68,6 +71,7 @@ impl Broker {
         let store = store::open(&config.store_url()).await?;
         let keys = KeyRing::load_or_create(&config, store.as_ref(), &kek).await?;
         let registry = IdentityRegistry::load(Arc::clone(&store)).await?;
+        let audit = AuditLog::start(Arc::clone(&store)).await?;
         Ok(Arc::new(Self {
             envs: config.environments()?,
             limits: TtlLimits::from(&config.ttl),
@@ -77,6 +81,7 @@ impl Broker {
             store,
             config,
             callers: CallerCache::default(),
+            audit,
         }))
     }
 

@@ -141,6 +141,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
             }
         }
         let _ = flusher.registry.flush_usage().await;
+        flusher.audit.flush().await;
         Ok(())
     });
 
@@ -170,6 +171,8 @@ impl RunningBroker {
                 Err(e) => tracing::error!(error = %e, "server task panicked"),
             }
         }
+        // In-flight calls have finished: commit what they audited.
+        self.broker.audit.flush().await;
         tracing::info!("credbroker stopped");
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod attestation;
+mod audit;
 mod happy_path;
 mod jwt;
 mod restart;

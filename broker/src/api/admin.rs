@@ -8,9 +8,11 @@ use credbroker_proto::v1::admin_server::Admin;
 use credbroker_proto::v1::{
     self as pb, ChangeIdentityRequest, CreateIdentityRequest, CreateJoinTokenRequest,
     CreateJoinTokenResponse, IdentityRef, ListIdentitiesRequest, ListIdentitiesResponse,
+    QueryAuditRequest, QueryAuditResponse, VerifyAuditRequest, VerifyAuditResponse,
 };
 use tonic::{Request, Response, Status};
 
+use super::audit_api;
 use super::peer::Caller;
 use super::status;
 use crate::attest::JoinToken;
@@ -73,7 +75,7 @@ fn identity_key(r: Option<&IdentityRef>) -> Result<IdentityKey, Status> {
     })
 }
 
-fn to_proto(view: &IdentityView) -> pb::Identity {
+fn to_proto(view: &IdentityView, outstanding: u32) -> pb::Identity {
     let id = &view.identity;
     pb::Identity {
         env: id.key.env.to_string(),
@@ -101,6 +103,7 @@ fn to_proto(view: &IdentityView) -> pb::Identity {
         last_issued_at: id.last_issued_at.unwrap_or(0),
         last_seen_at: id.last_seen_at.unwrap_or(0),
         status: view.status.as_str().to_owned(),
+        outstanding_credentials: outstanding,
     }
 }
 
@@ -109,13 +112,38 @@ fn nonzero_secs(v: u32) -> Option<Duration> {
 }
 
 impl AdminService {
+    /// Unexpired issued credentials per identity (`env/name`), from the
+    /// audit log.
+    async fn outstanding(&self) -> Result<std::collections::HashMap<String, u32>, Status> {
+        self.broker.audit.flush().await;
+        let counts = self
+            .broker
+            .store
+            .outstanding_credentials(unix_now())
+            .await
+            .map_err(status::store)?;
+        Ok(counts
+            .into_iter()
+            .map(|(id, n)| (id, n.clamp(0, i64::from(u32::MAX)) as u32))
+            .collect())
+    }
+
+    async fn proto_with_count(&self, view: &IdentityView) -> Result<pb::Identity, Status> {
+        let counts = self.outstanding().await?;
+        let n = counts
+            .get(&view.identity.key.to_string())
+            .copied()
+            .unwrap_or(0);
+        Ok(to_proto(view, n))
+    }
+
     async fn change(
         &self,
         request: Request<ChangeIdentityRequest>,
         action: &'static str,
         change: impl FnOnce(&mut crate::model::Identity, i64) -> Result<(), PolicyError>,
     ) -> Result<Response<pb::Identity>, Status> {
-        let mut audit = AuditRecord::new(action, request.remote_addr());
+        let mut audit = AuditRecord::new(&self.broker.audit, action, request.remote_addr());
         self.require_admin(&request, &mut audit)?;
         let req = request.into_inner();
         let result = async {
@@ -144,7 +172,7 @@ impl AdminService {
                 } else {
                     reason
                 });
-                Ok(Response::new(to_proto(&view)))
+                Ok(Response::new(self.proto_with_count(&view).await?))
             }
             Err(e) => {
                 audit.denied(&status::reason(&e));
@@ -160,7 +188,8 @@ impl Admin for AdminService {
         &self,
         request: Request<CreateIdentityRequest>,
     ) -> Result<Response<pb::Identity>, Status> {
-        let mut audit = AuditRecord::new("identity.create", request.remote_addr());
+        let mut audit =
+            AuditRecord::new(&self.broker.audit, "identity.create", request.remote_addr());
         self.require_admin(&request, &mut audit)?;
         let req = request.into_inner();
         audit.identity = Some(format!("{}/{}", req.env, req.name));
@@ -201,7 +230,7 @@ impl Admin for AdminService {
         match result {
             Ok(view) => {
                 audit.changed(&format!("owner={:?}", view.identity.owner));
-                Ok(Response::new(to_proto(&view)))
+                Ok(Response::new(to_proto(&view, 0)))
             }
             Err(e) => {
                 audit.denied(&status::reason(&e));
@@ -214,7 +243,7 @@ impl Admin for AdminService {
         &self,
         request: Request<IdentityRef>,
     ) -> Result<Response<pb::Identity>, Status> {
-        let mut audit = AuditRecord::new("identity.get", request.remote_addr());
+        let mut audit = AuditRecord::new(&self.broker.audit, "identity.get", request.remote_addr());
         self.require_admin(&request, &mut audit)?;
         let key = identity_key(Some(request.get_ref()))?;
         let view = self
@@ -222,14 +251,15 @@ impl Admin for AdminService {
             .registry
             .view(&key, unix_now())
             .ok_or_else(|| Status::not_found(format!("identity {key} not found")))?;
-        Ok(Response::new(to_proto(&view)))
+        Ok(Response::new(self.proto_with_count(&view).await?))
     }
 
     async fn list_identities(
         &self,
         request: Request<ListIdentitiesRequest>,
     ) -> Result<Response<ListIdentitiesResponse>, Status> {
-        let mut audit = AuditRecord::new("identity.list", request.remote_addr());
+        let mut audit =
+            AuditRecord::new(&self.broker.audit, "identity.list", request.remote_addr());
         self.require_admin(&request, &mut audit)?;
         let req = request.into_inner();
         let env = if req.env.is_empty() {
@@ -238,12 +268,27 @@ impl Admin for AdminService {
             Some(EnvName::new(&req.env).map_err(|e| Status::invalid_argument(e.to_string()))?)
         };
         let owner = (!req.owner.is_empty()).then_some(req.owner.as_str());
+        let now = unix_now();
+        // Stale: nothing issued within the window (never issued counts as stale
+        // once the identity itself is older than the window).
+        let cutoff = now - i64::from(req.stale_seconds);
+        let counts = self.outstanding().await?;
         let identities = self
             .broker
             .registry
-            .list(env.as_ref(), owner, unix_now())
+            .list(env.as_ref(), owner, now)
             .iter()
-            .map(to_proto)
+            .filter(|v| {
+                req.stale_seconds == 0
+                    || v.identity.last_issued_at.unwrap_or(v.identity.created_at) < cutoff
+            })
+            .map(|v| {
+                let n = counts
+                    .get(&v.identity.key.to_string())
+                    .copied()
+                    .unwrap_or(0);
+                to_proto(v, n)
+            })
             .collect();
         Ok(Response::new(ListIdentitiesResponse { identities }))
     }
@@ -295,7 +340,11 @@ impl Admin for AdminService {
         &self,
         request: Request<CreateJoinTokenRequest>,
     ) -> Result<Response<CreateJoinTokenResponse>, Status> {
-        let mut audit = AuditRecord::new("join_token.create", request.remote_addr());
+        let mut audit = AuditRecord::new(
+            &self.broker.audit,
+            "join_token.create",
+            request.remote_addr(),
+        );
         self.require_admin(&request, &mut audit)?;
         let req = request.into_inner();
         let result = async {
@@ -359,5 +408,37 @@ impl Admin for AdminService {
                 Err(e)
             }
         }
+    }
+
+    async fn query_audit(
+        &self,
+        request: Request<QueryAuditRequest>,
+    ) -> Result<Response<QueryAuditResponse>, Status> {
+        let mut audit = AuditRecord::new(&self.broker.audit, "audit.query", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        audit_api::query(&self.broker, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditResponse>, Status> {
+        let mut audit = AuditRecord::new(&self.broker.audit, "audit.verify", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        let report = audit_api::verify(&self.broker).await?;
+        if report.intact {
+            audit.changed(&format!(
+                "intact: {} entries, head {}",
+                report.entries, report.head
+            ));
+        } else {
+            audit.denied(&format!(
+                "chain broken at entry {}: {}",
+                report.broken_at, report.problem
+            ));
+        }
+        Ok(Response::new(report))
     }
 }

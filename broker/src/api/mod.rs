@@ -2,6 +2,7 @@
 //! the HTTP endpoints.
 
 pub mod admin;
+mod audit_api;
 pub mod http;
 pub mod peer;
 mod status;

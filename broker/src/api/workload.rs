@@ -269,7 +269,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<AttestRequest>,
     ) -> Result<Response<AttestResponse>, Status> {
-        let mut audit = AuditRecord::new("attest", request.remote_addr());
+        let mut audit = AuditRecord::new(&self.broker.audit, "attest", request.remote_addr());
         let result = self.attest_inner(request, &mut audit).await;
         finish(result, &audit)
     }
@@ -278,7 +278,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<FetchJwtRequest>,
     ) -> Result<Response<FetchJwtResponse>, Status> {
-        let mut audit = AuditRecord::new("fetch_jwt", request.remote_addr());
+        let mut audit = AuditRecord::new(&self.broker.audit, "fetch_jwt", request.remote_addr());
         let result = self.fetch_jwt_inner(request, &mut audit);
         finish(result, &audit)
     }
@@ -287,7 +287,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<RenewX509Request>,
     ) -> Result<Response<RenewX509Response>, Status> {
-        let mut audit = AuditRecord::new("renew_x509", request.remote_addr());
+        let mut audit = AuditRecord::new(&self.broker.audit, "renew_x509", request.remote_addr());
         let result = self.renew_inner(request, &mut audit);
         finish(result, &audit)
     }

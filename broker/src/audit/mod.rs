@@ -1,13 +1,41 @@
-//! Audit events. Every issuance, denial and admin change becomes one
-//! structured `tracing` event on target `credbroker::audit` with the same
-//! fields, so a log pipeline can index them. (The durable, hash-chained log
-//! builds on this.) Secrets never go in: tokens appear as hash prefixes,
-//! credentials as `jti` or serial.
+//! Audit: every issuance, denial and admin change is recorded twice — as a
+//! structured `tracing` event on target `credbroker::audit` for log
+//! pipelines, and as an entry in the durable, hash-chained audit log in the
+//! store ([`AuditLog`]), which `credbroker audit` queries and
+//! `credbroker audit verify` checks. Secrets never go in: tokens appear as
+//! hash prefixes, credentials as `jti` or serial.
+
+mod entry;
+mod log;
 
 use std::net::SocketAddr;
 
+pub use entry::{AuditEntry, ChainVerifier, ChainedEntry, GENESIS, VerifyReport, hex};
+pub use log::AuditLog;
+
 /// The `tracing` target of audit events.
 pub const TARGET: &str = "credbroker::audit";
+
+/// What to look for in the audit log. `None` fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// `env/name`.
+    pub identity: Option<String>,
+    /// JWT id.
+    pub jti: Option<String>,
+    /// Certificate serial (hex, upper case).
+    pub serial: Option<String>,
+    /// `admin`, a SPIFFE ID, or `anonymous`.
+    pub actor: Option<String>,
+    /// Environment.
+    pub env: Option<String>,
+    /// From this time (unix ms, inclusive).
+    pub since_ms: Option<i64>,
+    /// Until this time (unix ms, exclusive).
+    pub until_ms: Option<i64>,
+    /// Most entries returned (newest first).
+    pub limit: i64,
+}
 
 /// Emits one audit event with the record's common fields plus `extra`.
 macro_rules! audit_event {
@@ -26,9 +54,11 @@ macro_rules! audit_event {
     };
 }
 
-/// One auditable decision, filled in as a request is processed.
-#[derive(Debug, Clone, Default)]
+/// One auditable request, filled in as it is processed; each outcome is
+/// logged and appended to the audit log.
+#[derive(Debug, Clone)]
 pub struct AuditRecord {
+    log: AuditLog,
     /// What was attempted (`attest`, `fetch_jwt`, `identity.create`, …).
     pub action: &'static str,
     /// Who asked: `admin`, a SPIFFE ID, or `anonymous`.
@@ -43,13 +73,38 @@ pub struct AuditRecord {
     pub evidence: Option<String>,
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 impl AuditRecord {
-    /// Starts a record for `action` from `peer`.
-    pub fn new(action: &'static str, peer: Option<SocketAddr>) -> Self {
+    /// Starts a record for `action` from `peer`, written to `log`.
+    pub fn new(log: &AuditLog, action: &'static str, peer: Option<SocketAddr>) -> Self {
         Self {
+            log: log.clone(),
             action,
+            actor: None,
             peer,
-            ..Self::default()
+            identity: None,
+            env: None,
+            evidence: None,
+        }
+    }
+
+    fn entry(&self, decision: &str) -> AuditEntry {
+        AuditEntry {
+            at_ms: now_ms(),
+            action: self.action.to_owned(),
+            decision: decision.to_owned(),
+            actor: self.actor.clone(),
+            peer: self.peer.map(|p| p.to_string()),
+            identity: self.identity.clone(),
+            env: self.env.clone(),
+            evidence: self.evidence.clone(),
+            ..AuditEntry::default()
         }
     }
 
@@ -63,20 +118,41 @@ impl AuditRecord {
             serial,
             expires_at
         );
+        self.log.append(AuditEntry {
+            credential: Some("x509-svid".into()),
+            serial: Some(serial.to_owned()),
+            expires_at: Some(expires_at),
+            ..self.entry("issued")
+        });
     }
 
     /// Records that a JWT with `jti` was issued.
     pub fn issued_jwt(&self, jti: &str, audiences: &[String], expires_at: i64) {
         audit_event!(info, self, "issued", credential = "jwt-svid", jti, audiences = ?audiences, expires_at);
+        self.log.append(AuditEntry {
+            credential: Some("jwt-svid".into()),
+            jti: Some(jti.to_owned()),
+            expires_at: Some(expires_at),
+            detail: Some(format!("aud={}", audiences.join(","))),
+            ..self.entry("issued")
+        });
     }
 
     /// Records a refusal and why.
     pub fn denied(&self, reason: &str) {
         audit_event!(warn, self, "denied", reason);
+        self.log.append(AuditEntry {
+            reason: Some(reason.to_owned()),
+            ..self.entry("denied")
+        });
     }
 
     /// Records a successful admin change.
     pub fn changed(&self, detail: &str) {
         audit_event!(info, self, "done", detail);
+        self.log.append(AuditEntry {
+            detail: Some(detail.to_owned()),
+            ..self.entry("done")
+        });
     }
 }

@@ -6,12 +6,14 @@ use std::path::Path;
 use credbroker_proto::v1::admin_client::AdminClient;
 use credbroker_proto::v1::{
     ChangeIdentityRequest, CreateIdentityRequest, CreateJoinTokenRequest, IdentityRef,
-    ListIdentitiesRequest, Selector,
+    ListIdentitiesRequest, QueryAuditRequest, Selector, VerifyAuditRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use super::output::{print_identities, print_identity, print_token};
-use super::{Cli, Command, IdentityArgs, IdentityCommand, TokenCommand};
+use super::output::{
+    print_audit, print_identities, print_identity, print_token, print_verification,
+};
+use super::{AuditArgs, AuditCommand, Cli, Command, IdentityArgs, IdentityCommand, TokenCommand};
 use crate::keys::AdminFiles;
 
 /// Why an admin command failed.
@@ -139,11 +141,12 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                     .into_inner();
                 print_identity(&created, out)
             }
-            IdentityCommand::List { env, owner } => {
+            IdentityCommand::List { env, owner, stale } => {
                 let list = client
                     .list_identities(ListIdentitiesRequest {
                         env: env.clone().unwrap_or_default(),
                         owner: owner.clone().unwrap_or_default(),
+                        stale_seconds: secs(*stale),
                     })
                     .await?
                     .into_inner();
@@ -175,6 +178,40 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                 print_identity(&changed, out)
             }
         },
+        Command::Audit(AuditArgs {
+            command: Some(AuditCommand::Verify),
+            ..
+        }) => {
+            let report = client
+                .verify_audit(VerifyAuditRequest {})
+                .await?
+                .into_inner();
+            print_verification(&report, out)?;
+            if report.intact {
+                Ok(())
+            } else {
+                Err(AdminError::Output(format!(
+                    "audit log chain is broken at entry {}",
+                    report.broken_at
+                )))
+            }
+        }
+        Command::Audit(args) => {
+            let events = client
+                .query_audit(QueryAuditRequest {
+                    identity: args.identity.clone().unwrap_or_default(),
+                    jti: args.jti.clone().unwrap_or_default(),
+                    serial: args.serial.clone().unwrap_or_default(),
+                    actor: args.actor.clone().unwrap_or_default(),
+                    env: args.env.clone().unwrap_or_default(),
+                    since_ms: args.since.unwrap_or(0),
+                    until_ms: args.until.unwrap_or(0),
+                    limit: args.limit,
+                })
+                .await?
+                .into_inner();
+            print_audit(&events.events, out)
+        }
         Command::Token(TokenCommand::Create { id, ttl, uses }) => {
             let token = client
                 .create_join_token(CreateJoinTokenRequest {

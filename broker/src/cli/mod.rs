@@ -59,6 +59,48 @@ pub enum Command {
     /// Manage join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Query the audit log, or `audit verify` its hash chain.
+    Audit(AuditArgs),
+}
+
+/// `credbroker audit [filters]` or `credbroker audit verify`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    /// `verify`: check that no entry was altered or removed.
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// Only this identity (ENV/NAME).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Only this JWT id ("who used this token").
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// Only this certificate serial (hex).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Only this actor: `admin`, `anonymous` or a SPIFFE ID.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only this environment.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// From this time: RFC 3339, or a duration ago (7d).
+    #[arg(long, value_parser = parse_past_time)]
+    pub since: Option<i64>,
+    /// Until this time: RFC 3339, or a duration ago.
+    #[arg(long, value_parser = parse_past_time)]
+    pub until: Option<i64>,
+    /// Most entries shown, newest first.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+/// `credbroker audit …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain and report the first altered or missing entry.
+    Verify,
 }
 
 /// Names one identity.
@@ -114,6 +156,9 @@ pub enum IdentityCommand {
         /// Only this owner.
         #[arg(long)]
         owner: Option<String>,
+        /// Only identities with no issuance in this long (e.g. 30d).
+        #[arg(long, value_parser = parse_duration)]
+        stale: Option<Duration>,
     },
     /// Show one identity.
     Show {
@@ -190,6 +235,23 @@ fn parse_time(s: &str) -> Result<i64, String> {
     Ok(crate::model::unix_now() + d.as_secs() as i64)
 }
 
+/// A point in the past as unix milliseconds: RFC 3339, or a duration ago.
+fn parse_past_time(s: &str) -> Result<i64, String> {
+    let at = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let ago = parse_duration(s)
+                .map_err(|_| format!("{s:?} is neither an RFC 3339 time nor a duration like 7d"))?;
+            std::time::SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| format!("{s:?} is too long ago"))?
+        }
+    };
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|_| format!("{s:?} is before 1970"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +299,25 @@ mod tests {
         assert!(Cli::try_parse_from(["credbroker", "identity", "create", "--env", "dev"]).is_err());
         assert!(parse_selector("novalue").is_err());
         assert!(parse_duration("soon").is_err());
+        assert_eq!(
+            parse_past_time("2030-01-01T00:00:00Z"),
+            Ok(1_893_456_000_000)
+        );
+        assert!(parse_past_time("yesterday").is_err());
+        let cli =
+            Cli::try_parse_from(["credbroker", "audit", "--jti", "abc", "--since", "7d"]).unwrap();
+        let Command::Audit(args) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.jti.as_deref(), Some("abc"));
+        assert!(args.command.is_none());
+        let cli = Cli::try_parse_from(["credbroker", "audit", "verify"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Audit(AuditArgs {
+                command: Some(AuditCommand::Verify),
+                ..
+            })
+        ));
     }
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
-use credbroker_proto::v1::{CreateJoinTokenResponse, Identity};
+use credbroker_proto::v1::{AuditEvent, CreateJoinTokenResponse, Identity, VerifyAuditResponse};
 use serde_json::{Value, json};
 
 use super::Output;
@@ -48,6 +48,7 @@ pub fn identity_json(id: &Identity) -> Value {
         "updated_at": time(id.updated_at),
         "last_issued_at": time(id.last_issued_at),
         "last_seen_at": time(id.last_seen_at),
+        "outstanding_credentials": id.outstanding_credentials,
     })
 }
 
@@ -99,6 +100,7 @@ pub fn print_identity(id: &Identity, out: Output) -> Result<(), AdminError> {
         ("updated", time_text(id.updated_at)),
         ("last issued", time_text(id.last_issued_at)),
         ("last seen", time_text(id.last_seen_at)),
+        ("outstanding", id.outstanding_credentials.to_string()),
     ];
     let text: Vec<String> = rows.iter().map(|(k, v)| format!("{k:<12} {v}")).collect();
     emit(&text.join("\n"))
@@ -118,9 +120,11 @@ pub fn print_identities(ids: &[Identity], out: Output) -> Result<(), AdminError>
         "OWNER",
         "PURPOSE",
         "LAST ISSUED",
+        "LAST SEEN",
+        "OUT",
         "EXPIRES",
     ];
-    let rows: Vec<[String; 7]> = ids
+    let rows: Vec<[String; 9]> = ids
         .iter()
         .map(|id| {
             [
@@ -130,12 +134,19 @@ pub fn print_identities(ids: &[Identity], out: Output) -> Result<(), AdminError>
                 id.owner.clone(),
                 id.purpose.clone(),
                 time_text(id.last_issued_at),
+                time_text(id.last_seen_at),
+                id.outstanding_credentials.to_string(),
                 time_text(id.expires_at),
             ]
         })
         .collect();
+    emit(&table(&header, &rows))
+}
+
+/// Aligned columns.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -152,7 +163,123 @@ pub fn print_identities(ids: &[Identity], out: Output) -> Result<(), AdminError>
     };
     let mut text = vec![line(&header.map(str::to_owned))];
     text.extend(rows.iter().map(|r| line(r)));
-    emit(&text.join("\n"))
+    text.join("\n")
+}
+
+fn time_ms(ms: i64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+        .to_string()
+}
+
+fn or_none(s: &str) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.to_owned())
+    }
+}
+
+/// Prints audit entries.
+pub fn print_audit(events: &[AuditEvent], out: Output) -> Result<(), AdminError> {
+    if out == Output::Json {
+        let list: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                json!({
+                    "seq": e.seq,
+                    "at": time_ms(e.at_ms),
+                    "action": e.action,
+                    "decision": e.decision,
+                    "actor": or_none(&e.actor),
+                    "peer": or_none(&e.peer),
+                    "identity": or_none(&e.identity),
+                    "env": or_none(&e.env),
+                    "credential": or_none(&e.credential),
+                    "jti": or_none(&e.jti),
+                    "serial": or_none(&e.serial),
+                    "expires_at": time(e.expires_at),
+                    "reason": or_none(&e.reason),
+                    "detail": or_none(&e.detail),
+                    "evidence": or_none(&e.evidence),
+                    "hash": e.hash,
+                    "prev_hash": e.prev_hash,
+                })
+            })
+            .collect();
+        return emit(&json_text(&Value::Array(list)));
+    }
+    let header = [
+        "SEQ",
+        "TIME",
+        "ACTION",
+        "DECISION",
+        "IDENTITY",
+        "ACTOR",
+        "CREDENTIAL",
+        "REASON / DETAIL",
+    ];
+    let rows: Vec<[String; 8]> = events
+        .iter()
+        .map(|e| {
+            let credential = match (e.jti.is_empty(), e.serial.is_empty()) {
+                (false, _) => format!("jti {}", e.jti),
+                (_, false) => format!("serial {}", e.serial),
+                _ => "-".to_owned(),
+            };
+            let why = if e.reason.is_empty() {
+                &e.detail
+            } else {
+                &e.reason
+            };
+            let dash = |s: &str| {
+                if s.is_empty() {
+                    "-".to_owned()
+                } else {
+                    s.to_owned()
+                }
+            };
+            [
+                e.seq.to_string(),
+                time_ms(e.at_ms),
+                e.action.clone(),
+                e.decision.clone(),
+                dash(&e.identity),
+                dash(&e.actor),
+                credential,
+                dash(why),
+            ]
+        })
+        .collect();
+    emit(&table(&header, &rows))
+}
+
+/// Prints the result of `audit verify`.
+pub fn print_verification(report: &VerifyAuditResponse, out: Output) -> Result<(), AdminError> {
+    if out == Output::Json {
+        return emit(&json_text(&json!({
+            "intact": report.intact,
+            "entries": report.entries,
+            "head": or_none(&report.head),
+            "broken_at": (!report.intact).then_some(report.broken_at),
+            "problem": or_none(&report.problem),
+        })));
+    }
+    if report.intact {
+        emit(&format!(
+            "audit log intact: {} entries, head {}",
+            report.entries,
+            if report.head.is_empty() {
+                "-"
+            } else {
+                &report.head
+            }
+        ))
+    } else {
+        emit(&format!(
+            "audit log BROKEN at entry {}: {} ({} entries verified before it)",
+            report.broken_at, report.problem, report.entries
+        ))
+    }
 }
 
 /// Prints a new join token: in table mode the bare token on stdout (so

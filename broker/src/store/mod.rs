@@ -15,6 +15,7 @@ use thiserror::Error;
 
 pub use sqlite::SqliteStore;
 
+use crate::audit::{AuditFilter, ChainedEntry};
 use crate::model::{Identity, IdentityKey};
 
 /// A store failure.
@@ -133,6 +134,17 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn consume_join_token(&self, hash: &[u8; 32], now: i64) -> Result<bool, StoreError>;
     /// Deletes join tokens that expired before `before`; returns how many.
     async fn purge_join_tokens(&self, before: i64) -> Result<u64, StoreError>;
+
+    /// Appends chained audit entries in one transaction.
+    async fn append_audit(&self, entries: &[ChainedEntry]) -> Result<(), StoreError>;
+    /// Sequence number and hash of the last audit entry.
+    async fn audit_head(&self) -> Result<Option<(i64, [u8; 32])>, StoreError>;
+    /// Up to `limit` entries with `seq > after`, in order (for verification).
+    async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<ChainedEntry>, StoreError>;
+    /// Entries matching `filter`, newest first.
+    async fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError>;
+    /// Per identity (`env/name`), how many issued credentials are unexpired at `now`.
+    async fn outstanding_credentials(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// Opens the store named by `url`, creating and migrating it as needed.

@@ -1,0 +1,111 @@
+//! The audit half of the Admin service: queries and chain verification.
+
+use credbroker_proto::v1::{
+    AuditEvent, QueryAuditRequest, QueryAuditResponse, VerifyAuditResponse,
+};
+use tonic::Status;
+
+use super::status;
+use crate::audit::{AuditFilter, ChainVerifier, ChainedEntry, hex};
+use crate::broker::Broker;
+
+/// Default and largest number of entries one query returns.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 10_000;
+/// Entries read per page while verifying.
+const VERIFY_PAGE: i64 = 5_000;
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn to_proto(c: ChainedEntry) -> AuditEvent {
+    let e = c.entry;
+    AuditEvent {
+        seq: c.seq,
+        at_ms: e.at_ms,
+        action: e.action,
+        decision: e.decision,
+        actor: e.actor.unwrap_or_default(),
+        peer: e.peer.unwrap_or_default(),
+        identity: e.identity.unwrap_or_default(),
+        env: e.env.unwrap_or_default(),
+        credential: e.credential.unwrap_or_default(),
+        jti: e.jti.unwrap_or_default(),
+        serial: e.serial.unwrap_or_default(),
+        expires_at: e.expires_at.unwrap_or(0),
+        reason: e.reason.unwrap_or_default(),
+        detail: e.detail.unwrap_or_default(),
+        evidence: e.evidence.unwrap_or_default(),
+        hash: hex(&c.hash),
+        prev_hash: hex(&c.prev_hash),
+    }
+}
+
+/// Answers a query; entries committed before the call are included.
+pub(super) async fn query(
+    broker: &Broker,
+    req: QueryAuditRequest,
+) -> Result<QueryAuditResponse, Status> {
+    let limit = match req.limit {
+        0 => DEFAULT_LIMIT,
+        n if n > MAX_LIMIT => {
+            return Err(Status::invalid_argument(format!(
+                "limit {n} exceeds the maximum of {MAX_LIMIT}"
+            )));
+        }
+        n => n,
+    };
+    if req.since_ms != 0 && req.until_ms != 0 && req.since_ms >= req.until_ms {
+        return Err(Status::invalid_argument("--since must be before --until"));
+    }
+    let filter = AuditFilter {
+        identity: non_empty(req.identity),
+        jti: non_empty(req.jti),
+        serial: non_empty(req.serial.to_ascii_uppercase()),
+        actor: non_empty(req.actor),
+        env: non_empty(req.env),
+        since_ms: (req.since_ms != 0).then_some(req.since_ms),
+        until_ms: (req.until_ms != 0).then_some(req.until_ms),
+        limit: i64::from(limit),
+    };
+    // Read your writes: whatever was audited before this query is visible.
+    broker.audit.flush().await;
+    let entries = broker
+        .store
+        .query_audit(&filter)
+        .await
+        .map_err(status::store)?;
+    Ok(QueryAuditResponse {
+        events: entries.into_iter().map(to_proto).collect(),
+    })
+}
+
+/// Walks the whole chain from the first entry.
+pub(super) async fn verify(broker: &Broker) -> Result<VerifyAuditResponse, Status> {
+    broker.audit.flush().await;
+    let mut verifier = ChainVerifier::default();
+    let mut after = 0;
+    loop {
+        let page = broker
+            .store
+            .audit_page(after, VERIFY_PAGE)
+            .await
+            .map_err(status::store)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        verifier.feed(&page);
+        if (page.len() as i64) < VERIFY_PAGE {
+            break;
+        }
+    }
+    let report = verifier.finish();
+    let (broken_at, problem) = report.broken.clone().unwrap_or((0, String::new()));
+    Ok(VerifyAuditResponse {
+        entries: report.entries,
+        head: report.head.map(|h| hex(&h)).unwrap_or_default(),
+        intact: report.broken.is_none(),
+        broken_at,
+        problem,
+    })
+}
