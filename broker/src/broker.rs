@@ -8,7 +8,10 @@ use crate::attest::JoinTokenAttestor;
 use crate::audit::AuditLog;
 use crate::config::{Config, Environment};
 use crate::keys::{Kek, KeyError, KeyRing};
+use crate::model::unix_now;
 use crate::policy::{IdentityRegistry, TtlLimits};
+use crate::revocation::RevocationList;
+use crate::revocation::crl::CrlCache;
 use crate::store::{self, Store, StoreError};
 
 /// Why the broker could not start.
@@ -57,6 +60,10 @@ pub struct Broker {
     pub callers: CallerCache,
     /// The durable audit log.
     pub audit: AuditLog,
+    /// Live revocations.
+    pub revocations: RevocationList,
+    /// CRLs per environment.
+    pub crls: CrlCache,
 }
 
 impl Broker {
@@ -72,6 +79,8 @@ impl Broker {
         let keys = KeyRing::load_or_create(&config, store.as_ref(), &kek).await?;
         let registry = IdentityRegistry::load(Arc::clone(&store)).await?;
         let audit = AuditLog::start(Arc::clone(&store)).await?;
+        let revocations = RevocationList::default();
+        revocations.load(store.live_revocations(unix_now()).await?);
         Ok(Arc::new(Self {
             envs: config.environments()?,
             limits: TtlLimits::from(&config.ttl),
@@ -82,6 +91,8 @@ impl Broker {
             config,
             callers: CallerCache::default(),
             audit,
+            revocations,
+            crls: CrlCache::default(),
         }))
     }
 

@@ -22,6 +22,8 @@ use crate::model::unix_now;
 
 /// How often usage times (last issued / last seen) reach the store.
 const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often revocations that cover nothing any more are dropped.
+const REVOCATION_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 /// How often expired join tokens are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// Expired join tokens are kept this long so a late attempt is told
@@ -93,9 +95,10 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         .tls_config(tls_config)?
         .timeout(RPC_TIMEOUT)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(WorkloadServer::new(WorkloadService::new(Arc::clone(
-            &broker,
-        ))))
+        .add_service(WorkloadServer::new(WorkloadService::new(
+            Arc::clone(&broker),
+            stop_rx.clone(),
+        )))
         .add_service(AdminServer::new(AdminService::new(Arc::clone(&broker))))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle plus delayed ACKs stall every response ~40 ms.
@@ -122,11 +125,22 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         tokio::pin!(flush_stop);
         let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
         let mut purge = tokio::time::interval(PURGE_INTERVAL);
+        let mut prune = tokio::time::interval(REVOCATION_PRUNE_INTERVAL);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     if let Err(e) = flusher.registry.flush_usage().await {
                         tracing::warn!(error = %e, "could not record usage times; will retry");
+                    }
+                }
+                _ = prune.tick() => {
+                    let now = unix_now();
+                    let dropped = flusher.revocations.prune(now);
+                    if dropped > 0 {
+                        tracing::info!(dropped, "revocations expired with everything they covered");
+                    }
+                    if let Err(e) = flusher.store.purge_revocations(now).await {
+                        tracing::warn!(error = %e, "could not purge expired revocations");
                     }
                 }
                 _ = purge.tick() => {

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use credbroker_proto::v1::attest_request::Evidence as ProtoEvidence;
 use credbroker_proto::v1::workload_client::WorkloadClient as Grpc;
-use credbroker_proto::v1::{AttestRequest, FetchJwtRequest, IdentityRef, RenewX509Request};
+use credbroker_proto::v1::{
+    AttestRequest, FetchJwtRequest, IdentityRef, IntrospectRequest, IntrospectResponse,
+    RenewX509Request, Revocation, WatchRevocationsRequest, introspect_request,
+};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
@@ -233,5 +236,47 @@ impl WorkloadClient {
                     .collect(),
             },
         ))
+    }
+
+    /// Asks the broker whether a JWT-SVID is active (RFC 7662 semantics).
+    pub async fn introspect_token(&self, token: &str) -> Result<IntrospectResponse, ClientError> {
+        self.introspect(introspect_request::Credential::Token(token.to_owned()))
+            .await
+    }
+
+    /// Asks the broker whether an X.509-SVID leaf (DER) is active.
+    pub async fn introspect_certificate(
+        &self,
+        der: &[u8],
+    ) -> Result<IntrospectResponse, ClientError> {
+        self.introspect(introspect_request::Credential::Certificate(der.to_vec()))
+            .await
+    }
+
+    async fn introspect(
+        &self,
+        credential: introspect_request::Credential,
+    ) -> Result<IntrospectResponse, ClientError> {
+        Ok(self
+            .grpc
+            .clone()
+            .introspect(IntrospectRequest {
+                credential: Some(credential),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Streams every live revocation after `after_seq`, then each new one.
+    /// Reconnect with the last `seq` seen to miss nothing.
+    pub async fn watch_revocations(
+        &self,
+        after_seq: i64,
+    ) -> Result<tonic::Streaming<Revocation>, ClientError> {
+        let mut grpc = self.grpc.clone();
+        Ok(grpc
+            .watch_revocations(WatchRevocationsRequest { after_seq })
+            .await?
+            .into_inner())
     }
 }

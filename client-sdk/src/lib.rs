@@ -33,6 +33,7 @@ mod request;
 mod svid;
 
 pub use client::{Attestation, Client, WorkloadClient};
+pub use credbroker_proto::v1::{IntrospectResponse, Revocation};
 pub use error::ClientError;
 pub use request::{Evidence, JwtRequest};
 pub use svid::{JwtSvid, TrustBundle, X509Svid, pem_encode};

@@ -8,4 +8,5 @@ mod audit;
 mod happy_path;
 mod jwt;
 mod restart;
+mod revocation;
 mod x509;

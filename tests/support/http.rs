@@ -4,14 +4,32 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// GETs `path` from 127.0.0.1:`port`; returns status and body.
-pub async fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+/// GETs `path` and returns the raw body bytes (for DER), failing on non-200.
+/// The broker sends fixed-length bodies for binary content.
+pub async fn get_bytes(port: u16, path: &str) -> Vec<u8> {
+    let raw = fetch(port, path).await.expect("HTTP GET");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..end]);
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    raw[end + 4..].to_vec()
+}
+
+async fn fetch(port: u16, path: &str) -> std::io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
+    Ok(raw)
+}
+
+/// GETs `path` from 127.0.0.1:`port`; returns status and body.
+pub async fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let raw = fetch(port, path).await?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text
         .split_once("\r\n\r\n")

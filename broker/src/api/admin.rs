@@ -8,13 +8,14 @@ use credbroker_proto::v1::admin_server::Admin;
 use credbroker_proto::v1::{
     self as pb, ChangeIdentityRequest, CreateIdentityRequest, CreateJoinTokenRequest,
     CreateJoinTokenResponse, IdentityRef, ListIdentitiesRequest, ListIdentitiesResponse,
-    QueryAuditRequest, QueryAuditResponse, VerifyAuditRequest, VerifyAuditResponse,
+    ListRevocationsRequest, ListRevocationsResponse, QueryAuditRequest, QueryAuditResponse,
+    RevokeRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use tonic::{Request, Response, Status};
 
-use super::audit_api;
 use super::peer::Caller;
 use super::status;
+use super::{audit_api, revoke_api};
 use crate::attest::JoinToken;
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -440,5 +441,37 @@ impl Admin for AdminService {
             ));
         }
         Ok(Response::new(report))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<pb::Revocation>, Status> {
+        let mut audit = AuditRecord::new(&self.broker.audit, "revoke", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        match revoke_api::revoke(&self.broker, request.into_inner(), &mut audit).await {
+            Ok(rev) => Ok(Response::new(rev)),
+            Err(e) => {
+                audit.denied(&status::reason(&e));
+                Err(e)
+            }
+        }
+    }
+
+    async fn list_revocations(
+        &self,
+        request: Request<ListRevocationsRequest>,
+    ) -> Result<Response<ListRevocationsResponse>, Status> {
+        let mut audit = AuditRecord::new(&self.broker.audit, "revoke.list", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        self.broker.revocations.prune(unix_now());
+        let revocations = self
+            .broker
+            .revocations
+            .after(0)
+            .iter()
+            .map(|r| revoke_api::to_proto(r))
+            .collect();
+        Ok(Response::new(ListRevocationsResponse { revocations }))
     }
 }

@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use crate::broker::Broker;
 use crate::keys::EnvironmentKeys;
-use crate::model::EnvName;
+use crate::model::{EnvName, unix_now};
+use crate::revocation::crl::{self, RevokedCert};
+use crate::revocation::{CredentialFacts, Target};
 
 /// How long relying parties may cache key material (seconds).
 const CACHE_SECONDS: u32 = 300;
@@ -29,6 +31,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/{env}/.well-known/openid-configuration", get(discovery))
         .route("/{env}/jwks.json", get(jwks))
         .route("/{env}/bundle", get(bundle))
+        .route("/{env}/crl", get(crl))
         .with_state(broker)
 }
 
@@ -138,4 +141,66 @@ fn ec_point(keys: &EnvironmentKeys) -> Option<(String, String)> {
             URL_SAFE_NO_PAD.encode(&point[33..65]),
         )
     })
+}
+
+/// The environment's CRL (DER), signed by its CA.
+async fn crl(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Response {
+    let Some(keys) = env_keys(&broker, &env) else {
+        return unknown_env(&env);
+    };
+    let now = unix_now();
+    let version = broker.revocations.version();
+    let der = match broker.crls.current(&env, version, now) {
+        Some(der) => der,
+        None => match build_crl(&broker, keys, now).await {
+            Ok(der) => broker.crls.store(&env, version, now, der),
+            Err(e) => {
+                tracing::error!(error = %e, env, "cannot build CRL");
+                return (StatusCode::SERVICE_UNAVAILABLE, "CRL unavailable\n").into_response();
+            }
+        },
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "application/pkix-crl"),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        der.as_ref().clone(),
+    )
+        .into_response()
+}
+
+async fn build_crl(broker: &Broker, keys: &EnvironmentKeys, now: i64) -> Result<Vec<u8>, String> {
+    // Certificates issued a moment ago are in the audit log once it flushes.
+    broker.audit.flush().await;
+    let issued = broker
+        .store
+        .issued_certificates(keys.env.name.as_str(), now)
+        .await
+        .map_err(|e| e.to_string())?;
+    let revoked: Vec<RevokedCert> = issued
+        .iter()
+        .filter_map(|cert| {
+            let Ok(Target::Identity(identity)) = Target::parse("identity", &cert.identity) else {
+                return None;
+            };
+            let owner = broker.registry.get(&identity).map(|i| i.owner.clone());
+            let rev = broker.revocations.covers(&CredentialFacts {
+                jti: None,
+                serial: Some(&cert.serial),
+                identity: &identity,
+                owner: owner.as_deref(),
+                issued_at: cert.issued_at,
+            })?;
+            Some(RevokedCert {
+                serial: cert.serial.clone(),
+                revoked_at: rev.revoked_at,
+            })
+        })
+        .collect();
+    let number = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    crl::build(&keys.ca, &revoked, number, now).map_err(|e| e.to_string())
 }

@@ -4,7 +4,9 @@
 pub mod admin;
 mod audit_api;
 pub mod http;
+mod introspect;
 pub mod peer;
+mod revoke_api;
 mod status;
 pub mod workload;
 

@@ -15,9 +15,11 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use tonic::{Request, Status};
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 use crate::issue::Confirmation;
+use crate::issue::x509::BACKDATE;
 use crate::keys::{EnvironmentKeys, KeyRing};
 use crate::model::{IdentityKey, SpiffeId};
 
@@ -36,6 +38,10 @@ pub struct WorkloadPeer {
     pub env: Arc<EnvironmentKeys>,
     /// Binding to its certificate, for JWTs issued to it.
     pub cnf: Confirmation,
+    /// Upper-case hex serial of its certificate.
+    pub serial: String,
+    /// When its certificate was issued (unix seconds).
+    pub issued_at: i64,
 }
 
 /// The caller of an RPC.
@@ -126,28 +132,7 @@ fn verify(leaf: &[u8], fingerprint: &[u8; 32], keys: &KeyRing) -> Result<Verifie
             not_after,
         });
     }
-    let uris: Vec<&str> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(uri) => Some(*uri),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let [uri] = uris.as_slice() else {
-        return Err(Status::unauthenticated(
-            "client certificate must carry exactly one URI SAN (a SPIFFE ID)",
-        ));
-    };
-    let spiffe_id = SpiffeId::parse(uri)
-        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    let spiffe_id = spiffe_id_of(&cert).map_err(Status::unauthenticated)?;
     let env = keys
         .env_for_trust_domain(spiffe_id.trust_domain())
         .ok_or_else(|| {
@@ -171,8 +156,46 @@ fn verify(leaf: &[u8], fingerprint: &[u8; 32], keys: &KeyRing) -> Result<Verifie
             spiffe_id,
             env: Arc::clone(env),
             cnf: Confirmation::from_sha256(fingerprint),
+            serial: serial_hex(&cert),
+            issued_at: issued_at(&cert),
         })),
         not_before,
         not_after,
     })
+}
+
+/// The one SPIFFE ID (URI SAN) of an X.509-SVID.
+pub(crate) fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, String> {
+    let uris: Vec<&str> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(uri) => Some(*uri),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let [uri] = uris.as_slice() else {
+        return Err("certificate must carry exactly one URI SAN (a SPIFFE ID)".to_owned());
+    };
+    SpiffeId::parse(uri).map_err(|e| format!("certificate: {e}"))
+}
+
+/// Upper-case hex serial, as the broker records it.
+pub(crate) fn serial_hex(cert: &X509Certificate<'_>) -> String {
+    cert.raw_serial()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
+/// When the broker issued `cert`: NotBefore is backdated by [`BACKDATE`].
+pub(crate) fn issued_at(cert: &X509Certificate<'_>) -> i64 {
+    cert.validity().not_before.timestamp() + BACKDATE.as_secs() as i64
 }

@@ -5,13 +5,16 @@ use std::sync::Arc;
 use credbroker_proto::v1::attest_request::Evidence as ProtoEvidence;
 use credbroker_proto::v1::workload_server::Workload;
 use credbroker_proto::v1::{
-    AttestRequest, AttestResponse, FetchJwtRequest, FetchJwtResponse, IdentityRef, JwtRequest,
-    JwtSvid, RenewX509Request, RenewX509Response, X509Svid,
+    AttestRequest, AttestResponse, FetchJwtRequest, FetchJwtResponse, IdentityRef,
+    IntrospectRequest, IntrospectResponse, JwtRequest, JwtSvid, RenewX509Request,
+    RenewX509Response, Revocation as ProtoRevocation, WatchRevocationsRequest, X509Svid,
 };
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::peer::{Caller, WorkloadPeer};
-use super::status;
+use super::{introspect, revoke_api, status};
 use crate::attest::{Attestor, Evidence};
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -19,17 +22,37 @@ use crate::issue::{Confirmation, IssuedSvid, JwtSpec, VerifiedCsr, issue_svid, m
 use crate::keys::EnvironmentKeys;
 use crate::model::{Identity, unix_now};
 use crate::policy::{JwtGrant, check_active, grant_jwt};
+use crate::revocation::CredentialFacts;
+
+/// Revocation events buffered per subscriber stream.
+const STREAM_BUFFER: usize = 256;
 
 /// Implements `credbroker.v1.Workload`.
 #[derive(Debug, Clone)]
 pub struct WorkloadService {
     broker: Arc<Broker>,
+    /// Turns true when the broker shuts down, to end open streams.
+    stop: watch::Receiver<bool>,
 }
 
 impl WorkloadService {
-    /// A service over `broker`.
-    pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+    /// A service over `broker`; streams end when `stop` turns true.
+    pub fn new(broker: Arc<Broker>, stop: watch::Receiver<bool>) -> Self {
+        Self { broker, stop }
+    }
+
+    /// Callers of read-only revocation APIs: any valid SVID, or the admin.
+    fn require_authenticated<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match self
+            .broker
+            .callers
+            .authenticate(request, &self.broker.keys, unix_now())?
+        {
+            Caller::Anonymous => Err(Status::unauthenticated(
+                "this call needs a client certificate (an X.509-SVID)",
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn grants(
@@ -137,6 +160,18 @@ impl WorkloadService {
             Status::permission_denied(format!("identity {} no longer exists", peer.identity))
         })?;
         self.broker.registry.record_seen(&peer.identity, now);
+        if let Some(rev) = self.broker.revocations.covers(&CredentialFacts {
+            jti: None,
+            serial: Some(&peer.serial),
+            identity: &peer.identity,
+            owner: Some(&identity.owner),
+            issued_at: peer.issued_at,
+        }) {
+            return Err(Status::permission_denied(format!(
+                "certificate {} was revoked: {}",
+                peer.serial, rev.reason
+            )));
+        }
         check_active(&identity, now).map_err(status::policy)?;
         Ok((peer, identity))
     }
@@ -263,8 +298,89 @@ fn finish<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<
     }
 }
 
+/// Sends every live revocation after `after`, then new ones as they come,
+/// until the client goes away or the broker stops. A subscriber that falls
+/// behind the event buffer is caught up from the list, so it misses nothing.
+async fn stream_revocations(
+    broker: Arc<Broker>,
+    after: i64,
+    tx: mpsc::Sender<Result<ProtoRevocation, Status>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Subscribe before reading the backlog so nothing falls in between.
+    let mut events = broker.revocations.subscribe();
+    let mut last = after;
+    let catch_up = |last: &mut i64| {
+        let backlog = broker.revocations.after(*last);
+        if let Some(r) = backlog.last() {
+            *last = r.seq;
+        }
+        backlog
+    };
+    for rev in catch_up(&mut last) {
+        if tx.send(Ok(revoke_api::to_proto(&rev))).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let rev = tokio::select! {
+            event = events.recv() => event,
+            _ = stop.wait_for(|s| *s) => return,
+            () = tx.closed() => return,
+        };
+        let batch = match rev {
+            Ok(rev) if rev.seq > last => {
+                last = rev.seq;
+                vec![rev]
+            }
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(_)) => catch_up(&mut last),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        for rev in batch {
+            if tx.send(Ok(revoke_api::to_proto(&rev))).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Workload for WorkloadService {
+    type WatchRevocationsStream = ReceiverStream<Result<ProtoRevocation, Status>>;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        self.require_authenticated(&request)?;
+        let after = request.into_inner().after_seq;
+        if after < 0 {
+            return Err(Status::invalid_argument("after_seq must not be negative"));
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(stream_revocations(
+            Arc::clone(&self.broker),
+            after,
+            tx,
+            self.stop.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn introspect(
+        &self,
+        request: Request<IntrospectRequest>,
+    ) -> Result<Response<IntrospectResponse>, Status> {
+        self.require_authenticated(&request)?;
+        let credential = request.into_inner().credential;
+        Ok(Response::new(introspect::introspect(
+            &self.broker,
+            credential,
+            unix_now(),
+        )))
+    }
+
     async fn attest(
         &self,
         request: Request<AttestRequest>,

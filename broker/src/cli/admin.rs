@@ -6,14 +6,18 @@ use std::path::Path;
 use credbroker_proto::v1::admin_client::AdminClient;
 use credbroker_proto::v1::{
     ChangeIdentityRequest, CreateIdentityRequest, CreateJoinTokenRequest, IdentityRef,
-    ListIdentitiesRequest, QueryAuditRequest, Selector, VerifyAuditRequest,
+    ListIdentitiesRequest, ListRevocationsRequest, QueryAuditRequest, RevokeRequest, Selector,
+    VerifyAuditRequest, revoke_request,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::output::{
-    print_audit, print_identities, print_identity, print_token, print_verification,
+    print_audit, print_identities, print_identity, print_revocations, print_token,
+    print_verification,
 };
-use super::{AuditArgs, AuditCommand, Cli, Command, IdentityArgs, IdentityCommand, TokenCommand};
+use super::{
+    AuditArgs, AuditCommand, Cli, Command, IdentityArgs, IdentityCommand, RevokeArgs, TokenCommand,
+};
 use crate::keys::AdminFiles;
 
 /// Why an admin command failed.
@@ -195,6 +199,42 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                     report.broken_at
                 )))
             }
+        }
+        Command::Revoke(RevokeArgs { list: true, .. }) => {
+            let list = client
+                .list_revocations(ListRevocationsRequest {})
+                .await?
+                .into_inner();
+            print_revocations(&list.revocations, out)
+        }
+        Command::Revoke(args) => {
+            let target = if let Some(j) = &args.jti {
+                revoke_request::Target::Jti(j.clone())
+            } else if let Some(s) = &args.serial {
+                revoke_request::Target::Serial(s.clone())
+            } else if let Some(id) = &args.identity {
+                let (env, name) = id.split_once('/').ok_or_else(|| {
+                    AdminError::Output(format!("--identity {id:?} must be ENV/NAME"))
+                })?;
+                revoke_request::Target::Identity(IdentityRef {
+                    env: env.to_owned(),
+                    name: name.to_owned(),
+                })
+            } else if let Some(e) = &args.env {
+                revoke_request::Target::Env(e.clone())
+            } else if let Some(o) = &args.owner {
+                revoke_request::Target::Owner(o.clone())
+            } else {
+                return Err(AdminError::Output("nothing to revoke".into()));
+            };
+            let revoked = client
+                .revoke(RevokeRequest {
+                    target: Some(target),
+                    reason: args.reason.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            print_revocations(std::slice::from_ref(&revoked), out)
         }
         Command::Audit(args) => {
             let events = client

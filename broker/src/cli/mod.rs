@@ -61,6 +61,35 @@ pub enum Command {
     Token(TokenCommand),
     /// Query the audit log, or `audit verify` its hash chain.
     Audit(AuditArgs),
+    /// Revoke credentials at once (or `--list` what is revoked).
+    Revoke(RevokeArgs),
+}
+
+/// `credbroker revoke (--jti J | --serial S | --identity E/N | --env E | --owner O) --reason R`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["jti", "serial", "identity", "env", "owner", "list"])))]
+pub struct RevokeArgs {
+    /// One JWT.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// One certificate (hex serial).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Every credential of ENV/NAME; it also gets no new ones until re-enabled.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Every credential of an environment.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Every credential of every identity this owner owns.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Why (required for a revocation).
+    #[arg(long, required_unless_present = "list")]
+    pub reason: Option<String>,
+    /// Show the live revocations instead.
+    #[arg(long)]
+    pub list: bool,
 }
 
 /// `credbroker audit [filters]` or `credbroker audit verify`.
@@ -311,6 +340,38 @@ mod tests {
         };
         assert_eq!(args.jti.as_deref(), Some("abc"));
         assert!(args.command.is_none());
+        assert!(
+            Cli::try_parse_from(["credbroker", "revoke", "--jti", "j"]).is_err(),
+            "reason required"
+        );
+        assert!(
+            Cli::try_parse_from(["credbroker", "revoke", "--reason", "r"]).is_err(),
+            "target required"
+        );
+        assert!(
+            Cli::try_parse_from([
+                "credbroker",
+                "revoke",
+                "--jti",
+                "j",
+                "--serial",
+                "s",
+                "--reason",
+                "r"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "credbroker",
+                "revoke",
+                "--identity",
+                "dev/api",
+                "--reason",
+                "leak"
+            ])
+            .is_ok()
+        );
         let cli = Cli::try_parse_from(["credbroker", "audit", "verify"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -3,7 +3,9 @@
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
-use credbroker_proto::v1::{AuditEvent, CreateJoinTokenResponse, Identity, VerifyAuditResponse};
+use credbroker_proto::v1::{
+    AuditEvent, CreateJoinTokenResponse, Identity, Revocation, VerifyAuditResponse,
+};
 use serde_json::{Value, json};
 
 use super::Output;
@@ -301,4 +303,49 @@ pub fn print_token(token: &CreateJoinTokenResponse, out: Output) -> Result<(), A
         if token.uses == 1 { "" } else { "s" }
     );
     emit(&token.token)
+}
+
+/// Prints revocations.
+pub fn print_revocations(revs: &[Revocation], out: Output) -> Result<(), AdminError> {
+    if out == Output::Json {
+        let list: Vec<Value> = revs
+            .iter()
+            .map(|r| {
+                json!({
+                    "seq": r.seq,
+                    "kind": r.kind,
+                    "value": r.value,
+                    "reason": r.reason,
+                    "operator": r.operator,
+                    "revoked_at": time(r.revoked_at),
+                    "covers_until": time(r.covers_until),
+                })
+            })
+            .collect();
+        return emit(&json_text(&Value::Array(list)));
+    }
+    let header = [
+        "SEQ",
+        "KIND",
+        "VALUE",
+        "REVOKED AT",
+        "UNTIL",
+        "BY",
+        "REASON",
+    ];
+    let rows: Vec<[String; 7]> = revs
+        .iter()
+        .map(|r| {
+            [
+                r.seq.to_string(),
+                r.kind.clone(),
+                r.value.clone(),
+                time_text(r.revoked_at),
+                time_text(r.covers_until),
+                r.operator.clone(),
+                r.reason.clone(),
+            ]
+        })
+        .collect();
+    emit(&table(&header, &rows))
 }

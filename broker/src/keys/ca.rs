@@ -114,6 +114,14 @@ impl CertificateAuthority {
         Ok(params.signed_by(public_key, &self.issuer)?.der().clone())
     }
 
+    /// Signs a CRL.
+    pub fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<Vec<u8>, KeyError> {
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
+
     /// Whether this CA's key signed `cert` (signature check only; validity
     /// and names are the caller's business).
     pub fn signed(&self, cert: &X509Certificate<'_>) -> bool {

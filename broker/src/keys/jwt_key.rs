@@ -73,6 +73,16 @@ impl JwtSigningKey {
             .map_err(|_| KeyError::Random)
     }
 
+    /// Whether `signature` (64-byte `r || s`) is this key's over `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            self.key_pair.public_key().as_ref(),
+        )
+        .verify(message, signature)
+        .is_ok()
+    }
+
     /// The public key as a JWK.
     pub fn jwk(&self, use_: &str) -> serde_json::Value {
         serde_json::json!({

@@ -17,6 +17,7 @@ pub use sqlite::SqliteStore;
 
 use crate::audit::{AuditFilter, ChainedEntry};
 use crate::model::{Identity, IdentityKey};
+use crate::revocation::{Revocation, Target};
 
 /// A store failure.
 #[derive(Debug, Error)]
@@ -145,6 +146,44 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError>;
     /// Per identity (`env/name`), how many issued credentials are unexpired at `now`.
     async fn outstanding_credentials(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
+    /// X.509-SVIDs issued in `env` that are unexpired at `now` (from the audit log).
+    async fn issued_certificates(&self, env: &str, now: i64)
+    -> Result<Vec<IssuedCert>, StoreError>;
+
+    /// Stores a revocation and returns its stream sequence number.
+    async fn insert_revocation(&self, rev: &NewRevocation) -> Result<i64, StoreError>;
+    /// Revocations still covering something at `now`, in sequence order.
+    async fn live_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError>;
+    /// Deletes revocations that cover nothing any more at `now`.
+    async fn purge_revocations(&self, now: i64) -> Result<u64, StoreError>;
+}
+
+/// A revocation before it is stored (no sequence number yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRevocation {
+    /// What it covers.
+    pub target: Target,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub operator: String,
+    /// When (unix seconds).
+    pub revoked_at: i64,
+    /// Latest expiry it covers (unix seconds).
+    pub covers_until: i64,
+}
+
+/// An issued certificate as the audit log remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCert {
+    /// Upper-case hex serial.
+    pub serial: String,
+    /// `env/name`.
+    pub identity: String,
+    /// Issue time (unix seconds).
+    pub issued_at: i64,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
 }
 
 /// Opens the store named by `url`, creating and migrating it as needed.

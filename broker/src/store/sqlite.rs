@@ -8,16 +8,20 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::{JoinTokenRecord, KeyKind, KeyRecord, Store, StoreError, UsageUpdate};
+use super::{
+    IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, NewRevocation, Store, StoreError, UsageUpdate,
+};
 use crate::audit::{AuditEntry, AuditFilter, ChainedEntry};
 use crate::model::{
     Audience, EnvName, Identity, IdentityKey, IdentityName, Scope, Selector, SpiffeId,
 };
+use crate::revocation::{Revocation, Target};
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_audit.sql"),
+    include_str!("../../migrations/sqlite/0003_revocations.sql"),
 ];
 
 /// SQLite-backed [`Store`].
@@ -439,6 +443,77 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|r| Ok((r.try_get("identity")?, r.try_get("n")?)))
             .collect()
+    }
+
+    async fn issued_certificates(
+        &self,
+        env: &str,
+        now: i64,
+    ) -> Result<Vec<IssuedCert>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT serial, identity, at_ms, expires_at FROM audit_log
+             WHERE decision = 'issued' AND credential = 'x509-svid' AND env = ?
+               AND expires_at > ? AND serial IS NOT NULL AND identity IS NOT NULL",
+        )
+        .bind(env)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(IssuedCert {
+                    serial: r.try_get("serial")?,
+                    identity: r.try_get("identity")?,
+                    issued_at: r.try_get::<i64, _>("at_ms")? / 1000,
+                    expires_at: r.try_get("expires_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_revocation(&self, rev: &NewRevocation) -> Result<i64, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO revocations (kind, value, reason, operator, revoked_at, covers_until)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(rev.target.kind())
+        .bind(rev.target.value())
+        .bind(&rev.reason)
+        .bind(&rev.operator)
+        .bind(rev.revoked_at)
+        .bind(rev.covers_until)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.last_insert_rowid())
+    }
+
+    async fn live_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM revocations WHERE covers_until >= ? ORDER BY seq")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                let value: String = r.try_get("value")?;
+                Ok(Revocation {
+                    seq: r.try_get("seq")?,
+                    target: Target::parse(&kind, &value).map_err(corrupt)?,
+                    reason: r.try_get("reason")?,
+                    operator: r.try_get("operator")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    covers_until: r.try_get("covers_until")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn purge_revocations(&self, now: i64) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM revocations WHERE covers_until < ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
     }
 }
 

@@ -1,0 +1,186 @@
+//! The revocation half of the Admin service.
+
+use std::sync::Arc;
+
+use credbroker_proto::v1::{self as pb, RevokeRequest, revoke_request};
+use tonic::Status;
+
+use super::status;
+use crate::audit::{AuditFilter, AuditRecord};
+use crate::broker::Broker;
+use crate::model::{EnvName, IdentityKey, IdentityName, unix_now};
+use crate::revocation::{Revocation, Target};
+use crate::store::NewRevocation;
+
+/// The stream / API form of a revocation.
+pub(super) fn to_proto(r: &Revocation) -> pb::Revocation {
+    pb::Revocation {
+        seq: r.seq,
+        kind: r.target.kind().to_owned(),
+        value: r.target.value(),
+        reason: r.reason.clone(),
+        operator: r.operator.clone(),
+        revoked_at: r.revoked_at,
+        covers_until: r.covers_until,
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// When the credential named by `filter` expires, from the audit log.
+async fn issued_expiry(broker: &Broker, filter: AuditFilter, what: &str) -> Result<i64, Status> {
+    broker.audit.flush().await;
+    let entries = broker
+        .store
+        .query_audit(&AuditFilter {
+            limit: 10,
+            ..filter
+        })
+        .await
+        .map_err(status::store)?;
+    entries
+        .iter()
+        .find(|e| e.entry.decision == "issued")
+        .and_then(|e| e.entry.expires_at)
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "no credential with {what} was issued by this broker"
+            ))
+        })
+}
+
+/// Revokes; the entry is committed before this returns. Revoking a JWT or
+/// certificate that is already revoked returns the existing entry.
+pub(super) async fn revoke(
+    broker: &Broker,
+    req: RevokeRequest,
+    audit: &mut AuditRecord,
+) -> Result<pb::Revocation, Status> {
+    let reason = req.reason.trim().to_owned();
+    if reason.is_empty() {
+        return Err(Status::invalid_argument("a reason is required"));
+    }
+    if reason.chars().count() > 1024 || reason.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "reason must be at most 1024 characters without control characters",
+        ));
+    }
+    let now = unix_now();
+    // Group revocations cover everything issued so far; nothing issued before
+    // now can outlive the longest lifetime the configuration allows.
+    let ttl = &broker.config.ttl;
+    let group_until = now + ttl.jwt_ceiling.max(ttl.x509_ceiling).as_secs() as i64;
+    let (target, covers_until) = match req.target {
+        None => {
+            return Err(Status::invalid_argument(
+                "say what to revoke: jti, serial, identity, env or owner",
+            ));
+        }
+        Some(revoke_request::Target::Jti(jti)) => {
+            let jti = jti.trim().to_owned();
+            if jti.is_empty() {
+                return Err(Status::invalid_argument("jti must not be empty"));
+            }
+            let until = issued_expiry(
+                broker,
+                AuditFilter {
+                    jti: Some(jti.clone()),
+                    ..Default::default()
+                },
+                &format!("jti {jti}"),
+            )
+            .await?;
+            (Target::Jti(jti), until)
+        }
+        Some(revoke_request::Target::Serial(serial)) => {
+            let serial = serial.trim().replace(':', "").to_ascii_uppercase();
+            if serial.is_empty() || !serial.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(Status::invalid_argument("serial must be hexadecimal"));
+            }
+            let until = issued_expiry(
+                broker,
+                AuditFilter {
+                    serial: Some(serial.clone()),
+                    ..Default::default()
+                },
+                &format!("serial {serial}"),
+            )
+            .await?;
+            (Target::Serial(serial), until)
+        }
+        Some(revoke_request::Target::Identity(r)) => {
+            let key = IdentityKey {
+                env: EnvName::new(&r.env).map_err(invalid)?,
+                name: IdentityName::new(&r.name).map_err(invalid)?,
+            };
+            if broker.registry.get(&key).is_none() {
+                return Err(Status::not_found(format!("identity {key} not found")));
+            }
+            (Target::Identity(key), group_until)
+        }
+        Some(revoke_request::Target::Env(env)) => {
+            let env = EnvName::new(&env).map_err(invalid)?;
+            if broker.keys.env(&env).is_none() {
+                return Err(Status::not_found(format!(
+                    "environment {env} is not served here"
+                )));
+            }
+            (Target::Env(env), group_until)
+        }
+        Some(revoke_request::Target::Owner(owner)) => {
+            let owner = owner.trim().to_owned();
+            if broker.registry.list(None, Some(&owner), now).is_empty() {
+                return Err(Status::not_found(format!(
+                    "no identity is owned by {owner:?}"
+                )));
+            }
+            (Target::Owner(owner), group_until)
+        }
+    };
+    audit.identity = match &target {
+        Target::Identity(key) => Some(key.to_string()),
+        _ => None,
+    };
+    if let Some(existing) = broker.revocations.find_exact(&target) {
+        return Ok(to_proto(&existing));
+    }
+    let operator = audit.actor.clone().unwrap_or_else(|| "admin".to_owned());
+    let new = NewRevocation {
+        target,
+        reason,
+        operator,
+        revoked_at: now,
+        covers_until,
+    };
+    let seq = broker
+        .store
+        .insert_revocation(&new)
+        .await
+        .map_err(status::store)?;
+    if let Target::Identity(key) = &new.target {
+        // No new credentials until an operator re-enables it.
+        broker
+            .registry
+            .update(key, now, |id| {
+                id.enabled = false;
+                Ok(())
+            })
+            .await
+            .map_err(status::update)?;
+    }
+    let rev: Arc<Revocation> = broker.revocations.insert(Revocation {
+        seq,
+        target: new.target,
+        reason: new.reason,
+        operator: new.operator,
+        revoked_at: new.revoked_at,
+        covers_until: new.covers_until,
+    });
+    audit.changed(&format!(
+        "revoked {} (seq {}): {}",
+        rev.target, rev.seq, rev.reason
+    ));
+    Ok(to_proto(&rev))
+}
