@@ -187,6 +187,11 @@ pub struct WorkloadClient {
 }
 
 impl WorkloadClient {
+    /// The underlying generated gRPC client, for calls the SDK does not wrap.
+    pub fn grpc(&self) -> Grpc<Channel> {
+        self.grpc.clone()
+    }
+
     /// Fetches a JWT-SVID bound (`cnf.x5t#S256`) to the SVID this client
     /// presents.
     pub async fn fetch_jwt(&self, request: &JwtRequest) -> Result<JwtSvid, ClientError> {

@@ -31,9 +31,11 @@ mod client;
 mod error;
 mod request;
 mod svid;
+pub mod verifier;
 
 pub use client::{Attestation, Client, WorkloadClient};
 pub use credbroker_proto::v1::{IntrospectResponse, Revocation};
 pub use error::ClientError;
 pub use request::{Evidence, JwtRequest};
 pub use svid::{JwtSvid, TrustBundle, X509Svid, pem_encode};
+pub use verifier::{JwtVerifier, VerifiedJwt, VerifyError};

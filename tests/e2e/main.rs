@@ -9,4 +9,5 @@ mod happy_path;
 mod jwt;
 mod restart;
 mod revocation;
+mod verifier;
 mod x509;

@@ -7,6 +7,7 @@ CREATE TABLE revocations (
     reason        TEXT    NOT NULL,
     operator      TEXT    NOT NULL,
     revoked_at    INTEGER NOT NULL,
-    covers_until  INTEGER NOT NULL
+    covers_until  INTEGER NOT NULL,
+    identities    TEXT    NOT NULL DEFAULT '[]'  -- JSON; for kind owner
 );
 CREATE INDEX revocations_by_expiry ON revocations (covers_until);

@@ -22,6 +22,7 @@ pub(super) fn to_proto(r: &Revocation) -> pb::Revocation {
         operator: r.operator.clone(),
         revoked_at: r.revoked_at,
         covers_until: r.covers_until,
+        identities: r.identities.clone(),
     }
 }
 
@@ -72,6 +73,7 @@ pub(super) async fn revoke(
     // now can outlive the longest lifetime the configuration allows.
     let ttl = &broker.config.ttl;
     let group_until = now + ttl.jwt_ceiling.max(ttl.x509_ceiling).as_secs() as i64;
+    let mut identities = Vec::new();
     let (target, covers_until) = match req.target {
         None => {
             return Err(Status::invalid_argument(
@@ -131,7 +133,13 @@ pub(super) async fn revoke(
         }
         Some(revoke_request::Target::Owner(owner)) => {
             let owner = owner.trim().to_owned();
-            if broker.registry.list(None, Some(&owner), now).is_empty() {
+            identities = broker
+                .registry
+                .list(None, Some(&owner), now)
+                .iter()
+                .map(|v| v.identity.key.to_string())
+                .collect();
+            if identities.is_empty() {
                 return Err(Status::not_found(format!(
                     "no identity is owned by {owner:?}"
                 )));
@@ -153,6 +161,7 @@ pub(super) async fn revoke(
         operator,
         revoked_at: now,
         covers_until,
+        identities,
     };
     let seq = broker
         .store
@@ -177,6 +186,7 @@ pub(super) async fn revoke(
         operator: new.operator,
         revoked_at: new.revoked_at,
         covers_until: new.covers_until,
+        identities: new.identities,
     });
     audit.changed(&format!(
         "revoked {} (seq {}): {}",

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use credbroker_proto::v1::attest_request::Evidence as ProtoEvidence;
 use credbroker_proto::v1::workload_server::Workload;
 use credbroker_proto::v1::{
-    AttestRequest, AttestResponse, FetchJwtRequest, FetchJwtResponse, IdentityRef,
-    IntrospectRequest, IntrospectResponse, JwtRequest, JwtSvid, RenewX509Request,
-    RenewX509Response, Revocation as ProtoRevocation, WatchRevocationsRequest, X509Svid,
+    AttestRequest, AttestResponse, FetchJwtRequest, FetchJwtResponse, GetJwksRequest,
+    GetJwksResponse, IdentityRef, IntrospectRequest, IntrospectResponse, JwtRequest, JwtSvid,
+    RenewX509Request, RenewX509Response, Revocation as ProtoRevocation, WatchRevocationsRequest,
+    X509Svid,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,7 +21,7 @@ use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::issue::{Confirmation, IssuedSvid, JwtSpec, VerifiedCsr, issue_svid, mint};
 use crate::keys::EnvironmentKeys;
-use crate::model::{Identity, unix_now};
+use crate::model::{EnvName, Identity, unix_now};
 use crate::policy::{JwtGrant, check_active, grant_jwt};
 use crate::revocation::CredentialFacts;
 
@@ -366,6 +367,22 @@ impl Workload for WorkloadService {
             self.stop.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_jwks(
+        &self,
+        request: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
+        let env = request.into_inner().env;
+        let keys = EnvName::new(&env)
+            .ok()
+            .and_then(|name| self.broker.keys.env(&name))
+            .ok_or_else(|| Status::not_found(format!("environment {env:?} is not served here")))?;
+        Ok(Response::new(GetJwksResponse {
+            issuer: self.broker.issuer(&env),
+            trust_domain: keys.env.trust_domain.to_string(),
+            jwks: serde_json::json!({ "keys": [keys.jwt.jwk("sig")] }).to_string(),
+        }))
     }
 
     async fn introspect(

@@ -101,6 +101,9 @@ pub struct Revocation {
     pub revoked_at: i64,
     /// When every covered credential has expired (unix seconds).
     pub covers_until: i64,
+    /// For owner revocations: the owner's identities (`env/name`) at the
+    /// time, published so verifiers need no owner lookup.
+    pub identities: Vec<String>,
 }
 
 /// What is known of a credential being checked.
@@ -299,6 +302,7 @@ mod tests {
             operator: "admin".into(),
             revoked_at,
             covers_until,
+            identities: vec![],
         }
     }
 

@@ -171,6 +171,8 @@ pub struct NewRevocation {
     pub revoked_at: i64,
     /// Latest expiry it covers (unix seconds).
     pub covers_until: i64,
+    /// For owner revocations: the owner's identities at the time.
+    pub identities: Vec<String>,
 }
 
 /// An issued certificate as the audit log remembers it.

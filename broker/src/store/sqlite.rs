@@ -473,8 +473,9 @@ impl Store for SqliteStore {
 
     async fn insert_revocation(&self, rev: &NewRevocation) -> Result<i64, StoreError> {
         let result = sqlx::query(
-            "INSERT INTO revocations (kind, value, reason, operator, revoked_at, covers_until)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO revocations
+                 (kind, value, reason, operator, revoked_at, covers_until, identities)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(rev.target.kind())
         .bind(rev.target.value())
@@ -482,6 +483,7 @@ impl Store for SqliteStore {
         .bind(&rev.operator)
         .bind(rev.revoked_at)
         .bind(rev.covers_until)
+        .bind(to_json(&rev.identities))
         .execute(&self.pool)
         .await?;
         Ok(result.last_insert_rowid())
@@ -496,6 +498,7 @@ impl Store for SqliteStore {
             .map(|r| {
                 let kind: String = r.try_get("kind")?;
                 let value: String = r.try_get("value")?;
+                let identities: String = r.try_get("identities")?;
                 Ok(Revocation {
                     seq: r.try_get("seq")?,
                     target: Target::parse(&kind, &value).map_err(corrupt)?,
@@ -503,6 +506,7 @@ impl Store for SqliteStore {
                     operator: r.try_get("operator")?,
                     revoked_at: r.try_get("revoked_at")?,
                     covers_until: r.try_get("covers_until")?,
+                    identities: serde_json::from_str(&identities).map_err(corrupt)?,
                 })
             })
             .collect()

@@ -1,0 +1,456 @@
+//! Verifying JWT-SVIDs on the receiving side.
+//!
+//! [`JwtVerifier`] checks a token the way a careful relying party must:
+//! only ES256 (so `alg: none` and HMAC-with-the-public-key fail), a `kid`
+//! from the environment's key set (fetched from the broker, cached, and
+//! re-fetched — at most every [`KEY_REFRESH_MIN_INTERVAL`] — when an unknown
+//! `kid` appears), the signature, issuer, environment, audience, `exp` and
+//! `nbf` with a small leeway, a subject in the environment's trust domain,
+//! and revocation: [`JwtVerifier::follow_revocations`] keeps a subscription
+//! to the broker's revocation stream, so a revoked token is refused as soon
+//! as the event arrives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use credbroker_proto::v1::{GetJwksRequest, Revocation};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::client::{Client, WorkloadClient};
+use crate::error::ClientError;
+
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY: Duration = Duration::from_secs(30);
+/// An unknown `kid` triggers a key refresh at most this often.
+pub const KEY_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why a token was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Not a compact JWS, or undecodable parts.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// Any algorithm but ES256 (including `none` and HMAC).
+    #[error("algorithm {0:?} is not accepted (only ES256)")]
+    Algorithm(String),
+    /// No key with this `kid` in the environment, even after a refresh.
+    #[error("unknown signing key {0:?}")]
+    UnknownKey(String),
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    Signature,
+    /// `iss` is not the environment's issuer.
+    #[error("issuer {0:?} is not this environment's")]
+    Issuer(String),
+    /// `env` is another environment.
+    #[error("token is for environment {0:?}")]
+    Environment(String),
+    /// The audience is not in `aud`.
+    #[error("audience {0:?} is not in the token")]
+    Audience(String),
+    /// Past `exp`.
+    #[error("token expired")]
+    Expired,
+    /// Before `nbf`.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `sub` is not a SPIFFE ID of this trust domain.
+    #[error("subject {0:?} is not in trust domain {1}")]
+    Subject(String, String),
+    /// Revoked by an operator.
+    #[error("token revoked: {0}")]
+    Revoked(String),
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct VerifiedJwt {
+    /// SPIFFE ID of the caller.
+    pub spiffe_id: String,
+    /// JWT id.
+    pub jti: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+    /// All claims.
+    pub claims: Value,
+}
+
+/// What has been revoked, as a verifier needs it.
+#[derive(Debug, Default)]
+struct Revoked {
+    last_seq: i64,
+    jtis: HashMap<String, (String, i64)>,
+    /// `env/name` → (reason, revoked_at, covers_until).
+    identities: HashMap<String, (String, i64, i64)>,
+    envs: HashMap<String, (String, i64, i64)>,
+}
+
+impl Revoked {
+    fn apply(&mut self, r: &Revocation) {
+        self.last_seq = self.last_seq.max(r.seq);
+        let group = (r.reason.clone(), r.revoked_at, r.covers_until);
+        let add = |map: &mut HashMap<String, (String, i64, i64)>, key: &str| {
+            let keep = map.get(key).is_some_and(|cur| cur.1 >= r.revoked_at);
+            if !keep {
+                map.insert(key.to_owned(), group.clone());
+            }
+        };
+        match r.kind.as_str() {
+            "jti" => {
+                self.jtis
+                    .insert(r.value.clone(), (r.reason.clone(), r.covers_until));
+            }
+            "identity" => add(&mut self.identities, &r.value),
+            "env" => add(&mut self.envs, &r.value),
+            "owner" => {
+                for identity in &r.identities {
+                    add(&mut self.identities, identity);
+                }
+            }
+            // Certificate serials do not concern JWTs.
+            _ => {}
+        }
+    }
+
+    fn prune(&mut self, now: i64) {
+        self.jtis.retain(|_, v| v.1 >= now);
+        self.identities.retain(|_, v| v.2 >= now);
+        self.envs.retain(|_, v| v.2 >= now);
+    }
+
+    fn covers(&self, jti: &str, identity: &str, env: &str, iat: i64) -> Option<String> {
+        if let Some((reason, _)) = self.jtis.get(jti) {
+            return Some(reason.clone());
+        }
+        let group = |hit: Option<&(String, i64, i64)>| {
+            hit.filter(|(_, at, _)| iat <= *at)
+                .map(|(r, _, _)| r.clone())
+        };
+        group(self.identities.get(identity)).or_else(|| group(self.envs.get(env)))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    issuer: String,
+    trust_domain: String,
+    /// `kid` → uncompressed P-256 point.
+    by_kid: HashMap<String, Vec<u8>>,
+}
+
+/// Verifies JWT-SVIDs of one environment for one audience.
+#[derive(Debug, Clone)]
+pub struct JwtVerifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: WorkloadClient,
+    env: String,
+    audience: String,
+    leeway: Duration,
+    keys: RwLock<Keys>,
+    last_refresh: Mutex<Option<Instant>>,
+    revoked: RwLock<Revoked>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn parse_keys(jwks: &str) -> HashMap<String, Vec<u8>> {
+    let Ok(set) = serde_json::from_str::<Value>(jwks) else {
+        return HashMap::new();
+    };
+    set["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| k["kty"] == "EC" && k["crv"] == "P-256")
+        .filter_map(|k| {
+            let x = URL_SAFE_NO_PAD.decode(k["x"].as_str()?).ok()?;
+            let y = URL_SAFE_NO_PAD.decode(k["y"].as_str()?).ok()?;
+            (x.len() == 32 && y.len() == 32).then(|| {
+                let mut point = vec![4u8];
+                point.extend(x);
+                point.extend(y);
+                (k["kid"].as_str().unwrap_or_default().to_owned(), point)
+            })
+        })
+        .collect()
+}
+
+impl JwtVerifier {
+    /// A verifier for tokens of `env` addressed to `audience`, loading the
+    /// environment's keys from the broker through `client`.
+    pub async fn new(client: &Client, env: &str, audience: &str) -> Result<Self, ClientError> {
+        Self::with_leeway(client, env, audience, LEEWAY).await
+    }
+
+    /// Like [`JwtVerifier::new`] with another clock-skew allowance.
+    pub async fn with_leeway(
+        client: &Client,
+        env: &str,
+        audience: &str,
+        leeway: Duration,
+    ) -> Result<Self, ClientError> {
+        let verifier = Self {
+            inner: Arc::new(Inner {
+                client: client.anonymous(),
+                env: env.to_owned(),
+                audience: audience.to_owned(),
+                leeway,
+                keys: RwLock::new(Keys::default()),
+                last_refresh: Mutex::new(None),
+                revoked: RwLock::new(Revoked::default()),
+            }),
+        };
+        verifier.refresh_keys().await?;
+        Ok(verifier)
+    }
+
+    async fn refresh_keys(&self) -> Result<(), ClientError> {
+        let answer = self
+            .inner
+            .client
+            .grpc()
+            .get_jwks(GetJwksRequest {
+                env: self.inner.env.clone(),
+            })
+            .await?
+            .into_inner();
+        let keys = Keys {
+            by_kid: parse_keys(&answer.jwks),
+            issuer: answer.issuer,
+            trust_domain: answer.trust_domain,
+        };
+        if let Ok(mut slot) = self.inner.keys.write() {
+            *slot = keys;
+        }
+        if let Ok(mut at) = self.inner.last_refresh.lock() {
+            *at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn key(&self, kid: &str) -> Option<Vec<u8>> {
+        self.inner.keys.read().ok()?.by_kid.get(kid).cloned()
+    }
+
+    /// Verifies `token`; see the module docs for every check.
+    pub async fn verify(&self, token: &str) -> Result<VerifiedJwt, VerifyError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(VerifyError::Malformed("expected three dot-separated parts"));
+        };
+        let decode = |part: &str| -> Result<Value, VerifyError> {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| VerifyError::Malformed("invalid base64url"))?;
+            serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed("invalid JSON"))
+        };
+        let header = decode(header)?;
+        let alg = header["alg"].as_str().unwrap_or_default();
+        if alg != "ES256" {
+            return Err(VerifyError::Algorithm(alg.to_owned()));
+        }
+        let kid = header["kid"].as_str().unwrap_or_default().to_owned();
+        let key = match self.key(&kid) {
+            Some(key) => key,
+            None => {
+                let due = self
+                    .inner
+                    .last_refresh
+                    .lock()
+                    .map(|at| at.is_none_or(|t| t.elapsed() >= KEY_REFRESH_MIN_INTERVAL))
+                    .unwrap_or(true);
+                if due {
+                    let _ = self.refresh_keys().await;
+                }
+                self.key(&kid).ok_or(VerifyError::UnknownKey(kid))?
+            }
+        };
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| VerifyError::Malformed("invalid signature encoding"))?;
+        let signed = &token[..header_and_payload_len(token)];
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, key)
+            .verify(signed.as_bytes(), &signature)
+            .map_err(|_| VerifyError::Signature)?;
+        let claims = decode(payload)?;
+        self.check_claims(claims)
+    }
+
+    fn check_claims(&self, claims: Value) -> Result<VerifiedJwt, VerifyError> {
+        let (issuer, trust_domain) = self
+            .inner
+            .keys
+            .read()
+            .map(|k| (k.issuer.clone(), k.trust_domain.clone()))
+            .unwrap_or_default();
+        let text = |name: &str| claims[name].as_str().unwrap_or_default().to_owned();
+        if text("iss") != issuer {
+            return Err(VerifyError::Issuer(text("iss")));
+        }
+        if text("env") != self.inner.env {
+            return Err(VerifyError::Environment(text("env")));
+        }
+        let audience_ok = match &claims["aud"] {
+            Value::Array(a) => a.iter().any(|v| v == self.inner.audience.as_str()),
+            Value::String(s) => *s == self.inner.audience,
+            _ => false,
+        };
+        if !audience_ok {
+            return Err(VerifyError::Audience(self.inner.audience.clone()));
+        }
+        let now = now();
+        let leeway = self.inner.leeway.as_secs() as i64;
+        let (Some(exp), Some(nbf), Some(iat)) = (
+            claims["exp"].as_i64(),
+            claims["nbf"].as_i64(),
+            claims["iat"].as_i64(),
+        ) else {
+            return Err(VerifyError::Malformed("exp, nbf and iat are required"));
+        };
+        if exp + leeway <= now {
+            return Err(VerifyError::Expired);
+        }
+        if nbf - leeway > now {
+            return Err(VerifyError::NotYetValid);
+        }
+        let sub = text("sub");
+        let prefix = format!("spiffe://{trust_domain}/");
+        let Some(name) = sub.strip_prefix(&prefix).filter(|n| !n.is_empty()) else {
+            return Err(VerifyError::Subject(sub, trust_domain));
+        };
+        let jti = text("jti");
+        let identity = format!("{}/{name}", self.inner.env);
+        if let Some(reason) = self
+            .inner
+            .revoked
+            .read()
+            .ok()
+            .and_then(|r| r.covers(&jti, &identity, &self.inner.env, iat))
+        {
+            return Err(VerifyError::Revoked(reason));
+        }
+        Ok(VerifiedJwt {
+            spiffe_id: sub.clone(),
+            jti,
+            scopes: text("scope")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            expires_at: exp,
+            claims,
+        })
+    }
+
+    /// Applies one revocation event (what [`JwtVerifier::follow_revocations`]
+    /// does for each event it receives).
+    pub fn apply_revocation(&self, revocation: &Revocation) {
+        if let Ok(mut r) = self.inner.revoked.write() {
+            r.apply(revocation);
+            r.prune(now());
+        }
+    }
+
+    /// Keeps this verifier's revocation state current: subscribes to the
+    /// broker's revocation stream with `session` (an SVID-authenticated
+    /// client) and reconnects from the last event seen whenever the stream
+    /// breaks, so nothing is missed. Runs until the returned task is aborted.
+    pub fn follow_revocations(&self, session: WorkloadClient) -> tokio::task::JoinHandle<()> {
+        let verifier = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let after = verifier
+                    .inner
+                    .revoked
+                    .read()
+                    .map(|r| r.last_seq)
+                    .unwrap_or(0);
+                match session.watch_revocations(after).await {
+                    Ok(mut stream) => {
+                        delay = Duration::from_millis(200);
+                        while let Ok(Some(event)) = stream.message().await {
+                            verifier.apply_revocation(&event);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "revocation stream unavailable; retrying"),
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        })
+    }
+}
+
+/// Length of `header.payload` in a compact JWS.
+fn header_and_payload_len(token: &str) -> usize {
+    token.rfind('.').unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(seq: i64, kind: &str, value: &str, revoked_at: i64) -> Revocation {
+        Revocation {
+            seq,
+            kind: kind.into(),
+            value: value.into(),
+            reason: format!("r{seq}"),
+            operator: "admin".into(),
+            revoked_at,
+            covers_until: i64::MAX,
+            identities: vec![],
+        }
+    }
+
+    #[test]
+    fn revocation_state_covers_by_kind_and_issue_time() {
+        let mut r = Revoked::default();
+        r.apply(&rev(1, "jti", "j1", 100));
+        r.apply(&rev(2, "identity", "dev/api", 200));
+        let mut owner = rev(3, "owner", "team", 300);
+        owner.identities = vec!["dev/batch".into()];
+        r.apply(&owner);
+        assert_eq!(r.last_seq, 3);
+        assert_eq!(r.covers("j1", "dev/x", "dev", 0), Some("r1".into()));
+        assert_eq!(r.covers("j2", "dev/api", "dev", 200), Some("r2".into()));
+        assert_eq!(r.covers("j2", "dev/api", "dev", 201), None);
+        assert_eq!(r.covers("j2", "dev/batch", "dev", 250), Some("r3".into()));
+        r.apply(&rev(4, "env", "dev", 400));
+        assert_eq!(r.covers("j9", "dev/other", "dev", 399), Some("r4".into()));
+        let mut expired = rev(5, "jti", "old", 10);
+        expired.covers_until = 50;
+        r.apply(&expired);
+        r.prune(60);
+        assert_eq!(r.covers("old", "dev/x", "prod", 0), None);
+    }
+
+    #[test]
+    fn keys_parse_from_jwks() {
+        let jwks = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1",
+            "x":"elCwg9VLXwxkMZtfjccKYBiV4TjTCxHgnU3pMRNQxPY",
+            "y":"k7AhL9m3WQ9yuznlecChaF-mrSFwwF6rXnJZofuEOuw"},
+            {"kty":"RSA","kid":"k2","n":"x","e":"AQAB"}]}"#;
+        let keys = parse_keys(jwks);
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys["k1"].len(), 65);
+        assert!(parse_keys("not json").is_empty());
+    }
+}
