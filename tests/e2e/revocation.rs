@@ -305,3 +305,74 @@ async fn revocations_drop_out_once_what_they_cover_has_expired() {
     let listed = broker.cli_ok(&["revoke", "--list", "--output", "json"]);
     assert_eq!(listed.trim(), "[]");
 }
+
+#[tokio::test]
+async fn the_agent_replaces_a_revoked_jwt_and_drops_a_revoked_svid() {
+    let broker = TestBroker::start().await;
+    broker.create_identity("dev", "sidecar", &["billing"], &[]);
+    let token = broker.join_token("dev", "sidecar");
+    let out = broker.scratch("agent");
+    let mut child = std::process::Command::new(credbroker_e2e::binary("credbroker-agent"))
+        .args([
+            "--broker",
+            &broker.url(),
+            "--join-token",
+            &token,
+            "--jwt-audience",
+            "billing",
+        ])
+        .arg("--bundle")
+        .arg(broker.bundle_path())
+        .arg("--out-dir")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let jwt_path = out.join("jwt/billing.token");
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("the first credentials", &|| {
+        jwt_path.exists() && out.join("svid.pem").exists()
+    });
+    let first = std::fs::read_to_string(&jwt_path).unwrap();
+    let payload: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            first.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let jti = payload["jti"].as_str().unwrap().to_owned();
+
+    // A revoked JWT is replaced with a fresh one.
+    broker.cli_ok(&["revoke", "--jti", &jti, "--reason", "test"]);
+    wait_for("a replacement JWT", &|| {
+        std::fs::read_to_string(&jwt_path).is_ok_and(|t| !t.is_empty() && t != first)
+    });
+
+    // A revoked SVID: every credential file goes and the agent stops.
+    broker.cli_ok(&[
+        "revoke",
+        "--identity",
+        "dev/sidecar",
+        "--reason",
+        "decommissioned",
+    ]);
+    wait_for("the credentials to be removed", &|| {
+        !out.join("svid.pem").exists() && !out.join("svid_key.pem").exists() && !jwt_path.exists()
+    });
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("revoked (revoked: decommissioned)"),
+        "{stderr}"
+    );
+}

@@ -106,12 +106,41 @@ impl OutputDir {
         write_atomic(&self.bundle_path(), bundle.to_pem().as_bytes(), PUBLIC)
     }
 
+    /// Removes the SVID, its key and every JWT (the bundle stays): what the
+    /// agent does when its credentials are revoked.
+    pub fn remove_credentials(&self) -> std::io::Result<()> {
+        for path in [self.svid_path(), self.key_path()] {
+            remove_if_present(&path)?;
+        }
+        if let Ok(entries) = std::fs::read_dir(self.root.join("jwt")) {
+            for entry in entries.flatten() {
+                remove_if_present(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the JWT files of `jwt`'s audiences.
+    pub fn remove_jwt(&self, jwt: &JwtSvid) -> std::io::Result<()> {
+        for audience in &jwt.audiences {
+            remove_if_present(&self.jwt_path(audience))?;
+        }
+        Ok(())
+    }
+
     /// Writes one JWT under each of its audiences.
     pub fn write_jwt(&self, jwt: &JwtSvid) -> std::io::Result<()> {
         for audience in &jwt.audiences {
             write_atomic(&self.jwt_path(audience), jwt.token.as_bytes(), PRIVATE)?;
         }
         Ok(())
+    }
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

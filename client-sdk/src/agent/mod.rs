@@ -44,6 +44,9 @@ pub enum AgentError {
          re-attestation needs new evidence (a join token is single-use)"
     )]
     Expired,
+    /// The SVID was revoked; its files were removed.
+    #[error("the X.509-SVID was revoked ({0}); credentials removed")]
+    Revoked(String),
 }
 
 /// Credentials currently held.
@@ -96,10 +99,16 @@ pub async fn run_once(config: &AgentConfig) -> Result<(), AgentError> {
 /// Attests, writes the files, then keeps them fresh until an unrecoverable
 /// error: each credential is renewed at half its remaining lifetime, and a
 /// failed renewal is retried with jittered exponential backoff while the
-/// files keep the last valid credential.
+/// files keep the last valid credential. The agent also follows the broker's
+/// revocation stream: a revoked JWT is replaced (if the identity still
+/// allows it) or removed, and a revoked SVID removes every credential file
+/// and stops the agent, since a revoked SVID cannot renew.
 pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
     let (client, mut held) = attest(config).await?;
     write(config, &held)?;
+    let mut session = client.authenticated(&held.svid).await?;
+    let mut revocations = Revocations::default();
+    revocations.subscribe(&session).await;
     let mut failures = 0u32;
     loop {
         let soonest = std::iter::once(held.svid.remaining())
@@ -113,7 +122,19 @@ pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
                 .min(soonest / 2)
                 .max(Duration::from_millis(100))
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            event = revocations.next() => {
+                match event {
+                    Some(_) => handle_revocation(config, &session, &mut held).await?,
+                    None => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        revocations.subscribe(&session).await;
+                    }
+                }
+                continue;
+            }
+        }
         if held.svid.remaining().is_zero() {
             return Err(AgentError::Expired);
         }
@@ -128,6 +149,13 @@ pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
                 );
                 held = next;
                 failures = 0;
+                match client.authenticated(&held.svid).await {
+                    Ok(s) => {
+                        session = s;
+                        revocations.subscribe(&session).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot reconnect with the new SVID"),
+                }
             }
             Err(e) => {
                 failures += 1;
@@ -135,6 +163,83 @@ pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
             }
         }
     }
+}
+
+/// The agent's subscription to the broker's revocation stream, resumed from
+/// the last event seen.
+#[derive(Default)]
+struct Revocations {
+    stream: Option<tonic::Streaming<crate::Revocation>>,
+    last_seq: i64,
+}
+
+impl Revocations {
+    async fn subscribe(&mut self, session: &WorkloadClient) {
+        self.stream = match session.watch_revocations(self.last_seq).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow revocations; will retry");
+                None
+            }
+        };
+    }
+
+    /// The next event; `None` when the stream broke (resubscribe). Pending
+    /// forever while there is no stream.
+    async fn next(&mut self) -> Option<crate::Revocation> {
+        let Some(stream) = self.stream.as_mut() else {
+            return std::future::pending().await;
+        };
+        match stream.message().await {
+            Ok(Some(event)) => {
+                self.last_seq = self.last_seq.max(event.seq);
+                Some(event)
+            }
+            _ => {
+                self.stream = None;
+                None
+            }
+        }
+    }
+}
+
+/// Checks what the agent holds against the broker after a revocation event.
+async fn handle_revocation(
+    config: &AgentConfig,
+    session: &WorkloadClient,
+    held: &mut Held,
+) -> Result<(), AgentError> {
+    let Some(leaf) = held.svid.cert_chain.first() else {
+        return Ok(());
+    };
+    let svid = session.introspect_certificate(leaf).await?;
+    if !svid.active {
+        config.out_dir.remove_credentials()?;
+        tracing::error!(serial = %held.svid.serial, reason = %svid.reason, "SVID revoked; removed credentials");
+        return Err(AgentError::Revoked(svid.reason));
+    }
+    for i in 0..held.jwts.len() {
+        let answer = session.introspect_token(&held.jwts[i].token).await?;
+        if answer.active {
+            continue;
+        }
+        tracing::warn!(jti = %held.jwts[i].jti, reason = %answer.reason, "JWT revoked; replacing it");
+        let request = JwtRequest {
+            audiences: held.jwts[i].audiences.clone(),
+            ..JwtRequest::default()
+        };
+        match session.fetch_jwt(&request).await {
+            Ok(jwt) => {
+                config.out_dir.write_jwt(&jwt)?;
+                held.jwts[i] = jwt;
+            }
+            Err(e) => {
+                config.out_dir.remove_jwt(&held.jwts[i])?;
+                tracing::error!(error = %e, "no replacement JWT; removed the revoked one");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn refresh(client: &Client, config: &AgentConfig, held: &Held) -> Result<Held, ClientError> {
