@@ -294,11 +294,28 @@ async fn revocations_drop_out_once_what_they_cover_has_expired() {
     broker.create_identity("dev", "api", &["billing"], &[]);
     let client = broker.client().await;
     let held = attest(&broker, &client, "api", &["billing"]).await;
-    broker.cli_ok(&["revoke", "--jti", &held.jwts[0].jti, "--reason", "test"]);
-    assert!(
-        broker
-            .cli_ok(&["revoke", "--list"])
-            .contains(&held.jwts[0].jti)
+    let revoked: serde_json::Value = serde_json::from_str(&broker.cli_ok(&[
+        "revoke",
+        "--jti",
+        &held.jwts[0].jti,
+        "--reason",
+        "test",
+        "--output",
+        "json",
+    ]))
+    .unwrap();
+    // The entry records the latest expiry it covers: the JWT's.
+    let exp = held.jwts[0]
+        .expires_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let until = revoked[0]["covers_until"].as_str().unwrap();
+    assert_eq!(
+        until,
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp))
+            .to_string(),
+        "covers_until is the JWT's expiry"
     );
     // The JWT lived 2 s; its revocation goes with it.
     tokio::time::sleep(Duration::from_millis(3100)).await;
