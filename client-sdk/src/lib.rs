@@ -30,6 +30,7 @@ pub mod agent;
 mod client;
 mod error;
 mod request;
+pub mod revocations;
 mod svid;
 pub mod verifier;
 
@@ -37,5 +38,6 @@ pub use client::{Attestation, Client, WorkloadClient};
 pub use credbroker_proto::v1::{IntrospectResponse, Revocation};
 pub use error::ClientError;
 pub use request::{Evidence, JwtRequest};
+pub use revocations::RevocationWatcher;
 pub use svid::{JwtSvid, TrustBundle, X509Svid, pem_encode};
 pub use verifier::{JwtVerifier, VerifiedJwt, VerifyError};

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use credbroker_proto::v1::{GetJwksRequest, Revocation};
+use credbroker_proto::v1::GetJwksRequest;
 use serde_json::Value;
 use thiserror::Error;
 
 use crate::client::{Client, WorkloadClient};
 use crate::error::ClientError;
+use crate::revocations::RevocationWatcher;
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY: Duration = Duration::from_secs(30);
@@ -81,61 +82,6 @@ pub struct VerifiedJwt {
     pub claims: Value,
 }
 
-/// What has been revoked, as a verifier needs it.
-#[derive(Debug, Default)]
-struct Revoked {
-    last_seq: i64,
-    jtis: HashMap<String, (String, i64)>,
-    /// `env/name` → (reason, revoked_at, covers_until).
-    identities: HashMap<String, (String, i64, i64)>,
-    envs: HashMap<String, (String, i64, i64)>,
-}
-
-impl Revoked {
-    fn apply(&mut self, r: &Revocation) {
-        self.last_seq = self.last_seq.max(r.seq);
-        let group = (r.reason.clone(), r.revoked_at, r.covers_until);
-        let add = |map: &mut HashMap<String, (String, i64, i64)>, key: &str| {
-            let keep = map.get(key).is_some_and(|cur| cur.1 >= r.revoked_at);
-            if !keep {
-                map.insert(key.to_owned(), group.clone());
-            }
-        };
-        match r.kind.as_str() {
-            "jti" => {
-                self.jtis
-                    .insert(r.value.clone(), (r.reason.clone(), r.covers_until));
-            }
-            "identity" => add(&mut self.identities, &r.value),
-            "env" => add(&mut self.envs, &r.value),
-            "owner" => {
-                for identity in &r.identities {
-                    add(&mut self.identities, identity);
-                }
-            }
-            // Certificate serials do not concern JWTs.
-            _ => {}
-        }
-    }
-
-    fn prune(&mut self, now: i64) {
-        self.jtis.retain(|_, v| v.1 >= now);
-        self.identities.retain(|_, v| v.2 >= now);
-        self.envs.retain(|_, v| v.2 >= now);
-    }
-
-    fn covers(&self, jti: &str, identity: &str, env: &str, iat: i64) -> Option<String> {
-        if let Some((reason, _)) = self.jtis.get(jti) {
-            return Some(reason.clone());
-        }
-        let group = |hit: Option<&(String, i64, i64)>| {
-            hit.filter(|(_, at, _)| iat <= *at)
-                .map(|(r, _, _)| r.clone())
-        };
-        group(self.identities.get(identity)).or_else(|| group(self.envs.get(env)))
-    }
-}
-
 #[derive(Debug, Default)]
 struct Keys {
     issuer: String,
@@ -158,7 +104,7 @@ struct Inner {
     leeway: Duration,
     keys: RwLock<Keys>,
     last_refresh: Mutex<Option<Instant>>,
-    revoked: RwLock<Revoked>,
+    revoked: RevocationWatcher,
 }
 
 fn now() -> i64 {
@@ -212,7 +158,7 @@ impl JwtVerifier {
                 leeway,
                 keys: RwLock::new(Keys::default()),
                 last_refresh: Mutex::new(None),
-                revoked: RwLock::new(Revoked::default()),
+                revoked: RevocationWatcher::default(),
             }),
         };
         verifier.refresh_keys().await?;
@@ -340,9 +286,7 @@ impl JwtVerifier {
         if let Some(reason) = self
             .inner
             .revoked
-            .read()
-            .ok()
-            .and_then(|r| r.covers(&jti, &identity, &self.inner.env, iat))
+            .jwt_revoked(&jti, &identity, &self.inner.env, iat)
         {
             return Err(VerifyError::Revoked(reason));
         }
@@ -358,43 +302,15 @@ impl JwtVerifier {
         })
     }
 
-    /// Applies one revocation event (what [`JwtVerifier::follow_revocations`]
-    /// does for each event it receives).
-    pub fn apply_revocation(&self, revocation: &Revocation) {
-        if let Ok(mut r) = self.inner.revoked.write() {
-            r.apply(revocation);
-            r.prune(now());
-        }
+    /// The revocation state this verifier consults.
+    pub fn revocations(&self) -> &RevocationWatcher {
+        &self.inner.revoked
     }
 
-    /// Keeps this verifier's revocation state current: subscribes to the
-    /// broker's revocation stream with `session` (an SVID-authenticated
-    /// client) and reconnects from the last event seen whenever the stream
-    /// breaks, so nothing is missed. Runs until the returned task is aborted.
+    /// Keeps this verifier's revocation state current through `session`;
+    /// see [`RevocationWatcher::follow`].
     pub fn follow_revocations(&self, session: WorkloadClient) -> tokio::task::JoinHandle<()> {
-        let verifier = self.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
-            loop {
-                let after = verifier
-                    .inner
-                    .revoked
-                    .read()
-                    .map(|r| r.last_seq)
-                    .unwrap_or(0);
-                match session.watch_revocations(after).await {
-                    Ok(mut stream) => {
-                        delay = Duration::from_millis(200);
-                        while let Ok(Some(event)) = stream.message().await {
-                            verifier.apply_revocation(&event);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "revocation stream unavailable; retrying"),
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        })
+        self.inner.revoked.follow(session)
     }
 }
 
@@ -406,41 +322,6 @@ fn header_and_payload_len(token: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rev(seq: i64, kind: &str, value: &str, revoked_at: i64) -> Revocation {
-        Revocation {
-            seq,
-            kind: kind.into(),
-            value: value.into(),
-            reason: format!("r{seq}"),
-            operator: "admin".into(),
-            revoked_at,
-            covers_until: i64::MAX,
-            identities: vec![],
-        }
-    }
-
-    #[test]
-    fn revocation_state_covers_by_kind_and_issue_time() {
-        let mut r = Revoked::default();
-        r.apply(&rev(1, "jti", "j1", 100));
-        r.apply(&rev(2, "identity", "dev/api", 200));
-        let mut owner = rev(3, "owner", "team", 300);
-        owner.identities = vec!["dev/batch".into()];
-        r.apply(&owner);
-        assert_eq!(r.last_seq, 3);
-        assert_eq!(r.covers("j1", "dev/x", "dev", 0), Some("r1".into()));
-        assert_eq!(r.covers("j2", "dev/api", "dev", 200), Some("r2".into()));
-        assert_eq!(r.covers("j2", "dev/api", "dev", 201), None);
-        assert_eq!(r.covers("j2", "dev/batch", "dev", 250), Some("r3".into()));
-        r.apply(&rev(4, "env", "dev", 400));
-        assert_eq!(r.covers("j9", "dev/other", "dev", 399), Some("r4".into()));
-        let mut expired = rev(5, "jti", "old", 10);
-        expired.covers_until = 50;
-        r.apply(&expired);
-        r.prune(60);
-        assert_eq!(r.covers("old", "dev/x", "prod", 0), None);
-    }
 
     #[test]
     fn keys_parse_from_jwks() {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use credbroker_client::{Evidence, JwtRequest, JwtVerifier, VerifyError};
+use credbroker_client::{Evidence, JwtRequest, JwtVerifier, RevocationWatcher, VerifyError};
 use credbroker_e2e::TestBroker;
 
 #[tokio::test]
@@ -176,6 +176,39 @@ async fn verifier_rejects_a_revoked_token_within_a_second() {
             }
         }
     }
+    // Certificates: a watcher following the same stream sees a revoked serial.
+    let watcher = RevocationWatcher::default();
+    let _watch = watcher.follow(client.authenticated(&service.svid).await.unwrap());
+    let leaf = caller.svid.cert_chain[0].to_vec();
+    assert_eq!(
+        watcher.certificate_revoked(&leaf, "dev", "dev.example.org"),
+        None
+    );
+    let started = Instant::now();
+    broker.cli_ok(&[
+        "revoke",
+        "--serial",
+        &caller.svid.serial,
+        "--reason",
+        "key exposed",
+    ]);
+    loop {
+        if let Some(reason) = watcher.certificate_revoked(&leaf, "dev", "dev.example.org") {
+            assert_eq!(reason, "key exposed");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "certificate revocation not seen within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let other = service.svid.cert_chain[0].to_vec();
+    assert_eq!(
+        watcher.certificate_revoked(&other, "dev", "dev.example.org"),
+        None
+    );
+
     // Revoking the whole owner reaches the verifier too (it publishes the
     // owner's identities with the event).
     let fresh = client
