@@ -151,6 +151,9 @@ pub(super) async fn revoke(
         Target::Identity(key) => Some(key.to_string()),
         _ => None,
     };
+    // One revocation at a time from here to the broadcast: sequence numbers
+    // come from the store, and subscribers rely on receiving them in order.
+    let writer = broker.revocations.writer().await;
     if let Some(existing) = broker.revocations.find_exact(&target) {
         return Ok(to_proto(&existing));
     }
@@ -168,17 +171,6 @@ pub(super) async fn revoke(
         .insert_revocation(&new)
         .await
         .map_err(status::store)?;
-    if let Target::Identity(key) = &new.target {
-        // No new credentials until an operator re-enables it.
-        broker
-            .registry
-            .update(key, now, |id| {
-                id.enabled = false;
-                Ok(())
-            })
-            .await
-            .map_err(status::update)?;
-    }
     let rev: Arc<Revocation> = broker.revocations.insert(Revocation {
         seq,
         target: new.target,
@@ -188,6 +180,19 @@ pub(super) async fn revoke(
         covers_until: new.covers_until,
         identities: new.identities,
     });
+    drop(writer);
+    if let Target::Identity(key) = &rev.target {
+        // Covered credentials are already refused; this stops new ones
+        // until an operator re-enables the identity.
+        broker
+            .registry
+            .update(key, now, |id| {
+                id.enabled = false;
+                Ok(())
+            })
+            .await
+            .map_err(status::update)?;
+    }
     audit.changed(&format!(
         "revoked {} (seq {}): {}",
         rev.target, rev.seq, rev.reason

@@ -134,6 +134,8 @@ pub struct RevocationList {
     events: broadcast::Sender<Arc<Revocation>>,
     /// Bumped on every change, so derived data (CRLs) knows when to rebuild.
     version: AtomicU64,
+    /// Held from storing a revocation until it is broadcast.
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl Default for RevocationList {
@@ -147,6 +149,7 @@ impl Default for RevocationList {
             all: RwLock::new(BTreeMap::new()),
             events: broadcast::channel(EVENT_BUFFER).0,
             version: AtomicU64::new(0),
+            writer: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -167,6 +170,13 @@ fn keep_latest<K: std::hash::Hash + Eq>(
 }
 
 impl RevocationList {
+    /// Serializes writers: hold the guard from storing a revocation (which
+    /// assigns its sequence number) until [`RevocationList::insert`], so
+    /// entries are broadcast in sequence order and no subscriber skips one.
+    pub async fn writer(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writer.lock().await
+    }
+
     /// Adds an entry (already durable) and tells every subscriber.
     pub fn insert(&self, rev: Revocation) -> Arc<Revocation> {
         let rev = Arc::new(rev);
