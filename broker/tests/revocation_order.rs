@@ -31,10 +31,12 @@ async fn admin_channel(data_dir: &std::path::Path, url: String) -> Channel {
 #[tokio::test(flavor = "current_thread")]
 async fn concurrent_revocations_are_streamed_complete_and_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.data_dir = dir.path().to_owned();
-    config.grpc_listen = "127.0.0.1:0".parse().unwrap();
-    config.http_listen = "127.0.0.1:0".parse().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     let running = credbroker::start(config).await.unwrap();
     let url = format!("https://127.0.0.1:{}", running.grpc_addr.port());
     let channel = admin_channel(dir.path(), url).await;
