@@ -196,22 +196,7 @@ async fn agent_keeps_rotating_credentials_on_disk() {
     broker.create_identity("dev", "rotating", &["billing"], &[]);
     let token = broker.join_token("dev", "rotating");
     let out = broker.scratch("rotating");
-    let mut child = std::process::Command::new(credbroker_e2e::binary("credbroker-agent"))
-        .args([
-            "--broker",
-            &broker.url(),
-            "--join-token",
-            &token,
-            "--jwt-audience",
-            "billing",
-        ])
-        .arg("--bundle")
-        .arg(broker.bundle_path())
-        .arg("--out-dir")
-        .arg(&out)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = broker.spawn_agent(&token, &out, &["billing"]);
     let serial = |path: &std::path::Path| -> Option<String> {
         let pem = std::fs::read(path).ok()?;
         let certs = x509::pem_certs(&pem);

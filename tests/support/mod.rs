@@ -269,6 +269,26 @@ impl TestBroker {
             .await
     }
 
+    /// Starts `credbroker-agent` in continuous mode with `token`, writing to
+    /// `out_dir` and keeping a JWT for each of `audiences`. Its stderr is
+    /// piped so a test can read why it stopped.
+    pub fn spawn_agent(&self, token: &str, out_dir: &std::path::Path, audiences: &[&str]) -> Child {
+        let mut cmd = Command::new(binary("credbroker-agent"));
+        cmd.args(["--broker", &self.url(), "--join-token", token])
+            .arg("--bundle")
+            .arg(self.bundle_path())
+            .arg("--out-dir")
+            .arg(out_dir);
+        for a in audiences {
+            cmd.args(["--jwt-audience", a]);
+        }
+        cmd.env_remove("CREDBROKER_JOIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn credbroker-agent")
+    }
+
     /// The admin client certificate and key, PEM.
     pub fn admin_identity(&self) -> (String, String) {
         let dir = self.data_dir().join("admin");
