@@ -31,6 +31,7 @@ mod client;
 mod error;
 mod request;
 pub mod revocations;
+pub mod source;
 mod svid;
 pub mod verifier;
 
@@ -39,5 +40,8 @@ pub use credbroker_proto::v1::{IntrospectResponse, Revocation};
 pub use error::ClientError;
 pub use request::{Evidence, JwtRequest};
 pub use revocations::RevocationWatcher;
+pub use source::{
+    CredentialSource, Credentials, RefreshPolicy, SourceConfig, SourceError, SourceState,
+};
 pub use svid::{JwtSvid, TrustBundle, X509Svid, pem_encode};
 pub use verifier::{JwtVerifier, VerifiedJwt, VerifyError};

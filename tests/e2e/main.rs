@@ -9,5 +9,6 @@ mod happy_path;
 mod jwt;
 mod restart;
 mod revocation;
+mod source;
 mod verifier;
 mod x509;

@@ -1,0 +1,415 @@
+//! A credential source: one background task that attests, then keeps an
+//! X.509-SVID and one JWT per audience fresh, publishing them through a
+//! `tokio::sync::watch` channel.
+//!
+//! Each credential is renewed once `fraction` (default ½) of the lifetime it
+//! had when received has passed, ±`jitter` (default 10 %) so a fleet that
+//! started together does not renew together. A failed renewal is retried
+//! with jittered exponential backoff while the last valid credentials stay
+//! published; an outage shorter than half a lifetime is therefore invisible.
+//! Nothing expired is ever handed out: once the SVID expires the source
+//! publishes [`SourceState::Unavailable`] and tries to re-attest with its
+//! evidence (which works only if the evidence can be reused, e.g. a join
+//! token created with `--uses N`), saying clearly when it cannot.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::client::{Client, WorkloadClient};
+use crate::error::ClientError;
+use crate::request::{Evidence, JwtRequest};
+use crate::svid::{JwtSvid, TrustBundle, X509Svid};
+
+/// When and how credentials are renewed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefreshPolicy {
+    /// Renew after this fraction of the lifetime remaining at receipt.
+    pub fraction: f64,
+    /// Random spread around that point, as a fraction of it (±).
+    pub jitter: f64,
+    /// First retry delay after a failure.
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            fraction: 0.5,
+            jitter: 0.1,
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a source needs.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Broker URL.
+    pub broker: String,
+    /// PEM bundle trusted for the broker's TLS certificate.
+    pub bundle_pem: Vec<u8>,
+    /// Attestation evidence.
+    pub evidence: Evidence,
+    /// One JWT is kept fresh per audience.
+    pub jwt_audiences: Vec<String>,
+    /// Refresh timing.
+    pub policy: RefreshPolicy,
+}
+
+/// The credentials a source holds; every one unexpired when published.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// `(env, name)` of the identity.
+    pub identity: (String, String),
+    /// The certificate and its locally generated key.
+    pub svid: X509Svid,
+    /// CAs of the identity's trust domain.
+    pub bundle: TrustBundle,
+    /// One JWT per audience.
+    pub jwts: BTreeMap<String, JwtSvid>,
+}
+
+impl Credentials {
+    /// The soonest expiry among all credentials.
+    pub fn expires_at(&self) -> SystemTime {
+        self.jwts
+            .values()
+            .map(|j| j.expires_at)
+            .chain(std::iter::once(self.svid.expires_at))
+            .min()
+            .unwrap_or(self.svid.expires_at)
+    }
+}
+
+/// What a source currently has to offer.
+#[derive(Debug, Clone)]
+pub enum SourceState {
+    /// Not attested yet.
+    Starting,
+    /// Valid credentials.
+    Ready(Arc<Credentials>),
+    /// No valid credentials (expired during an outage, revoked, or
+    /// attestation refused); `reason` says why and whether it is retrying.
+    Unavailable {
+        /// Human-readable cause.
+        reason: String,
+        /// Whether the source keeps trying by itself.
+        retrying: bool,
+    },
+}
+
+/// Why no credential can be handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// Still attesting.
+    #[error("credentials are not available yet")]
+    NotReady,
+    /// None valid now.
+    #[error("no valid credentials: {0}")]
+    Unavailable(String),
+    /// The source task has stopped.
+    #[error("the credential source has stopped")]
+    Stopped,
+}
+
+/// Handle to a running source. Dropping it stops the background task.
+#[derive(Debug)]
+pub struct CredentialSource {
+    state: watch::Receiver<SourceState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CredentialSource {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CredentialSource {
+    /// Starts the background task. Use [`CredentialSource::ready`] to wait
+    /// for the first credentials.
+    pub fn start(config: SourceConfig) -> Self {
+        let (tx, rx) = watch::channel(SourceState::Starting);
+        let task = tokio::spawn(run(config, tx));
+        Self { state: rx, task }
+    }
+
+    /// A receiver that sees every state change.
+    pub fn watch(&self) -> watch::Receiver<SourceState> {
+        self.state.clone()
+    }
+
+    /// The current credentials, checked for expiry at the time of the call.
+    pub fn current(&self) -> Result<Arc<Credentials>, SourceError> {
+        usable(&self.state.borrow())
+    }
+
+    /// Waits until credentials are available (or the source gives up).
+    pub async fn ready(&self) -> Result<Arc<Credentials>, SourceError> {
+        let mut rx = self.state.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                SourceState::Starting => {}
+                SourceState::Unavailable { retrying: true, .. } => {}
+                state => return usable(state),
+            }
+            rx.changed().await.map_err(|_| SourceError::Stopped)?;
+        }
+    }
+}
+
+/// Credentials from `state`, refusing anything expired.
+pub fn usable(state: &SourceState) -> Result<Arc<Credentials>, SourceError> {
+    match state {
+        SourceState::Starting => Err(SourceError::NotReady),
+        SourceState::Unavailable { reason, .. } => Err(SourceError::Unavailable(reason.clone())),
+        SourceState::Ready(c) if c.svid.remaining().is_zero() => Err(SourceError::Unavailable(
+            "the X.509-SVID has expired".into(),
+        )),
+        SourceState::Ready(c) => Ok(Arc::clone(c)),
+    }
+}
+
+/// `base` spread by ±`spread` (a fraction).
+fn jitter(base: Duration, spread: f64) -> Duration {
+    let mut bytes = [0u8; 4];
+    let _ = SystemRandom::new().fill(&mut bytes);
+    let unit = f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX); // [0, 1]
+    base.mul_f64((1.0 + spread * (2.0 * unit - 1.0)).max(0.0))
+}
+
+/// When to renew something that has `remaining` lifetime now.
+fn renew_after(remaining: Duration, policy: &RefreshPolicy) -> Duration {
+    jitter(remaining.mul_f64(policy.fraction), policy.jitter)
+}
+
+fn backoff(failures: u32, policy: &RefreshPolicy) -> Duration {
+    let exp = policy
+        .min_backoff
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    jitter(exp.min(policy.max_backoff), 0.2)
+}
+
+/// The held credentials plus when each is due.
+struct Held {
+    creds: Credentials,
+    svid_due: Instant,
+    jwt_due: BTreeMap<String, Instant>,
+    session: WorkloadClient,
+}
+
+async fn attest(client: &Client, config: &SourceConfig) -> Result<Held, ClientError> {
+    let requests: Vec<JwtRequest> = config
+        .jwt_audiences
+        .iter()
+        .map(JwtRequest::audience)
+        .collect();
+    let attested = client.attest(&config.evidence, &requests).await?;
+    let now = Instant::now();
+    let svid_due = now + renew_after(attested.svid.remaining(), &config.policy);
+    let mut jwts = BTreeMap::new();
+    let mut jwt_due = BTreeMap::new();
+    for (audience, jwt) in config.jwt_audiences.iter().zip(attested.jwts) {
+        jwt_due.insert(
+            audience.clone(),
+            now + renew_after(jwt.remaining(), &config.policy),
+        );
+        jwts.insert(audience.clone(), jwt);
+    }
+    let session = client.authenticated(&attested.svid).await?;
+    tracing::info!(spiffe_id = %attested.svid.spiffe_id, serial = %attested.svid.serial, "attested");
+    Ok(Held {
+        creds: Credentials {
+            identity: attested.identity,
+            svid: attested.svid,
+            bundle: attested.bundle,
+            jwts,
+        },
+        svid_due,
+        jwt_due,
+        session,
+    })
+}
+
+/// Renews whatever is due; on success the held state is updated in place.
+async fn refresh_due(
+    client: &Client,
+    held: &mut Held,
+    policy: &RefreshPolicy,
+) -> Result<bool, ClientError> {
+    let now = Instant::now();
+    let mut changed = false;
+    if held.svid_due <= now {
+        let (svid, bundle) = held.session.renew().await?;
+        let session = client.authenticated(&svid).await?;
+        held.svid_due = Instant::now() + renew_after(svid.remaining(), policy);
+        tracing::info!(serial = %svid.serial, expires_in = ?svid.remaining(), "renewed X.509-SVID");
+        held.creds.svid = svid;
+        held.creds.bundle = bundle;
+        held.session = session;
+        changed = true;
+    }
+    let due: Vec<String> = held
+        .jwt_due
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(a, _)| a.clone())
+        .collect();
+    for audience in due {
+        let jwt = held
+            .session
+            .fetch_jwt(&JwtRequest::audience(&audience))
+            .await?;
+        held.jwt_due.insert(
+            audience.clone(),
+            Instant::now() + renew_after(jwt.remaining(), policy),
+        );
+        held.creds.jwts.insert(audience, jwt);
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// Evidence the broker will never accept again: retrying is pointless.
+fn is_permanent(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(
+            tonic::Code::Unauthenticated
+                | tonic::Code::PermissionDenied
+                | tonic::Code::InvalidArgument
+        )
+    )
+}
+
+async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
+    let policy = config.policy;
+    let mut failures = 0u32;
+    let client = loop {
+        match Client::connect(&config.broker, &config.bundle_pem).await {
+            Ok(client) => break client,
+            Err(e) => {
+                failures += 1;
+                let _ = tx.send(SourceState::Unavailable {
+                    reason: format!("cannot reach the broker: {e}"),
+                    retrying: true,
+                });
+                tokio::time::sleep(backoff(failures, &policy)).await;
+            }
+        }
+    };
+    let mut held: Option<Held> = None;
+    loop {
+        let Some(current) = held.as_mut() else {
+            match attest(&client, &config).await {
+                Ok(h) => {
+                    failures = 0;
+                    let _ = tx.send(SourceState::Ready(Arc::new(h.creds.clone())));
+                    held = Some(h);
+                }
+                Err(e) if is_permanent(&e) => {
+                    tracing::error!(error = %e, "attestation refused; giving up");
+                    let _ = tx.send(SourceState::Unavailable {
+                        reason: format!("attestation refused ({e}); new evidence is needed"),
+                        retrying: false,
+                    });
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "attestation failed; retrying");
+                    tokio::time::sleep(backoff(failures, &policy)).await;
+                }
+            }
+            continue;
+        };
+        // Sleep until something is due, or until the soonest expiry (to stop
+        // publishing it), or until the next retry.
+        let expiry = current.creds.expires_at();
+        let until_expiry = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+        let next_due = current
+            .jwt_due
+            .values()
+            .copied()
+            .chain(std::iter::once(current.svid_due))
+            .min()
+            .unwrap_or(current.svid_due);
+        let wake = if failures == 0 {
+            next_due
+        } else {
+            Instant::now() + backoff(failures, &policy)
+        };
+        let wake = wake.min(Instant::now() + until_expiry);
+        tokio::time::sleep_until(wake).await;
+
+        if current.creds.svid.remaining().is_zero() {
+            let _ = tx.send(SourceState::Unavailable {
+                reason: "the X.509-SVID expired before it could be renewed; re-attesting".into(),
+                retrying: true,
+            });
+            tracing::warn!("SVID expired; trying to re-attest with the same evidence");
+            held = None;
+            continue;
+        }
+        // A JWT that expired during an outage is withdrawn, not handed out.
+        let now = SystemTime::now();
+        let before = current.creds.jwts.len();
+        current.creds.jwts.retain(|_, j| j.expires_at > now);
+        if current.creds.jwts.len() != before {
+            let _ = tx.send(SourceState::Ready(Arc::new(current.creds.clone())));
+        }
+        match refresh_due(&client, current, &policy).await {
+            Ok(changed) => {
+                failures = 0;
+                if changed {
+                    let _ = tx.send(SourceState::Ready(Arc::new(current.creds.clone())));
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, attempt = failures, "renewal failed; keeping current credentials");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_lands_around_half_life() {
+        let policy = RefreshPolicy::default();
+        for _ in 0..500 {
+            let d = renew_after(Duration::from_secs(100), &policy);
+            assert!(
+                d >= Duration::from_secs(45) && d <= Duration::from_secs(55),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RefreshPolicy::default();
+        assert!(backoff(1, &policy) <= Duration::from_millis(600));
+        assert!(backoff(4, &policy) >= Duration::from_millis(3200));
+        assert!(backoff(40, &policy) <= Duration::from_secs(36));
+    }
+
+    #[test]
+    fn jitter_spreads_values() {
+        let values: std::collections::BTreeSet<u128> = (0..100)
+            .map(|_| jitter(Duration::from_secs(100), 0.1).as_millis())
+            .collect();
+        assert!(values.len() > 50, "jitter must actually vary");
+    }
+}
