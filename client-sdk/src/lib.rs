@@ -29,15 +29,18 @@
 pub mod agent;
 mod client;
 mod error;
+pub mod interceptor;
 mod request;
 pub mod revocations;
 pub mod source;
 mod svid;
+pub mod tls;
 pub mod verifier;
 
 pub use client::{Attestation, Client, WorkloadClient};
 pub use credbroker_proto::v1::{IntrospectResponse, Revocation};
 pub use error::ClientError;
+pub use interceptor::BearerInterceptor;
 pub use request::{Evidence, JwtRequest};
 pub use revocations::RevocationWatcher;
 pub use source::{

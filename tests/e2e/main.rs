@@ -10,5 +10,6 @@ mod jwt;
 mod restart;
 mod revocation;
 mod source;
+mod tls;
 mod verifier;
 mod x509;
