@@ -206,6 +206,77 @@ struct Held {
     session: WorkloadClient,
 }
 
+/// The source's subscription to the broker's revocation stream, resumed
+/// from the last event seen.
+#[derive(Default)]
+struct Revocations {
+    stream: Option<tonic::Streaming<crate::Revocation>>,
+    last_seq: i64,
+}
+
+impl Revocations {
+    async fn subscribe(&mut self, session: &WorkloadClient) {
+        self.stream = match session.watch_revocations(self.last_seq).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow revocations; will retry");
+                None
+            }
+        };
+    }
+
+    /// The next event; `None` when the stream broke. Pending while there is
+    /// no stream.
+    async fn next(&mut self) -> Option<crate::Revocation> {
+        let Some(stream) = self.stream.as_mut() else {
+            return std::future::pending().await;
+        };
+        match stream.message().await {
+            Ok(Some(event)) => {
+                self.last_seq = self.last_seq.max(event.seq);
+                Some(event)
+            }
+            _ => {
+                self.stream = None;
+                None
+            }
+        }
+    }
+}
+
+/// What a revocation event means for the held credentials.
+enum Verdict {
+    /// Nothing held is affected (or some JWTs were withdrawn for refetch).
+    Keep,
+    /// The SVID itself is revoked: stop.
+    SvidRevoked(String),
+}
+
+/// Asks the broker about everything held after a revocation event; revoked
+/// JWTs are withdrawn and made due for an immediate refetch.
+async fn check_revoked(held: &mut Held) -> Result<Verdict, ClientError> {
+    if let Some(leaf) = held.creds.svid.cert_chain.first() {
+        let answer = held.session.introspect_certificate(leaf).await?;
+        if !answer.active {
+            return Ok(Verdict::SvidRevoked(answer.reason));
+        }
+    }
+    let mut revoked = Vec::new();
+    for (audience, jwt) in &held.creds.jwts {
+        let answer = held.session.introspect_token(&jwt.token).await?;
+        if !answer.active {
+            tracing::warn!(jti = %jwt.jti, reason = %answer.reason, "JWT revoked; fetching a new one");
+            revoked.push(audience.clone());
+        }
+    }
+    let now = Instant::now();
+    for audience in revoked {
+        held.creds.jwts.remove(&audience);
+        held.jwt_due.insert(audience, now);
+    }
+    Ok(Verdict::Keep)
+}
+
 async fn attest(client: &Client, config: &SourceConfig) -> Result<Held, ClientError> {
     let requests: Vec<JwtRequest> = config
         .jwt_audiences
@@ -307,12 +378,14 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
         }
     };
     let mut held: Option<Held> = None;
+    let mut revocations = Revocations::default();
     loop {
         let Some(current) = held.as_mut() else {
             match attest(&client, &config).await {
                 Ok(h) => {
                     failures = 0;
                     let _ = tx.send(SourceState::Ready(Arc::new(h.creds.clone())));
+                    revocations.subscribe(&h.session).await;
                     held = Some(h);
                 }
                 Err(e) if is_permanent(&e) => {
@@ -348,7 +421,30 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
             Instant::now() + backoff(failures, &policy)
         };
         let wake = wake.min(Instant::now() + until_expiry);
-        tokio::time::sleep_until(wake).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            event = revocations.next() => {
+                if event.is_none() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    revocations.subscribe(&current.session).await;
+                    continue;
+                }
+                match check_revoked(current).await {
+                    Ok(Verdict::SvidRevoked(reason)) => {
+                        tracing::error!(serial = %current.creds.svid.serial, %reason, "SVID revoked");
+                        let _ = tx.send(SourceState::Unavailable {
+                            reason: format!("the X.509-SVID was revoked ({reason})"),
+                            retrying: false,
+                        });
+                        return;
+                    }
+                    Ok(Verdict::Keep) => {
+                        let _ = tx.send(SourceState::Ready(Arc::new(current.creds.clone())));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot check credentials after a revocation"),
+                }
+            }
+        }
 
         if current.creds.svid.remaining().is_zero() {
             let _ = tx.send(SourceState::Unavailable {
@@ -366,11 +462,16 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
         if current.creds.jwts.len() != before {
             let _ = tx.send(SourceState::Ready(Arc::new(current.creds.clone())));
         }
+        let serial_before = current.creds.svid.serial.clone();
         match refresh_due(&client, current, &policy).await {
             Ok(changed) => {
                 failures = 0;
                 if changed {
                     let _ = tx.send(SourceState::Ready(Arc::new(current.creds.clone())));
+                }
+                if current.creds.svid.serial != serial_before {
+                    // The old session's certificate is on its way out.
+                    revocations.subscribe(&current.session).await;
                 }
             }
             Err(e) => {
