@@ -37,35 +37,30 @@
 //! per-issuance audit events cost nothing here; a deployed broker that writes
 //! them somewhere pays for that too.
 
-use std::net::SocketAddr;
-use std::path::Path;
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use credbroker::keys::AdminFiles;
 use credbroker_client::{Client, Evidence, JwtRequest, WorkloadClient};
-use credbroker_proto::v1::admin_client::AdminClient;
-use credbroker_proto::v1::{CreateIdentityRequest, CreateJoinTokenRequest, IdentityRef};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls_pki_types::PrivatePkcs8KeyDer;
-use tokio::runtime::{Builder, Runtime};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-/// Environment the benchmark identity lives in (served by default).
-const ENV: &str = "dev";
+use support::{
+    CALL_TIMEOUT, Endpoint, InProcessBroker, NewIdentity, admin_client, check_range, cpus,
+    create_identity, join_token, millis, percentile, runtime,
+};
+
 /// Name of the benchmark identity.
 const IDENTITY: &str = "loadgen";
 /// Audience the identity may ask for.
 const AUDIENCE: &str = "bench";
 /// Scope the identity may ask for.
 const SCOPE: &str = "read";
-/// Longest a single call may take before it counts as an error.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest the broker may take to stop.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Issuance load generator for credbroker (see the file's documentation).
 #[derive(Debug, Parser)]
@@ -103,11 +98,7 @@ impl Args {
             "--concurrency must list values between 1 and 10000"
         );
         ensure!(self.max_requests > 0, "--max-requests must be more than 0");
-        ensure!(
-            (1..=100_000).contains(&self.csr_pool),
-            "--csr-pool must be between 1 and 100000"
-        );
-        Ok(())
+        check_range("--csr-pool", self.csr_pool, 1..=100_000)
     }
 }
 
@@ -181,73 +172,22 @@ fn main() -> Result<()> {
     let args = Args::parse();
     args.check()?;
 
-    let data_dir = tempfile::tempdir().context("creating a temporary data directory")?;
-    let server_rt = runtime("broker")?;
     let client_rt = runtime("loadgen")?;
-
-    let config = credbroker::Config {
-        data_dir: data_dir.path().to_path_buf(),
-        grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..credbroker::Config::default()
-    };
-    let running = server_rt
-        .block_on(credbroker::start(config))
-        .context("starting the broker")?;
-    eprintln!("broker listening on {} (gRPC)", running.grpc_addr);
-
-    // Everything client-side runs in a task, so on the client runtime's one
-    // worker thread rather than on this thread.
-    let grpc_addr = running.grpc_addr;
-    let dir = data_dir.path().to_path_buf();
-    let results = client_rt.block_on(async move {
-        tokio::spawn(async move { run(&args, grpc_addr, &dir).await })
-            .await
-            .context("the load generator task panicked")?
+    let broker = InProcessBroker::start()?;
+    let results = broker.run_client(client_rt, "load generator", move |endpoint| async move {
+        run(&args, &endpoint).await
     });
-    // Closing the client connections first lets the broker stop at once.
-    client_rt.shutdown_timeout(Duration::from_secs(5));
-
+    // Printed before the broker stops, so its "stopped cleanly" comes last.
     let printed = results.and_then(|r| print_results(&r));
-
-    let stopped = server_rt
-        .block_on(async { tokio::time::timeout(SHUTDOWN_TIMEOUT, running.shutdown()).await });
-    server_rt.shutdown_timeout(Duration::from_secs(5));
-    drop(data_dir);
-
-    printed?;
-    match stopped {
-        Ok(Ok(())) => {
-            eprintln!("broker stopped cleanly");
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e).context("stopping the broker"),
-        Err(_) => bail!(
-            "the broker did not stop within {}s",
-            SHUTDOWN_TIMEOUT.as_secs()
-        ),
-    }
+    broker.stop(printed)
 }
 
-/// A multi-thread runtime with one worker thread.
-fn runtime(name: &str) -> Result<Runtime> {
-    Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .with_context(|| format!("building the {name} runtime"))
-}
+/// The client side: registers and attests a workload, then runs every case
+/// on its connection.
+async fn run(args: &Args, endpoint: &Endpoint) -> Result<Vec<CaseResult>> {
+    let token = register(endpoint).await?;
 
-async fn run(args: &Args, grpc_addr: SocketAddr, data_dir: &Path) -> Result<Vec<CaseResult>> {
-    let url = format!("https://127.0.0.1:{}", grpc_addr.port());
-    let bundle = tokio::fs::read(data_dir.join("broker-ca.pem"))
-        .await
-        .context("reading broker-ca.pem")?;
-
-    let token = register(&url, data_dir, &bundle).await?;
-
-    let client = Client::connect(&url, &bundle)
+    let client = Client::connect(&endpoint.url, &endpoint.bundle)
         .await
         .context("connecting the workload client")?;
     let attested = client
@@ -295,53 +235,20 @@ async fn run(args: &Args, grpc_addr: SocketAddr, data_dir: &Path) -> Result<Vec<
 
 /// Registers the benchmark identity and returns a join token for it, as an
 /// operator would with `credbroker identity create` and `token create`.
-async fn register(url: &str, data_dir: &Path, bundle: &[u8]) -> Result<String> {
-    let files = AdminFiles::locate(data_dir);
-    let cert = read(&files.cert).await?;
-    let key = read(&files.key).await?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(bundle))
-        .identity(Identity::from_pem(cert, key));
-    let channel = Channel::from_shared(url.to_owned())
-        .context("admin URL")?
-        .tls_config(tls)
-        .context("admin TLS configuration")?
-        .connect()
-        .await
-        .context("connecting to the Admin API")?;
-    let mut admin = AdminClient::new(channel);
-
-    admin
-        .create_identity(CreateIdentityRequest {
-            env: ENV.into(),
-            name: IDENTITY.into(),
-            owner: "loadgen".into(),
-            purpose: "issuance benchmark".into(),
-            audiences: vec![AUDIENCE.into()],
-            scopes: vec![SCOPE.into()],
-            ..Default::default()
-        })
-        .await
-        .context("creating the benchmark identity")?;
-    let token = admin
-        .create_join_token(CreateJoinTokenRequest {
-            identity: Some(IdentityRef {
-                env: ENV.into(),
-                name: IDENTITY.into(),
-            }),
-            ttl_seconds: 0,
-            uses: 1,
-        })
-        .await
-        .context("creating a join token")?
-        .into_inner();
-    Ok(token.token)
-}
-
-async fn read(path: &Path) -> Result<Vec<u8>> {
-    tokio::fs::read(path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))
+async fn register(endpoint: &Endpoint) -> Result<String> {
+    let mut admin = admin_client(endpoint, None).await?;
+    create_identity(
+        &mut admin,
+        NewIdentity {
+            name: IDENTITY,
+            owner: "loadgen",
+            purpose: "issuance benchmark",
+            audiences: &[AUDIENCE],
+            scopes: &[SCOPE],
+        },
+    )
+    .await?;
+    join_token(&mut admin, IDENTITY, 1).await
 }
 
 /// A fresh P-256 key and a CSR for it, as the SDK's `renew()` makes them.
@@ -449,23 +356,10 @@ async fn caller(
     seen
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
-fn millis(d: Option<Duration>) -> String {
-    d.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3))
-}
-
 fn print_results(results: &[CaseResult]) -> Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "credbroker issuance, broker on 1 runtime worker thread, client on 1, host has {cpus} CPUs"
+        "credbroker issuance, broker on 1 runtime worker thread, client on 1, host has {} CPUs",
+        cpus()
     );
     println!(
         "one mTLS HTTP/2 connection; RenewX509 CSRs pre-generated (P-256), key generation not timed"

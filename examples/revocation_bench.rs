@@ -51,44 +51,40 @@
 //! subscriber is installed, so the broker's audit events cost nothing beyond
 //! their durable record.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use credbroker::keys::AdminFiles;
 use credbroker::model::{EnvName, IdentityKey, IdentityName};
 use credbroker::revocation::{CredentialFacts, Revocation, RevocationList, Target};
 use credbroker_client::{Client, Evidence, JwtRequest, X509Svid};
 use credbroker_proto::v1::admin_client::AdminClient;
-use credbroker_proto::v1::{
-    CreateIdentityRequest, CreateJoinTokenRequest, IdentityRef, RevokeRequest, revoke_request,
-};
-use tokio::runtime::{Builder, Runtime};
+use credbroker_proto::v1::{RevokeRequest, revoke_request};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
-/// Environment the benchmark identities live in (served by default).
-const ENV: &str = "dev";
+use support::{
+    CALL_TIMEOUT, ENV, Endpoint, InProcessBroker, NewIdentity, admin_client, check_range, cpus,
+    create_identity, join_token, millis, percentile, runtime,
+};
+
 /// Identity whose SVIDs open the revocation streams.
 const WATCHER: &str = "watcher";
 /// Identity whose JWTs are revoked.
 const TARGET: &str = "target";
 /// Audience the target identity may ask for.
 const AUDIENCE: &str = "bench";
-/// Longest a single call (or stream opening) may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest every subscriber may take to deliver the warm-up revocation.
 const WARMUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest subscribers may take, after the last Revoke returned, to deliver
 /// what they have not delivered yet.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest the broker may take to stop.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Revocation benchmark for credbroker (see the file's documentation).
 #[derive(Debug, Parser)]
@@ -116,44 +112,28 @@ struct Args {
 
 impl Args {
     fn check(&self) -> Result<()> {
-        ensure!(
-            (1..=100).contains(&self.connections),
-            "--connections must be between 1 and 100"
-        );
-        ensure!(
-            (1..=20_000).contains(&self.subscribers),
-            "--subscribers must be between 1 and 20000"
-        );
+        check_range("--connections", self.connections, 1..=100)?;
+        check_range("--subscribers", self.subscribers, 1..=20_000)?;
         ensure!(
             self.subscribers.div_ceil(self.connections) <= 100,
             "at most 100 streams per connection: raise --connections"
         );
-        ensure!(
-            (1..=999).contains(&self.revocations),
-            "--revocations must be between 1 and 999"
-        );
+        check_range("--revocations", self.revocations, 1..=999)?;
         ensure!(
             self.interval_ms <= 10_000,
             "--interval-ms must be at most 10000"
         );
-        ensure!(
-            (1..=10_000_000).contains(&self.entries),
-            "--entries must be between 1 and 10000000"
-        );
-        ensure!(
-            (1..=1_000_000_000).contains(&self.checks),
-            "--checks must be between 1 and 1000000000"
-        );
-        Ok(())
+        check_range("--entries", self.entries, 1..=10_000_000)?;
+        check_range("--checks", self.checks, 1..=1_000_000_000)
     }
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     args.check()?;
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "credbroker revocation benchmark, host has {cpus} CPUs; figures depend on the machine"
+        "credbroker revocation benchmark, host has {} CPUs; figures depend on the machine",
+        cpus()
     );
     println!();
 
@@ -202,67 +182,21 @@ struct Propagation {
     open_time: Duration,
 }
 
-/// A multi-thread runtime with one worker thread.
-fn runtime(name: &str) -> Result<Runtime> {
-    Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .with_context(|| format!("building the {name} runtime"))
-}
-
+/// Runs the propagation benchmark against a broker started for it, and
+/// stops the broker afterwards.
 fn propagation_bench(args: &Args) -> Result<Propagation> {
-    let data_dir = tempfile::tempdir().context("creating a temporary data directory")?;
-    let server_rt = runtime("broker")?;
     let client_rt = runtime("subscribers")?;
-
-    let config = credbroker::Config {
-        data_dir: data_dir.path().to_path_buf(),
-        grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..credbroker::Config::default()
-    };
-    let running = server_rt
-        .block_on(credbroker::start(config))
-        .context("starting the broker")?;
-    eprintln!("broker listening on {} (gRPC)", running.grpc_addr);
-
-    // Everything client-side runs in a task, so on the client runtime's one
-    // worker thread rather than on this thread.
-    let grpc_addr = running.grpc_addr;
-    let dir = data_dir.path().to_path_buf();
-    let sub = SubscriberPlan {
+    let broker = InProcessBroker::start()?;
+    let plan = SubscriberPlan {
         subscribers: args.subscribers,
         connections: args.connections,
         revocations: args.revocations,
         interval: Duration::from_millis(args.interval_ms),
     };
-    let result = client_rt.block_on(async move {
-        tokio::spawn(async move { run(sub, grpc_addr, &dir).await })
-            .await
-            .context("the benchmark task panicked")?
+    let result = broker.run_client(client_rt, "benchmark", move |endpoint| async move {
+        run(plan, &endpoint).await
     });
-    // Closing the client connections first lets the broker stop at once.
-    client_rt.shutdown_timeout(Duration::from_secs(5));
-
-    let stopped = server_rt
-        .block_on(async { tokio::time::timeout(SHUTDOWN_TIMEOUT, running.shutdown()).await });
-    server_rt.shutdown_timeout(Duration::from_secs(5));
-    drop(data_dir);
-
-    let result = result?;
-    match stopped {
-        Ok(Ok(())) => {
-            eprintln!("broker stopped cleanly");
-            Ok(result)
-        }
-        Ok(Err(e)) => Err(e).context("stopping the broker"),
-        Err(_) => bail!(
-            "the broker did not stop within {}s",
-            SHUTDOWN_TIMEOUT.as_secs()
-        ),
-    }
+    broker.stop(result)
 }
 
 /// The shape of the propagation run.
@@ -287,21 +221,31 @@ struct Seen {
     problem: Option<String>,
 }
 
-async fn run(plan: SubscriberPlan, grpc_addr: SocketAddr, data_dir: &Path) -> Result<Propagation> {
-    let url = format!("https://127.0.0.1:{}", grpc_addr.port());
-    let bundle = tokio::fs::read(data_dir.join("broker-ca.pem"))
-        .await
-        .context("reading broker-ca.pem")?;
-    let mut admin = admin_client(&url, data_dir, &bundle).await?;
+/// The client side of the propagation benchmark: registers the identities,
+/// opens the streams, revokes, and tallies what the subscribers saw.
+async fn run(plan: SubscriberPlan, endpoint: &Endpoint) -> Result<Propagation> {
+    let mut admin = admin_client(endpoint, Some(CALL_TIMEOUT)).await?;
 
-    create_identity(&mut admin, WATCHER, &[]).await?;
-    create_identity(&mut admin, TARGET, &[AUDIENCE]).await?;
+    let identities: [(&str, &[&str]); 2] = [(WATCHER, &[]), (TARGET, &[AUDIENCE])];
+    for (name, audiences) in identities {
+        create_identity(
+            &mut admin,
+            NewIdentity {
+                name,
+                owner: "revocation-bench",
+                purpose: "revocation benchmark",
+                audiences,
+                scopes: &[],
+            },
+        )
+        .await?;
+    }
     let watcher_token = join_token(&mut admin, WATCHER, plan.connections as u32).await?;
     let target_token = join_token(&mut admin, TARGET, 1).await?;
 
     let client = within(
         "connecting the workload client",
-        Client::connect(&url, &bundle),
+        Client::connect(&endpoint.url, &endpoint.bundle),
     )
     .await?;
 
@@ -570,62 +514,6 @@ where
     }
 }
 
-/// An Admin API client with the admin certificate, as the `credbroker` CLI
-/// makes one.
-async fn admin_client(url: &str, data_dir: &Path, bundle: &[u8]) -> Result<AdminClient<Channel>> {
-    let files = AdminFiles::locate(data_dir);
-    let cert = read(&files.cert).await?;
-    let key = read(&files.key).await?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(bundle))
-        .identity(Identity::from_pem(cert, key));
-    let channel = Channel::from_shared(url.to_owned())
-        .context("admin URL")?
-        .connect_timeout(CALL_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .tls_config(tls)
-        .context("admin TLS configuration")?
-        .connect()
-        .await
-        .context("connecting to the Admin API")?;
-    Ok(AdminClient::new(channel))
-}
-
-async fn create_identity(
-    admin: &mut AdminClient<Channel>,
-    name: &str,
-    audiences: &[&str],
-) -> Result<()> {
-    admin
-        .create_identity(CreateIdentityRequest {
-            env: ENV.into(),
-            name: name.into(),
-            owner: "revocation-bench".into(),
-            purpose: "revocation benchmark".into(),
-            audiences: audiences.iter().map(|&a| a.to_owned()).collect(),
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("creating identity {name}"))?;
-    Ok(())
-}
-
-async fn join_token(admin: &mut AdminClient<Channel>, name: &str, uses: u32) -> Result<String> {
-    let token = admin
-        .create_join_token(CreateJoinTokenRequest {
-            identity: Some(IdentityRef {
-                env: ENV.into(),
-                name: name.into(),
-            }),
-            ttl_seconds: 0,
-            uses,
-        })
-        .await
-        .with_context(|| format!("creating a join token for {name}"))?
-        .into_inner();
-    Ok(token.token)
-}
-
 /// Revokes one JWT; returns the revocation's `seq`.
 async fn revoke(admin: &mut AdminClient<Channel>, jti: &str) -> Result<i64, tonic::Status> {
     let rev = admin
@@ -636,25 +524,6 @@ async fn revoke(admin: &mut AdminClient<Channel>, jti: &str) -> Result<i64, toni
         .await?
         .into_inner();
     Ok(rev.seq)
-}
-
-async fn read(path: &Path) -> Result<Vec<u8>> {
-    tokio::fs::read(path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
-fn millis(d: Option<Duration>) -> String {
-    d.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3))
 }
 
 fn print_propagation(args: &Args, p: &Propagation) {
