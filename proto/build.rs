@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "credbroker/v1/common.proto",
         "credbroker/v1/workload.proto",
         "credbroker/v1/admin.proto",
+        "spiffe/workload.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -36,6 +36,7 @@ pub mod source;
 mod svid;
 pub mod tls;
 pub mod verifier;
+pub mod workload_api;
 
 pub use client::{Attestation, Client, WorkloadClient};
 pub use credbroker_proto::v1::{IntrospectResponse, Revocation};

@@ -9,3 +9,10 @@ pub mod v1 {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("credbroker.v1");
 }
+
+/// The SPIFFE Workload API (`SpiffeWorkloadAPI`, no proto package), served
+/// by `credbroker-agent` so existing SPIFFE clients work unchanged.
+pub mod spiffe {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("_");
+}

@@ -10,6 +10,7 @@ mod jwt;
 mod restart;
 mod revocation;
 mod source;
+mod spiffe_api;
 mod tls;
 mod verifier;
 mod x509;

@@ -1,6 +1,7 @@
 //! The sidecar agent: attest, write credentials to files, keep them fresh.
 
 mod files;
+mod health;
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use crate::error::ClientError;
 use crate::request::{Evidence, JwtRequest};
 use crate::source::{CredentialSource, Credentials, RefreshPolicy, SourceConfig, SourceState};
 use crate::svid::{JwtSvid, TrustBundle, X509Svid};
+use crate::workload_api::WorkloadApi;
 
 /// What the agent needs to run.
 #[derive(Debug, Clone)]
@@ -25,6 +27,12 @@ pub struct AgentConfig {
     pub out_dir: OutputDir,
     /// One JWT is kept per audience.
     pub jwt_audiences: Vec<String>,
+    /// Serve the SPIFFE Workload API on this Unix socket.
+    pub workload_api_socket: Option<std::path::PathBuf>,
+    /// Serve `GET /healthz` (200 with valid credentials, 503 without) here.
+    pub health_addr: Option<std::net::SocketAddr>,
+    /// Shell command run (`sh -c`) after each new X.509-SVID is written.
+    pub on_rotate: Option<String>,
 }
 
 /// Why the agent stopped.
@@ -104,6 +112,20 @@ pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
         jwt_audiences: config.jwt_audiences.clone(),
         policy: RefreshPolicy::default(),
     });
+    if let Some(path) = &config.workload_api_socket {
+        let client = Client::connect(&config.broker, &config.bundle_pem).await?;
+        let api = WorkloadApi::new(&source, client);
+        let path = path.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api.serve(&path, std::future::pending()).await {
+                tracing::error!(error = %e, socket = %path.display(), "Workload API stopped");
+            }
+        });
+    }
+    if let Some(addr) = config.health_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(health::serve(listener, source.watch()));
+    }
     let mut state = source.watch();
     let mut written: Option<Arc<Credentials>> = None;
     loop {
@@ -111,8 +133,14 @@ pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
         match current {
             SourceState::Starting => {}
             SourceState::Ready(creds) => {
+                let rotated = written
+                    .as_ref()
+                    .is_some_and(|w| w.svid.serial != creds.svid.serial);
                 write_changes(config, written.as_deref(), &creds)?;
                 written = Some(creds);
+                if rotated && let Some(command) = &config.on_rotate {
+                    run_hook(command).await;
+                }
             }
             SourceState::Unavailable { reason, retrying } => {
                 if written.take().is_some() {
@@ -129,6 +157,19 @@ pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
                 "the credential source stopped".into(),
             ));
         }
+    }
+}
+
+/// Runs the rotation hook; its failure is logged, never fatal.
+async fn run_hook(command: &str) {
+    match tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .await
+    {
+        Ok(status) if status.success() => tracing::info!(command, "rotation hook ran"),
+        Ok(status) => tracing::warn!(command, %status, "rotation hook failed"),
+        Err(e) => tracing::warn!(command, error = %e, "rotation hook could not start"),
     }
 }
 

@@ -36,6 +36,15 @@ struct Args {
     /// Write the credentials once and exit.
     #[arg(long)]
     once: bool,
+    /// Serve the SPIFFE Workload API on this Unix socket.
+    #[arg(long, conflicts_with = "once")]
+    workload_api_socket: Option<PathBuf>,
+    /// Serve GET /healthz on this address (e.g. 127.0.0.1:7090).
+    #[arg(long, conflicts_with = "once")]
+    health_addr: Option<std::net::SocketAddr>,
+    /// Shell command to run after each rotation (e.g. "kill -HUP $(cat app.pid)").
+    #[arg(long, conflicts_with = "once")]
+    on_rotate: Option<String>,
 }
 
 #[tokio::main]
@@ -61,6 +70,9 @@ async fn main() -> ExitCode {
         evidence: Evidence::JoinToken(args.join_token),
         out_dir: OutputDir::new(args.out_dir),
         jwt_audiences: args.jwt_audiences,
+        workload_api_socket: args.workload_api_socket,
+        health_addr: args.health_addr,
+        on_rotate: args.on_rotate,
     };
     let result = if args.once {
         run_once(&config).await
