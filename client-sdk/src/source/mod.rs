@@ -16,9 +16,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+mod revocation;
+mod timing;
+
+use revocation::{Revocations, Verdict, check_revoked};
+use timing::{backoff, renew_after};
 
 use crate::client::{Client, WorkloadClient};
 use crate::error::ClientError;
@@ -178,103 +183,12 @@ pub fn usable(state: &SourceState) -> Result<Arc<Credentials>, SourceError> {
     }
 }
 
-/// `base` spread by ±`spread` (a fraction).
-fn jitter(base: Duration, spread: f64) -> Duration {
-    let mut bytes = [0u8; 4];
-    let _ = SystemRandom::new().fill(&mut bytes);
-    let unit = f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX); // [0, 1]
-    base.mul_f64((1.0 + spread * (2.0 * unit - 1.0)).max(0.0))
-}
-
-/// When to renew something that has `remaining` lifetime now.
-fn renew_after(remaining: Duration, policy: &RefreshPolicy) -> Duration {
-    jitter(remaining.mul_f64(policy.fraction), policy.jitter)
-}
-
-fn backoff(failures: u32, policy: &RefreshPolicy) -> Duration {
-    let exp = policy
-        .min_backoff
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    jitter(exp.min(policy.max_backoff), 0.2)
-}
-
 /// The held credentials plus when each is due.
 struct Held {
     creds: Credentials,
     svid_due: Instant,
     jwt_due: BTreeMap<String, Instant>,
     session: WorkloadClient,
-}
-
-/// The source's subscription to the broker's revocation stream, resumed
-/// from the last event seen.
-#[derive(Default)]
-struct Revocations {
-    stream: Option<tonic::Streaming<crate::Revocation>>,
-    last_seq: i64,
-}
-
-impl Revocations {
-    async fn subscribe(&mut self, session: &WorkloadClient) {
-        self.stream = match session.watch_revocations(self.last_seq).await {
-            Ok(stream) => Some(stream),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow revocations; will retry");
-                None
-            }
-        };
-    }
-
-    /// The next event; `None` when the stream broke. Pending while there is
-    /// no stream.
-    async fn next(&mut self) -> Option<crate::Revocation> {
-        let Some(stream) = self.stream.as_mut() else {
-            return std::future::pending().await;
-        };
-        match stream.message().await {
-            Ok(Some(event)) => {
-                self.last_seq = self.last_seq.max(event.seq);
-                Some(event)
-            }
-            _ => {
-                self.stream = None;
-                None
-            }
-        }
-    }
-}
-
-/// What a revocation event means for the held credentials.
-enum Verdict {
-    /// Nothing held is affected (or some JWTs were withdrawn for refetch).
-    Keep,
-    /// The SVID itself is revoked: stop.
-    SvidRevoked(String),
-}
-
-/// Asks the broker about everything held after a revocation event; revoked
-/// JWTs are withdrawn and made due for an immediate refetch.
-async fn check_revoked(held: &mut Held) -> Result<Verdict, ClientError> {
-    if let Some(leaf) = held.creds.svid.cert_chain.first() {
-        let answer = held.session.introspect_certificate(leaf).await?;
-        if !answer.active {
-            return Ok(Verdict::SvidRevoked(answer.reason));
-        }
-    }
-    let mut revoked = Vec::new();
-    for (audience, jwt) in &held.creds.jwts {
-        let answer = held.session.introspect_token(&jwt.token).await?;
-        if !answer.active {
-            tracing::warn!(jti = %jwt.jti, reason = %answer.reason, "JWT revoked; fetching a new one");
-            revoked.push(audience.clone());
-        }
-    }
-    let now = Instant::now();
-    for audience in revoked {
-        held.creds.jwts.remove(&audience);
-        held.jwt_due.insert(audience, now);
-    }
-    Ok(Verdict::Keep)
 }
 
 async fn attest(client: &Client, config: &SourceConfig) -> Result<Held, ClientError> {
@@ -479,38 +393,5 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                 tracing::warn!(error = %e, attempt = failures, "renewal failed; keeping current credentials");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renewal_lands_around_half_life() {
-        let policy = RefreshPolicy::default();
-        for _ in 0..500 {
-            let d = renew_after(Duration::from_secs(100), &policy);
-            assert!(
-                d >= Duration::from_secs(45) && d <= Duration::from_secs(55),
-                "{d:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let policy = RefreshPolicy::default();
-        assert!(backoff(1, &policy) <= Duration::from_millis(600));
-        assert!(backoff(4, &policy) >= Duration::from_millis(3200));
-        assert!(backoff(40, &policy) <= Duration::from_secs(36));
-    }
-
-    #[test]
-    fn jitter_spreads_values() {
-        let values: std::collections::BTreeSet<u128> = (0..100)
-            .map(|_| jitter(Duration::from_secs(100), 0.1).as_millis())
-            .collect();
-        assert!(values.len() > 50, "jitter must actually vary");
     }
 }

@@ -1,0 +1,78 @@
+//! Following the broker's revocation stream from inside a source.
+
+use tokio::time::Instant;
+
+use super::Held;
+use crate::client::WorkloadClient;
+use crate::error::ClientError;
+
+/// The source's subscription to the broker's revocation stream, resumed
+/// from the last event seen.
+#[derive(Default)]
+pub(super) struct Revocations {
+    stream: Option<tonic::Streaming<crate::Revocation>>,
+    last_seq: i64,
+}
+
+impl Revocations {
+    pub(super) async fn subscribe(&mut self, session: &WorkloadClient) {
+        self.stream = match session.watch_revocations(self.last_seq).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow revocations; will retry");
+                None
+            }
+        };
+    }
+
+    /// The next event; `None` when the stream broke. Pending while there is
+    /// no stream.
+    pub(super) async fn next(&mut self) -> Option<crate::Revocation> {
+        let Some(stream) = self.stream.as_mut() else {
+            return std::future::pending().await;
+        };
+        match stream.message().await {
+            Ok(Some(event)) => {
+                self.last_seq = self.last_seq.max(event.seq);
+                Some(event)
+            }
+            _ => {
+                self.stream = None;
+                None
+            }
+        }
+    }
+}
+
+/// What a revocation event means for the held credentials.
+pub(super) enum Verdict {
+    /// Nothing held is affected (or some JWTs were withdrawn for refetch).
+    Keep,
+    /// The SVID itself is revoked: stop.
+    SvidRevoked(String),
+}
+
+/// Asks the broker about everything held after a revocation event; revoked
+/// JWTs are withdrawn and made due for an immediate refetch.
+pub(super) async fn check_revoked(held: &mut Held) -> Result<Verdict, ClientError> {
+    if let Some(leaf) = held.creds.svid.cert_chain.first() {
+        let answer = held.session.introspect_certificate(leaf).await?;
+        if !answer.active {
+            return Ok(Verdict::SvidRevoked(answer.reason));
+        }
+    }
+    let mut revoked = Vec::new();
+    for (audience, jwt) in &held.creds.jwts {
+        let answer = held.session.introspect_token(&jwt.token).await?;
+        if !answer.active {
+            tracing::warn!(jti = %jwt.jti, reason = %answer.reason, "JWT revoked; fetching a new one");
+            revoked.push(audience.clone());
+        }
+    }
+    let now = Instant::now();
+    for audience in revoked {
+        held.creds.jwts.remove(&audience);
+        held.jwt_due.insert(audience, now);
+    }
+    Ok(Verdict::Keep)
+}
