@@ -15,15 +15,11 @@ use tonic::{Request, Response, Status};
 
 use super::peer::Caller;
 use super::status;
-use super::{audit_api, revoke_api};
-use crate::attest::JoinToken;
+use super::{audit_api, join_token_api, revoke_api};
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
-use crate::model::{EnvName, IdentityKey, IdentityName, IdentityStatus, unix_now};
+use crate::model::{EnvName, IdentityKey, IdentityName, unix_now};
 use crate::policy::{IdentityRequest, IdentityView, PolicyError, validate_new_identity};
-
-/// Most uses one join token may carry.
-const MAX_JOIN_TOKEN_USES: u32 = 1000;
 
 /// Implements `credbroker.v1.Admin`.
 #[derive(Debug, Clone)]
@@ -68,7 +64,7 @@ impl AdminService {
     }
 }
 
-fn identity_key(r: Option<&IdentityRef>) -> Result<IdentityKey, Status> {
+pub(super) fn identity_key(r: Option<&IdentityRef>) -> Result<IdentityKey, Status> {
     let r = r.ok_or_else(|| Status::invalid_argument("identity (env and name) is required"))?;
     Ok(IdentityKey {
         env: EnvName::new(&r.env).map_err(|e| Status::invalid_argument(e.to_string()))?,
@@ -108,7 +104,14 @@ fn to_proto(view: &IdentityView, outstanding: u32) -> pb::Identity {
     }
 }
 
-fn nonzero_secs(v: u32) -> Option<Duration> {
+/// Answers with `result`, recording a refusal in the audit log.
+fn audited<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<T>, Status> {
+    result
+        .map(Response::new)
+        .inspect_err(|e| audit.denied(&status::reason(e)))
+}
+
+pub(super) fn nonzero_secs(v: u32) -> Option<Duration> {
     (v != 0).then(|| Duration::from_secs(u64::from(v)))
 }
 
@@ -347,68 +350,8 @@ impl Admin for AdminService {
             request.remote_addr(),
         );
         self.require_admin(&request, &mut audit)?;
-        let req = request.into_inner();
-        let result = async {
-            let key = identity_key(req.identity.as_ref())?;
-            audit.identity = Some(key.to_string());
-            audit.env = Some(key.env.to_string());
-            let now = unix_now();
-            let identity = self
-                .broker
-                .registry
-                .get(&key)
-                .ok_or_else(|| Status::not_found(format!("identity {key} not found")))?;
-            let status = identity.status(now);
-            if status != IdentityStatus::Active {
-                return Err(Status::failed_precondition(format!(
-                    "identity {key} is {status}; a join token for it would be useless"
-                )));
-            }
-            let ttl = self.broker.config.ttl.join_token_default;
-            let ttl = nonzero_secs(req.ttl_seconds).unwrap_or(ttl);
-            let ceiling = self.broker.config.ttl.join_token_ceiling;
-            if ttl > ceiling {
-                return Err(Status::invalid_argument(format!(
-                    "join token TTL {} exceeds the maximum of {}",
-                    humantime::format_duration(ttl),
-                    humantime::format_duration(ceiling)
-                )));
-            }
-            let uses = if req.uses == 0 { 1 } else { req.uses };
-            if uses > MAX_JOIN_TOKEN_USES {
-                return Err(Status::invalid_argument(format!(
-                    "a join token may carry at most {MAX_JOIN_TOKEN_USES} uses"
-                )));
-            }
-            let token = JoinToken::generate(key, now, ttl.as_secs() as i64, uses)
-                .map_err(|_| Status::internal("random number generator failed"))?;
-            self.broker
-                .store
-                .insert_join_token(&token.record)
-                .await
-                .map_err(status::store)?;
-            Ok(token)
-        }
-        .await;
-        match result {
-            Ok(token) => {
-                audit.evidence = Some(format!("join_token:{}", token.id()));
-                audit.changed(&format!(
-                    "expires_at={} uses={}",
-                    token.record.expires_at, token.record.uses_left
-                ));
-                Ok(Response::new(CreateJoinTokenResponse {
-                    token_id: token.id(),
-                    expires_at: token.record.expires_at,
-                    uses: token.record.uses_left,
-                    token: token.secret,
-                }))
-            }
-            Err(e) => {
-                audit.denied(&status::reason(&e));
-                Err(e)
-            }
-        }
+        let result = join_token_api::create(&self.broker, request.into_inner(), &mut audit).await;
+        audited(result, &audit)
     }
 
     async fn query_audit(
@@ -449,13 +392,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::Revocation>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "revoke", request.remote_addr());
         self.require_admin(&request, &mut audit)?;
-        match revoke_api::revoke(&self.broker, request.into_inner(), &mut audit).await {
-            Ok(rev) => Ok(Response::new(rev)),
-            Err(e) => {
-                audit.denied(&status::reason(&e));
-                Err(e)
-            }
-        }
+        let result = revoke_api::revoke(&self.broker, request.into_inner(), &mut audit).await;
+        audited(result, &audit)
     }
 
     async fn list_revocations(

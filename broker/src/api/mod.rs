@@ -5,6 +5,7 @@ pub mod admin;
 mod audit_api;
 pub mod http;
 mod introspect;
+mod join_token_api;
 pub mod peer;
 mod revoke_api;
 mod status;
