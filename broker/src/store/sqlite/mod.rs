@@ -6,22 +6,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Row, SqlitePool};
 
 use super::{
     IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, NewRevocation, Store, StoreError, UsageUpdate,
 };
-use crate::audit::{AuditEntry, AuditFilter, ChainedEntry};
+use crate::audit::{AuditFilter, ChainedEntry};
 use crate::model::{
     Audience, EnvName, Identity, IdentityKey, IdentityName, Scope, Selector, SpiffeId,
 };
-use crate::revocation::{Revocation, Target};
+use crate::revocation::Revocation;
+
+mod audit;
+mod revocations;
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-    include_str!("../../migrations/sqlite/0002_audit.sql"),
-    include_str!("../../migrations/sqlite/0003_revocations.sql"),
+    include_str!("../../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../../migrations/sqlite/0002_audit.sql"),
+    include_str!("../../../migrations/sqlite/0003_revocations.sql"),
 ];
 
 /// SQLite-backed [`Store`].
@@ -120,36 +123,6 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 
 fn strings<'a>(items: impl IntoIterator<Item = &'a (impl AsRef<str> + 'a)>) -> Vec<&'a str> {
     items.into_iter().map(AsRef::as_ref).collect()
-}
-
-fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| corrupt("audit hash is not 32 bytes"))
-}
-
-fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ChainedEntry, StoreError> {
-    Ok(ChainedEntry {
-        seq: row.try_get("seq")?,
-        entry: AuditEntry {
-            at_ms: row.try_get("at_ms")?,
-            action: row.try_get("action")?,
-            decision: row.try_get("decision")?,
-            actor: row.try_get("actor")?,
-            peer: row.try_get("peer")?,
-            identity: row.try_get("identity")?,
-            env: row.try_get("env")?,
-            credential: row.try_get("credential")?,
-            jti: row.try_get("jti")?,
-            serial: row.try_get("serial")?,
-            expires_at: row.try_get("expires_at")?,
-            reason: row.try_get("reason")?,
-            detail: row.try_get("detail")?,
-            evidence: row.try_get("evidence")?,
-        },
-        prev_hash: hash32(row.try_get("prev_hash")?)?,
-        hash: hash32(row.try_get("hash")?)?,
-    })
 }
 
 #[async_trait]
@@ -357,92 +330,23 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, entries: &[ChainedEntry]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for c in entries {
-            let e = &c.entry;
-            sqlx::query(
-                "INSERT INTO audit_log (seq, at_ms, action, decision, actor, peer, identity, env,
-                     credential, jti, serial, expires_at, reason, detail, evidence, prev_hash, hash)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(c.seq)
-            .bind(e.at_ms)
-            .bind(&e.action)
-            .bind(&e.decision)
-            .bind(&e.actor)
-            .bind(&e.peer)
-            .bind(&e.identity)
-            .bind(&e.env)
-            .bind(&e.credential)
-            .bind(&e.jti)
-            .bind(&e.serial)
-            .bind(e.expires_at)
-            .bind(&e.reason)
-            .bind(&e.detail)
-            .bind(&e.evidence)
-            .bind(c.prev_hash.as_slice())
-            .bind(c.hash.as_slice())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        audit::append_audit(&self.pool, entries).await
     }
 
     async fn audit_head(&self) -> Result<Option<(i64, [u8; 32])>, StoreError> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| Ok((row.try_get("seq")?, hash32(row.try_get("hash")?)?)))
-            .transpose()
+        audit::audit_head(&self.pool).await
     }
 
     async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<ChainedEntry>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(audit_from_row).collect()
+        audit::audit_page(&self.pool, after, limit).await
     }
 
     async fn query_audit(&self, f: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM audit_log WHERE 1 = 1");
-        let columns = [
-            (" AND identity = ", &f.identity),
-            (" AND jti = ", &f.jti),
-            (" AND serial = ", &f.serial),
-            (" AND actor = ", &f.actor),
-            (" AND env = ", &f.env),
-        ];
-        for (clause, value) in columns {
-            if let Some(v) = value {
-                q.push(clause).push_bind(v.clone());
-            }
-        }
-        if let Some(since) = f.since_ms {
-            q.push(" AND at_ms >= ").push_bind(since);
-        }
-        if let Some(until) = f.until_ms {
-            q.push(" AND at_ms < ").push_bind(until);
-        }
-        q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
-        let rows = q.build().fetch_all(&self.pool).await?;
-        rows.iter().map(audit_from_row).collect()
+        audit::query_audit(&self.pool, f).await
     }
 
     async fn outstanding_credentials(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT identity, COUNT(*) AS n FROM audit_log
-             WHERE decision = 'issued' AND expires_at > ? AND identity IS NOT NULL
-             GROUP BY identity",
-        )
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("identity")?, r.try_get("n")?)))
-            .collect()
+        audit::outstanding_credentials(&self.pool, now).await
     }
 
     async fn issued_certificates(
@@ -450,147 +354,21 @@ impl Store for SqliteStore {
         env: &str,
         now: i64,
     ) -> Result<Vec<IssuedCert>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT serial, identity, at_ms, expires_at FROM audit_log
-             WHERE decision = 'issued' AND credential = 'x509-svid' AND env = ?
-               AND expires_at > ? AND serial IS NOT NULL AND identity IS NOT NULL",
-        )
-        .bind(env)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(IssuedCert {
-                    serial: r.try_get("serial")?,
-                    identity: r.try_get("identity")?,
-                    issued_at: r.try_get::<i64, _>("at_ms")? / 1000,
-                    expires_at: r.try_get("expires_at")?,
-                })
-            })
-            .collect()
+        audit::issued_certificates(&self.pool, env, now).await
     }
 
     async fn insert_revocation(&self, rev: &NewRevocation) -> Result<i64, StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO revocations
-                 (kind, value, reason, operator, revoked_at, covers_until, identities)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(rev.target.kind())
-        .bind(rev.target.value())
-        .bind(&rev.reason)
-        .bind(&rev.operator)
-        .bind(rev.revoked_at)
-        .bind(rev.covers_until)
-        .bind(to_json(&rev.identities))
-        .execute(&self.pool)
-        .await?;
-        Ok(result.last_insert_rowid())
+        revocations::insert_revocation(&self.pool, rev).await
     }
 
     async fn live_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM revocations WHERE covers_until >= ? ORDER BY seq")
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                let value: String = r.try_get("value")?;
-                let identities: String = r.try_get("identities")?;
-                Ok(Revocation {
-                    seq: r.try_get("seq")?,
-                    target: Target::parse(&kind, &value).map_err(corrupt)?,
-                    reason: r.try_get("reason")?,
-                    operator: r.try_get("operator")?,
-                    revoked_at: r.try_get("revoked_at")?,
-                    covers_until: r.try_get("covers_until")?,
-                    identities: serde_json::from_str(&identities).map_err(corrupt)?,
-                })
-            })
-            .collect()
+        revocations::live_revocations(&self.pool, now).await
     }
 
     async fn purge_revocations(&self, now: i64) -> Result<u64, StoreError> {
-        let result = sqlx::query("DELETE FROM revocations WHERE covers_until < ?")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected())
+        revocations::purge_revocations(&self.pool, now).await
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::test_identity;
-
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        (dir, SqliteStore::open(&url).await.unwrap())
-    }
-
-    #[tokio::test]
-    async fn identities_round_trip_and_conflict() {
-        let (_dir, store) = store().await;
-        let mut id = test_identity();
-        store.insert_identity(&id).await.unwrap();
-        assert!(matches!(
-            store.insert_identity(&id).await,
-            Err(StoreError::AlreadyExists(_))
-        ));
-        id.enabled = false;
-        store.update_identity(&id).await.unwrap();
-        store
-            .record_usage(&[UsageUpdate {
-                identity: id.key.clone(),
-                last_issued_at: Some(50),
-                last_seen_at: Some(60),
-            }])
-            .await
-            .unwrap();
-        // Usage never moves backwards.
-        store
-            .record_usage(&[UsageUpdate {
-                identity: id.key.clone(),
-                last_issued_at: Some(10),
-                last_seen_at: None,
-            }])
-            .await
-            .unwrap();
-        let loaded = store.list_identities().await.unwrap();
-        id.last_issued_at = Some(50);
-        id.last_seen_at = Some(60);
-        assert_eq!(loaded, vec![id]);
-    }
-
-    #[tokio::test]
-    async fn join_tokens_are_consumed_once_and_purged_after_expiry() {
-        let (_dir, store) = store().await;
-        let id = test_identity();
-        store.insert_identity(&id).await.unwrap();
-        let token = JoinTokenRecord {
-            hash: [7; 32],
-            identity: id.key.clone(),
-            created_at: 100,
-            expires_at: 200,
-            uses_left: 1,
-        };
-        store.insert_join_token(&token).await.unwrap();
-        assert_eq!(store.find_join_token(&[7; 32]).await.unwrap(), Some(token));
-        assert!(
-            !store.consume_join_token(&[7; 32], 200).await.unwrap(),
-            "expired"
-        );
-        assert!(store.consume_join_token(&[7; 32], 150).await.unwrap());
-        assert!(
-            !store.consume_join_token(&[7; 32], 150).await.unwrap(),
-            "spent"
-        );
-        assert_eq!(store.purge_join_tokens(200).await.unwrap(), 0);
-        assert_eq!(store.purge_join_tokens(201).await.unwrap(), 1);
-        assert_eq!(store.find_join_token(&[7; 32]).await.unwrap(), None);
-    }
-}
+mod tests;

@@ -1,0 +1,165 @@
+//! The audit log tables: appending chained entries and querying them.
+
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::corrupt;
+use crate::audit::{AuditEntry, AuditFilter, ChainedEntry};
+use crate::store::{IssuedCert, StoreError};
+
+fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| corrupt("audit hash is not 32 bytes"))
+}
+
+fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ChainedEntry, StoreError> {
+    Ok(ChainedEntry {
+        seq: row.try_get("seq")?,
+        entry: AuditEntry {
+            at_ms: row.try_get("at_ms")?,
+            action: row.try_get("action")?,
+            decision: row.try_get("decision")?,
+            actor: row.try_get("actor")?,
+            peer: row.try_get("peer")?,
+            identity: row.try_get("identity")?,
+            env: row.try_get("env")?,
+            credential: row.try_get("credential")?,
+            jti: row.try_get("jti")?,
+            serial: row.try_get("serial")?,
+            expires_at: row.try_get("expires_at")?,
+            reason: row.try_get("reason")?,
+            detail: row.try_get("detail")?,
+            evidence: row.try_get("evidence")?,
+        },
+        prev_hash: hash32(row.try_get("prev_hash")?)?,
+        hash: hash32(row.try_get("hash")?)?,
+    })
+}
+
+pub(super) async fn append_audit(
+    pool: &SqlitePool,
+    entries: &[ChainedEntry],
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    for c in entries {
+        let e = &c.entry;
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at_ms, action, decision, actor, peer, identity, env,
+                 credential, jti, serial, expires_at, reason, detail, evidence, prev_hash, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(c.seq)
+        .bind(e.at_ms)
+        .bind(&e.action)
+        .bind(&e.decision)
+        .bind(&e.actor)
+        .bind(&e.peer)
+        .bind(&e.identity)
+        .bind(&e.env)
+        .bind(&e.credential)
+        .bind(&e.jti)
+        .bind(&e.serial)
+        .bind(e.expires_at)
+        .bind(&e.reason)
+        .bind(&e.detail)
+        .bind(&e.evidence)
+        .bind(c.prev_hash.as_slice())
+        .bind(c.hash.as_slice())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn audit_head(pool: &SqlitePool) -> Result<Option<(i64, [u8; 32])>, StoreError> {
+    let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(pool)
+        .await?;
+    row.map(|row| Ok((row.try_get("seq")?, hash32(row.try_get("hash")?)?)))
+        .transpose()
+}
+
+pub(super) async fn audit_page(
+    pool: &SqlitePool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<ChainedEntry>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?")
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(audit_from_row).collect()
+}
+
+pub(super) async fn query_audit(
+    pool: &SqlitePool,
+    f: &AuditFilter,
+) -> Result<Vec<ChainedEntry>, StoreError> {
+    let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM audit_log WHERE 1 = 1");
+    let columns = [
+        (" AND identity = ", &f.identity),
+        (" AND jti = ", &f.jti),
+        (" AND serial = ", &f.serial),
+        (" AND actor = ", &f.actor),
+        (" AND env = ", &f.env),
+    ];
+    for (clause, value) in columns {
+        if let Some(v) = value {
+            q.push(clause).push_bind(v.clone());
+        }
+    }
+    if let Some(since) = f.since_ms {
+        q.push(" AND at_ms >= ").push_bind(since);
+    }
+    if let Some(until) = f.until_ms {
+        q.push(" AND at_ms < ").push_bind(until);
+    }
+    q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter().map(audit_from_row).collect()
+}
+
+pub(super) async fn outstanding_credentials(
+    pool: &SqlitePool,
+    now: i64,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT identity, COUNT(*) AS n FROM audit_log
+         WHERE decision = 'issued' AND expires_at > ? AND identity IS NOT NULL
+         GROUP BY identity",
+    )
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("identity")?, r.try_get("n")?)))
+        .collect()
+}
+
+pub(super) async fn issued_certificates(
+    pool: &SqlitePool,
+    env: &str,
+    now: i64,
+) -> Result<Vec<IssuedCert>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT serial, identity, at_ms, expires_at FROM audit_log
+         WHERE decision = 'issued' AND credential = 'x509-svid' AND env = ?
+           AND expires_at > ? AND serial IS NOT NULL AND identity IS NOT NULL",
+    )
+    .bind(env)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(IssuedCert {
+                serial: r.try_get("serial")?,
+                identity: r.try_get("identity")?,
+                issued_at: r.try_get::<i64, _>("at_ms")? / 1000,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,62 @@
+//! The revocations table.
+
+use sqlx::{Row, SqlitePool};
+
+use super::{corrupt, to_json};
+use crate::revocation::{Revocation, Target};
+use crate::store::{NewRevocation, StoreError};
+
+pub(super) async fn insert_revocation(
+    pool: &SqlitePool,
+    rev: &NewRevocation,
+) -> Result<i64, StoreError> {
+    let result = sqlx::query(
+        "INSERT INTO revocations
+             (kind, value, reason, operator, revoked_at, covers_until, identities)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(rev.target.kind())
+    .bind(rev.target.value())
+    .bind(&rev.reason)
+    .bind(&rev.operator)
+    .bind(rev.revoked_at)
+    .bind(rev.covers_until)
+    .bind(to_json(&rev.identities))
+    .execute(pool)
+    .await?;
+    Ok(result.last_insert_rowid())
+}
+
+pub(super) async fn live_revocations(
+    pool: &SqlitePool,
+    now: i64,
+) -> Result<Vec<Revocation>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM revocations WHERE covers_until >= ? ORDER BY seq")
+        .bind(now)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.try_get("kind")?;
+            let value: String = r.try_get("value")?;
+            let identities: String = r.try_get("identities")?;
+            Ok(Revocation {
+                seq: r.try_get("seq")?,
+                target: Target::parse(&kind, &value).map_err(corrupt)?,
+                reason: r.try_get("reason")?,
+                operator: r.try_get("operator")?,
+                revoked_at: r.try_get("revoked_at")?,
+                covers_until: r.try_get("covers_until")?,
+                identities: serde_json::from_str(&identities).map_err(corrupt)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn purge_revocations(pool: &SqlitePool, now: i64) -> Result<u64, StoreError> {
+    let result = sqlx::query("DELETE FROM revocations WHERE covers_until < ?")
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(result.rows_affected())
+}
