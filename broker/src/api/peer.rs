@@ -102,7 +102,12 @@ impl CallerCache {
             None => {
                 let verified = verify(leaf, &fingerprint, keys)?;
                 if self.verified.len() >= CACHE_CAPACITY {
-                    self.verified.clear();
+                    // Expired certificates can never authenticate again;
+                    // if that frees too little, start over.
+                    self.verified.retain(|_, v| v.not_after > now);
+                    if self.verified.len() >= CACHE_CAPACITY / 2 {
+                        self.verified.clear();
+                    }
                 }
                 self.verified.insert(fingerprint, verified.clone());
                 verified

@@ -332,14 +332,18 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
         let wake = if failures == 0 {
             next_due
         } else {
-            Instant::now() + backoff(failures, &policy)
+            // Never let backoff sleep through the rest of the lifetime: retry
+            // at least four times before the SVID expires.
+            let left = current.creds.svid.remaining();
+            Instant::now() + backoff(failures, &policy).min((left / 4).max(policy.min_backoff))
         };
         let wake = wake.min(Instant::now() + until_expiry);
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             event = revocations.next() => {
                 if event.is_none() {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Broken or never established: `next` already waited a
+                    // jittered delay, so a fleet does not reconnect at once.
                     revocations.subscribe(&current.session).await;
                     continue;
                 }

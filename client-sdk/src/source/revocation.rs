@@ -1,6 +1,13 @@
 //! Following the broker's revocation stream from inside a source.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
+
+use super::timing::jitter;
+
+/// Typical wait before re-subscribing to a broken revocation stream.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(2);
 
 use super::Held;
 use crate::client::WorkloadClient;
@@ -25,11 +32,13 @@ impl Revocations {
         };
     }
 
-    /// The next event; `None` when the stream broke. Pending while there is
-    /// no stream.
+    /// The next event; `None` when the caller should (re)subscribe: the
+    /// stream broke, or there is none and a jittered retry delay (1–3 s)
+    /// has passed.
     pub(super) async fn next(&mut self) -> Option<crate::Revocation> {
         let Some(stream) = self.stream.as_mut() else {
-            return std::future::pending().await;
+            tokio::time::sleep(jitter(RESUBSCRIBE_AFTER, 0.5)).await;
+            return None;
         };
         match stream.message().await {
             Ok(Some(event)) => {
