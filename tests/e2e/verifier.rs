@@ -7,6 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use credbroker_client::{Evidence, JwtRequest, JwtVerifier, RevocationWatcher, VerifyError};
 use credbroker_e2e::TestBroker;
+use credbroker_proto::v1::revoke_request::Target;
 
 #[tokio::test]
 async fn verifier_checks_signature_audience_environment_and_algorithm() {
@@ -153,13 +154,12 @@ async fn verifier_rejects_a_revoked_token_within_a_second() {
         .expect("valid before revocation");
 
     let started = Instant::now();
-    broker.cli_ok(&[
-        "revoke",
-        "--jti",
-        &caller.jwts[0].jti,
-        "--reason",
-        "pasted in a ticket",
-    ]);
+    broker
+        .revoke(
+            Target::Jti(caller.jwts[0].jti.clone()),
+            "pasted in a ticket",
+        )
+        .await;
     loop {
         match verifier.verify(&token).await {
             Err(VerifyError::Revoked(reason)) => {
@@ -185,13 +185,9 @@ async fn verifier_rejects_a_revoked_token_within_a_second() {
         None
     );
     let started = Instant::now();
-    broker.cli_ok(&[
-        "revoke",
-        "--serial",
-        &caller.svid.serial,
-        "--reason",
-        "key exposed",
-    ]);
+    broker
+        .revoke(Target::Serial(caller.svid.serial.clone()), "key exposed")
+        .await;
     loop {
         if let Some(reason) = watcher.certificate_revoked(&leaf, "dev", "dev.example.org") {
             assert_eq!(reason, "key exposed");
@@ -219,14 +215,10 @@ async fn verifier_rejects_a_revoked_token_within_a_second() {
         .await
         .unwrap();
     verifier.verify(&fresh.jwts[0].token).await.unwrap();
-    broker.cli_ok(&[
-        "revoke",
-        "--owner",
-        "team-test",
-        "--reason",
-        "team offboarded",
-    ]);
     let started = Instant::now();
+    broker
+        .revoke(Target::Owner("team-test".into()), "team offboarded")
+        .await;
     while verifier.verify(&fresh.jwts[0].token).await.is_ok() {
         assert!(
             started.elapsed() < Duration::from_secs(1),

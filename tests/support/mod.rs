@@ -289,6 +289,27 @@ impl TestBroker {
             .expect("spawn credbroker-agent")
     }
 
+    /// Revokes through the Admin API directly (no CLI process in the way,
+    /// for tests that time propagation).
+    pub async fn revoke(
+        &self,
+        target: credbroker_proto::v1::revoke_request::Target,
+        reason: &str,
+    ) -> credbroker_proto::v1::Revocation {
+        let channel = self
+            .channel(Some(self.admin_identity()))
+            .await
+            .expect("admin channel");
+        credbroker_proto::v1::admin_client::AdminClient::new(channel)
+            .revoke(credbroker_proto::v1::RevokeRequest {
+                target: Some(target),
+                reason: reason.to_owned(),
+            })
+            .await
+            .expect("revoke")
+            .into_inner()
+    }
+
     /// The admin client certificate and key, PEM.
     pub fn admin_identity(&self) -> (String, String) {
         let dir = self.data_dir().join("admin");
