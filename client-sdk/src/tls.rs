@@ -96,6 +96,9 @@ struct SpiffeVerifier {
     state: watch::Receiver<SourceState>,
     peers: AllowedPeers,
     revocations: Option<RevocationWatcher>,
+    /// Trust roots built from the last bundle seen; rebuilt only when the
+    /// bundle changes, not on every handshake.
+    roots: Mutex<Option<(Vec<CertificateDer<'static>>, Arc<RootCertStore>)>>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -111,10 +114,7 @@ impl SpiffeVerifier {
     ) -> Result<(), Error> {
         let creds = usable(&self.state.borrow())
             .map_err(|e| invalid(format!("no local credentials to verify with: {e}")))?;
-        let mut roots = RootCertStore::empty();
-        for ca in &creds.bundle.certs {
-            roots.add(ca.clone())?;
-        }
+        let roots = self.roots(&creds.bundle.certs)?;
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
@@ -145,6 +145,40 @@ impl SpiffeVerifier {
             return Err(invalid(format!("peer certificate revoked: {reason}")));
         }
         Ok(())
+    }
+}
+
+impl SpiffeVerifier {
+    fn new(
+        state: watch::Receiver<SourceState>,
+        peers: AllowedPeers,
+        revocations: Option<RevocationWatcher>,
+    ) -> Self {
+        Self {
+            state,
+            peers,
+            revocations,
+            roots: Mutex::new(None),
+        }
+    }
+
+    fn roots(&self, bundle: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, Error> {
+        let mut cached = self
+            .roots
+            .lock()
+            .map_err(|_| invalid("trust root cache poisoned"))?;
+        if let Some((certs, roots)) = cached.as_ref()
+            && certs.as_slice() == bundle
+        {
+            return Ok(Arc::clone(roots));
+        }
+        let mut roots = RootCertStore::empty();
+        for ca in bundle {
+            roots.add(ca.clone())?;
+        }
+        let roots = Arc::new(roots);
+        *cached = Some((bundle.to_vec(), Arc::clone(&roots)));
+        Ok(roots)
     }
 }
 
@@ -253,11 +287,7 @@ pub fn server_config(
     peers: AllowedPeers,
     revocations: Option<RevocationWatcher>,
 ) -> Result<ServerConfig, Error> {
-    let verifier = SpiffeVerifier {
-        state: source.watch(),
-        peers,
-        revocations,
-    };
+    let verifier = SpiffeVerifier::new(source.watch(), peers, revocations);
     let resolver = SvidResolver {
         state: source.watch(),
         cached: Mutex::new(None),
@@ -280,11 +310,7 @@ pub fn client_config(
     peers: AllowedPeers,
     revocations: Option<RevocationWatcher>,
 ) -> Result<ClientConfig, Error> {
-    let verifier = SpiffeVerifier {
-        state: source.watch(),
-        peers,
-        revocations,
-    };
+    let verifier = SpiffeVerifier::new(source.watch(), peers, revocations);
     let resolver = SvidResolver {
         state: source.watch(),
         cached: Mutex::new(None),

@@ -20,9 +20,9 @@ impl Confirmation {
     /// Binds to the DER certificate `cert`.
     pub fn for_certificate(cert: &[u8]) -> Self {
         let digest = ring::digest::digest(&ring::digest::SHA256, cert);
-        Self {
-            x5t_s256: URL_SAFE_NO_PAD.encode(digest.as_ref()),
-        }
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(digest.as_ref());
+        Self::from_sha256(&sha256)
     }
 
     /// Binds to the certificate whose SHA-256 is `digest`.
@@ -112,8 +112,7 @@ pub fn mint(key: &JwtSigningKey, spec: JwtSpec<'_>, now: i64) -> Result<MintedJw
         }),
         cnf: spec.cnf,
     };
-    let header = serde_json::json!({"alg": "ES256", "kid": key.kid(), "typ": "JWT"});
-    let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
+    let mut token = key.encoded_header().to_owned();
     token.push('.');
     let payload = serde_json::to_vec(&claims).map_err(|e| KeyError::BadKey(e.to_string()))?;
     token.push_str(&URL_SAFE_NO_PAD.encode(payload));

@@ -14,6 +14,8 @@ pub struct JwtSigningKey {
     key_pair: EcdsaKeyPair,
     rng: SystemRandom,
     kid: String,
+    /// The base64url JWS header, the same for every token this key signs.
+    encoded_header: String,
     x: String,
     y: String,
 }
@@ -51,10 +53,13 @@ impl JwtSigningKey {
         let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
         let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
         let kid = thumbprint(&x, &y);
+        let header = serde_json::json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
+        let encoded_header = URL_SAFE_NO_PAD.encode(header.to_string());
         Ok(Self {
             key_pair,
             rng,
             kid,
+            encoded_header,
             x,
             y,
         })
@@ -63,6 +68,11 @@ impl JwtSigningKey {
     /// The key id put in the JWT header and the JWKS.
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// The base64url-encoded JWS header (`alg`, `kid`, `typ`) for this key.
+    pub fn encoded_header(&self) -> &str {
+        &self.encoded_header
     }
 
     /// Signs `message`, returning the 64-byte `r || s` form JWS wants.
