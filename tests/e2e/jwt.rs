@@ -72,30 +72,19 @@ async fn grants_only_what_the_identity_allows() {
 async fn fetch_jwt_without_a_client_certificate_is_unauthenticated() {
     let broker = TestBroker::start().await;
     broker.create_identity("dev", "api", &["billing"], &[]);
+    let request = || FetchJwtRequest {
+        jwt: Some(ProtoJwtRequest {
+            audiences: vec!["billing".into()],
+            scopes: vec![],
+            ttl_seconds: 0,
+        }),
+    };
     let mut raw = broker.raw_workload(None).await;
-    let err = raw
-        .fetch_jwt(FetchJwtRequest {
-            jwt: Some(ProtoJwtRequest {
-                audiences: vec!["billing".into()],
-                scopes: vec![],
-                ttl_seconds: 0,
-            }),
-        })
-        .await
-        .unwrap_err();
+    let err = raw.fetch_jwt(request()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     // The admin certificate is not a workload identity either.
     let mut as_admin = broker.raw_workload(Some(broker.admin_identity())).await;
-    let err = as_admin
-        .fetch_jwt(FetchJwtRequest {
-            jwt: Some(ProtoJwtRequest {
-                audiences: vec!["billing".into()],
-                scopes: vec![],
-                ttl_seconds: 0,
-            }),
-        })
-        .await
-        .unwrap_err();
+    let err = as_admin.fetch_jwt(request()).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 

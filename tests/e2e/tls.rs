@@ -165,6 +165,22 @@ async fn a_server_refuses_clients_it_does_not_allow() {
     ));
     assert!(call(port, &connector).await.is_err(), "intruder accepted");
     server.abort();
+    // Control: the same client is accepted by a server that allows it, so
+    // the refusal above came from the SPIFFE ID rule.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = TlsAcceptor::from(Arc::new(
+        server_config(
+            &server_source,
+            AllowedPeers::Only(vec!["spiffe://dev.example.org/intruder".into()]),
+            None,
+        )
+        .unwrap(),
+    ));
+    let server = tokio::spawn(serve(listener, acceptor));
+    let (reply, _) = call(port, &connector).await.expect("allowed client");
+    assert_eq!(reply, "hello spiffe://dev.example.org/intruder");
+    server.abort();
 }
 
 #[tokio::test]

@@ -204,3 +204,61 @@ pub(crate) fn serial_hex(cert: &X509Certificate<'_>) -> String {
 pub(crate) fn issued_at(cert: &X509Certificate<'_>) -> i64 {
     cert.validity().not_before.timestamp() + BACKDATE.as_secs() as i64
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        CertificateParams, ExtendedKeyUsagePurpose, KeyPair, PKCS_ECDSA_P256_SHA256, SanType,
+    };
+
+    use super::*;
+    use crate::config::{Config, EnvironmentConfig};
+    use crate::keys::Kek;
+    use crate::model::EnvName;
+    use crate::store::SqliteStore;
+
+    async fn keys(dir: &std::path::Path) -> KeyRing {
+        let config = Config {
+            data_dir: dir.to_owned(),
+            environments: ["dev", "prod"]
+                .map(|name| EnvironmentConfig {
+                    name: name.into(),
+                    trust_domain: None,
+                })
+                .to_vec(),
+            ..Config::default()
+        };
+        let url = format!("sqlite://{}", dir.join("t.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        KeyRing::load_or_create(&config, &store, &Kek::from_bytes(&[1; 32]).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// A leaf for `spiffe_id`, signed by the CA of `signer`.
+    fn leaf(keys: &KeyRing, signer: &str, spiffe_id: &str) -> Vec<u8> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let env = keys.env(&EnvName::new(signer).unwrap()).unwrap();
+        env.ca.sign(&params, &key).unwrap().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_certificate_counts_only_in_the_environment_its_spiffe_id_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys(dir.path()).await;
+        let own = leaf(&keys, "prod", "spiffe://prod.example.org/api");
+        match verify(&own, &[0; 32], &keys).unwrap().caller {
+            Caller::Workload(peer) => assert_eq!(peer.identity.to_string(), "prod/api"),
+            other => panic!("{other:?}"),
+        }
+        // Signed by dev's CA (which the TLS layer trusts) but naming prod.
+        let crossed = leaf(&keys, "dev", "spiffe://prod.example.org/api");
+        let err = verify(&crossed, &[0; 32], &keys).unwrap_err();
+        assert!(err.message().contains("CA of environment prod"), "{err}");
+        let foreign = leaf(&keys, "dev", "spiffe://other.example.org/api");
+        assert!(verify(&foreign, &[0; 32], &keys).is_err());
+    }
+}
