@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::api::peer::CallerCache;
-use crate::attest::JoinTokenAttestor;
+use crate::attest::AttestorRegistry;
 use crate::audit::AuditLog;
 use crate::config::{Config, Environment};
 use crate::keys::{Kek, KeyError, KeyRing};
@@ -52,8 +52,8 @@ pub struct Broker {
     pub keys: KeyRing,
     /// Identities.
     pub registry: IdentityRegistry,
-    /// Join token attestation.
-    pub join_tokens: JoinTokenAttestor,
+    /// Every attestor: join tokens plus the configured `[[attestors]]`.
+    pub attestors: AttestorRegistry,
     /// The durable store.
     pub store: Arc<dyn Store>,
     /// Client certificates already verified.
@@ -79,6 +79,7 @@ impl Broker {
         let keys = KeyRing::load_or_create(&config, store.as_ref(), &kek).await?;
         let registry = IdentityRegistry::load(Arc::clone(&store)).await?;
         let audit = AuditLog::start(Arc::clone(&store)).await?;
+        let attestors = AttestorRegistry::build(&config.attestors, Arc::clone(&store)).await?;
         let revocations = RevocationList::default();
         revocations.load(store.live_revocations(unix_now()).await?);
         Ok(Arc::new(Self {
@@ -86,7 +87,7 @@ impl Broker {
             limits: TtlLimits::from(&config.ttl),
             keys,
             registry,
-            join_tokens: JoinTokenAttestor::new(Arc::clone(&store)),
+            attestors,
             store,
             config,
             callers: CallerCache::default(),

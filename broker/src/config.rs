@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::attest::{AttestorConfig, validate_attestors};
 use crate::model::{EnvName, NameError, TrustDomain};
 
 /// Why the configuration could not be used.
@@ -128,6 +129,8 @@ pub struct Config {
     pub store_url: Option<String>,
     /// Lifetimes.
     pub ttl: TtlConfig,
+    /// Platform attestors (`[[attestors]]`); join tokens need none.
+    pub attestors: Vec<AttestorConfig>,
 }
 
 impl Default for Config {
@@ -146,6 +149,7 @@ impl Default for Config {
             kek_file: None,
             store_url: None,
             ttl: TtlConfig::default(),
+            attestors: Vec::new(),
         }
     }
 }
@@ -287,6 +291,7 @@ impl Config {
                 "public_url {url:?} must start with http:// or https://"
             )));
         }
+        validate_attestors(&self.attestors, &envs)?;
         Ok(())
     }
 

@@ -150,6 +150,11 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
                         Ok(n) => tracing::info!(purged = n, "deleted expired join tokens"),
                         Err(e) => tracing::warn!(error = %e, "could not purge expired join tokens"),
                     }
+                    match flusher.store.purge_jtis(unix_now()).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(purged = n, "forgot expired single-use token ids"),
+                        Err(e) => tracing::warn!(error = %e, "could not purge expired token ids"),
+                    }
                 }
                 () = &mut flush_stop => break,
             }

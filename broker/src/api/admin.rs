@@ -19,7 +19,11 @@ use super::{audit_api, join_token_api, revoke_api};
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::model::{EnvName, IdentityKey, IdentityName, unix_now};
-use crate::policy::{IdentityRequest, IdentityView, PolicyError, validate_new_identity};
+use crate::attest::AttestorInfo;
+use crate::policy::{
+    IdentityRequest, IdentityView, PolicyError, check_selector_prefixes, selectors,
+    validate_new_identity,
+};
 
 /// Implements `credbroker.v1.Admin`.
 #[derive(Debug, Clone)]
@@ -72,7 +76,7 @@ pub(super) fn identity_key(r: Option<&IdentityRef>) -> Result<IdentityKey, Statu
     })
 }
 
-fn to_proto(view: &IdentityView, outstanding: u32) -> pb::Identity {
+fn to_proto(view: &IdentityView, outstanding: u32, attestors: &[AttestorInfo]) -> pb::Identity {
     let id = &view.identity;
     pb::Identity {
         env: id.key.env.to_string(),
@@ -101,6 +105,8 @@ fn to_proto(view: &IdentityView, outstanding: u32) -> pb::Identity {
         last_seen_at: id.last_seen_at.unwrap_or(0),
         status: view.status.as_str().to_owned(),
         outstanding_credentials: outstanding,
+        allow_cidrs: id.allow_cidrs.iter().map(ToString::to_string).collect(),
+        reachable_by: selectors::reachable_by(id, attestors),
     }
 }
 
@@ -138,7 +144,7 @@ impl AdminService {
             .get(&view.identity.key.to_string())
             .copied()
             .unwrap_or(0);
-        Ok(to_proto(view, n))
+        Ok(to_proto(view, n, self.broker.attestors.infos()))
     }
 
     async fn change(
@@ -214,8 +220,11 @@ impl Admin for AdminService {
             jwt_ttl: nonzero_secs(req.jwt_ttl_seconds),
             x509_ttl: nonzero_secs(req.x509_ttl_seconds),
             expires_at: (req.expires_at != 0).then_some(req.expires_at),
+            allow_cidrs: req.allow_cidrs,
         };
         let result = async {
+            check_selector_prefixes(&spec.env, &spec.selectors, self.broker.attestors.infos())
+                .map_err(status::policy)?;
             let identity =
                 validate_new_identity(&spec, &self.broker.envs, &self.broker.limits, now)
                     .map_err(status::policy)?;
@@ -234,7 +243,11 @@ impl Admin for AdminService {
         match result {
             Ok(view) => {
                 audit.changed(&format!("owner={:?}", view.identity.owner));
-                Ok(Response::new(to_proto(&view, 0)))
+                Ok(Response::new(to_proto(
+                    &view,
+                    0,
+                    self.broker.attestors.infos(),
+                )))
             }
             Err(e) => {
                 audit.denied(&status::reason(&e));
@@ -291,7 +304,7 @@ impl Admin for AdminService {
                     .get(&v.identity.key.to_string())
                     .copied()
                     .unwrap_or(0);
-                to_proto(v, n)
+                to_proto(v, n, self.broker.attestors.infos())
             })
             .collect();
         Ok(Response::new(ListIdentitiesResponse { identities }))

@@ -28,6 +28,11 @@ pub(super) async fn create(
         .registry
         .get(&key)
         .ok_or_else(|| Status::not_found(format!("identity {key} not found")))?;
+    if !identity.selectors.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "identity {key} has selectors; it is attested by its platform evidence, not by join token"
+        )));
+    }
     let state = identity.status(now);
     if state != IdentityStatus::Active {
         return Err(Status::failed_precondition(format!(

@@ -23,7 +23,9 @@ pub(crate) fn attest(e: AttestError) -> Status {
         AttestError::Invalid(msg) => Status::invalid_argument(msg),
         e @ (AttestError::Unknown { .. }
         | AttestError::Expired { .. }
-        | AttestError::Spent { .. }) => Status::unauthenticated(e.to_string()),
+        | AttestError::Spent { .. }
+        | AttestError::Rejected { .. }) => Status::unauthenticated(e.to_string()),
+        AttestError::Unavailable(msg) => Status::unavailable(msg),
         AttestError::Store(e) => store(e),
     }
 }

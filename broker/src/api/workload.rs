@@ -16,13 +16,13 @@ use tonic::{Request, Response, Status};
 
 use super::peer::{Caller, WorkloadPeer};
 use super::{introspect, revoke_api, status};
-use crate::attest::{Attestor, Evidence};
+use crate::attest::{Attested, Binding, Evidence, RequestFacts};
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::issue::{Confirmation, IssuedSvid, JwtSpec, VerifiedCsr, issue_svid, mint};
 use crate::keys::EnvironmentKeys;
-use crate::model::{EnvName, Identity, unix_now};
-use crate::policy::{JwtGrant, check_active, grant_jwt};
+use crate::model::{EnvName, Identity, IdentityKey, unix_now};
+use crate::policy::{JwtGrant, check_active, check_peer, grant_jwt, selectors};
 use crate::revocation::CredentialFacts;
 
 /// Revocation events buffered per subscriber stream.
@@ -174,6 +174,7 @@ impl WorkloadService {
             )));
         }
         check_active(&identity, now).map_err(status::policy)?;
+        check_peer(&identity, request.remote_addr()).map_err(status::policy)?;
         Ok((peer, identity))
     }
 
@@ -184,40 +185,42 @@ impl WorkloadService {
     ) -> Result<AttestResponse, Status> {
         let now = unix_now();
         audit.actor = Some("anonymous".into());
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let csr = VerifiedCsr::parse(&req.csr).map_err(status::csr)?;
         let evidence = match req.evidence {
             Some(ProtoEvidence::JoinToken(token)) => Evidence::JoinToken(token),
+            Some(ProtoEvidence::KubernetesToken(token)) => Evidence::KubernetesToken(token),
+            Some(ProtoEvidence::OidcToken(token)) => Evidence::OidcToken(token),
+            Some(ProtoEvidence::AwsIid(iid)) => Evidence::AwsIid {
+                document: iid.document,
+                signature: iid.signature,
+            },
             None => return Err(Status::invalid_argument("attestation evidence is required")),
         };
-        let attestor = &self.broker.join_tokens;
+        let attestor = self
+            .broker
+            .attestors
+            .route(&evidence)
+            .map_err(status::attest)?;
+        let facts = RequestFacts {
+            key_sha256: csr.key_sha256(),
+        };
         let attested = attestor
-            .verify(&evidence, now)
+            .verify(&evidence, &facts, now)
             .await
             .map_err(status::attest)?;
-        audit.evidence = Some(format!("{}:{}", attested.method, attested.evidence_id));
-        audit.identity = Some(attested.identity.to_string());
-        audit.env = Some(attested.identity.env.to_string());
-        if let Some(expected) = &req.expected_identity
-            && (expected.env != attested.identity.env.as_str()
-                || expected.name != attested.identity.name.as_str())
-        {
-            return Err(Status::permission_denied(format!(
-                "{} is bound to a different identity than {}/{}",
-                attested.method, expected.env, expected.name
-            )));
-        }
-        let identity = self
-            .broker
-            .registry
-            .get(&attested.identity)
-            .ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "identity {} no longer exists",
-                    attested.identity
-                ))
-            })?;
+        audit.evidence = Some(match &attested.binding {
+            Binding::Identity(_) => format!("{}:{}", attested.method, attested.evidence_id),
+            Binding::Selectors { attestor, .. } => {
+                format!("{}:{attestor} {}", attested.method, attested.evidence_id)
+            }
+        });
+        let identity = self.resolve(&attested, req.expected_identity.as_ref(), audit)?;
+        audit.identity = Some(identity.key.to_string());
+        audit.env = Some(identity.key.env.to_string());
         check_active(&identity, now).map_err(status::policy)?;
+        check_peer(&identity, peer).map_err(status::policy)?;
         let grants = self.grants(&identity, &req.jwts)?;
         let env = self
             .broker
@@ -244,6 +247,100 @@ impl WorkloadService {
             trust_bundle: vec![env.ca.cert_der().to_vec()],
             jwts,
         })
+    }
+
+    /// The one identity `attested` evidence reaches: the join token's own,
+    /// or the single identity whose selectors the platform evidence all
+    /// proves (`expected` picks among several).
+    fn resolve(
+        &self,
+        attested: &Attested,
+        expected: Option<&IdentityRef>,
+        audit: &mut AuditRecord,
+    ) -> Result<Arc<Identity>, Status> {
+        let is_expected = |key: &IdentityKey| {
+            expected.is_none_or(|e| e.env == key.env.as_str() && e.name == key.name.as_str())
+        };
+        match &attested.binding {
+            Binding::Identity(key) => {
+                audit.identity = Some(key.to_string());
+                audit.env = Some(key.env.to_string());
+                if !is_expected(key) {
+                    let e = expected.expect("checked");
+                    return Err(Status::permission_denied(format!(
+                        "{} is bound to a different identity than {}/{}",
+                        attested.method, e.env, e.name
+                    )));
+                }
+                let identity = self.broker.registry.get(key).ok_or_else(|| {
+                    Status::permission_denied(format!("identity {key} no longer exists"))
+                })?;
+                if !identity.selectors.is_empty() {
+                    // Its selectors are what must vouch for it.
+                    return Err(Status::permission_denied(format!(
+                        "identity {key} has selectors; only platform evidence proving them can attest it"
+                    )));
+                }
+                Ok(identity)
+            }
+            Binding::Selectors {
+                attestor,
+                env,
+                selectors: proven,
+            } => {
+                audit.env = Some(env.to_string());
+                let candidates = self.broker.registry.with_selectors(env);
+                let matched = selectors::matching(&candidates, env, proven);
+                let names = |ids: &[Arc<Identity>]| {
+                    ids.iter()
+                        .map(|i| i.key.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let chosen: Vec<Arc<Identity>> = matched
+                    .iter()
+                    .filter(|i| is_expected(&i.key))
+                    .cloned()
+                    .collect();
+                let identity = match (chosen.as_slice(), expected) {
+                    ([one], _) => Arc::clone(one),
+                    ([], None) => {
+                        return Err(Status::permission_denied(format!(
+                            "no identity in {env} matches {}",
+                            selectors::describe(proven)
+                        )));
+                    }
+                    ([], Some(e)) => {
+                        return Err(Status::permission_denied(format!(
+                            "identity {}/{} is not matched by {} (matched: {})",
+                            e.env,
+                            e.name,
+                            selectors::describe(proven),
+                            if matched.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                names(&matched)
+                            }
+                        )));
+                    }
+                    (several, _) => {
+                        return Err(Status::permission_denied(format!(
+                            "several identities match the evidence of {attestor}: {}; name one with expected_identity",
+                            names(several)
+                        )));
+                    }
+                };
+                let matched_selectors: Vec<String> = identity
+                    .selectors
+                    .iter()
+                    .map(|s| format!("{}={}", s.key, s.value))
+                    .collect();
+                if let Some(ev) = audit.evidence.as_mut() {
+                    ev.push_str(&format!(" matched=[{}]", matched_selectors.join(", ")));
+                }
+                Ok(identity)
+            }
+        }
     }
 
     fn fetch_jwt_inner(

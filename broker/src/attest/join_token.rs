@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::{AttestError, Attested, Attestor, Evidence};
+use super::{AttestError, Attested, Attestor, Binding, Evidence, RequestFacts, Spend};
 use crate::model::IdentityKey;
 use crate::store::{JoinTokenRecord, Store};
 
@@ -95,8 +95,15 @@ impl Attestor for JoinTokenAttestor {
         METHOD
     }
 
-    async fn verify(&self, evidence: &Evidence, now: i64) -> Result<Attested, AttestError> {
-        let Evidence::JoinToken(secret) = evidence;
+    async fn verify(
+        &self,
+        evidence: &Evidence,
+        _facts: &RequestFacts,
+        now: i64,
+    ) -> Result<Attested, AttestError> {
+        let Evidence::JoinToken(secret) = evidence else {
+            return Err(AttestError::Invalid("not a join token".into()));
+        };
         if secret.is_empty() || secret.len() > 256 {
             return Err(AttestError::Invalid(
                 "join token is empty or too long".into(),
@@ -122,18 +129,18 @@ impl Attestor for JoinTokenAttestor {
             });
         }
         Ok(Attested {
-            identity: record.identity,
+            binding: Binding::Identity(record.identity),
             method: METHOD,
             evidence_id,
-            spend: Some(hash),
+            spend: Spend::JoinToken(hash),
         })
     }
 
     async fn commit(&self, attested: &Attested, now: i64) -> Result<(), AttestError> {
-        let Some(hash) = attested.spend else {
+        let Spend::JoinToken(hash) = &attested.spend else {
             return Ok(());
         };
-        if self.store.consume_join_token(&hash, now).await? {
+        if self.store.consume_join_token(hash, now).await? {
             Ok(())
         } else {
             // Lost a race with another request, or expired in between.

@@ -6,41 +6,119 @@
 //! evidence without changing anything, the caller then checks the identity
 //! and the request, and [`Attestor::commit`] spends the evidence.
 
+mod aws_iid;
+mod config;
+mod http_fetch;
 mod join_token;
+mod jwks;
+mod jwt_evidence;
+mod kubernetes;
+mod oidc;
+mod registry;
+
+use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use thiserror::Error;
 
+pub use config::{AttestorConfig, AttestorKind, RESERVED_PREFIX, validate_attestors};
 pub use join_token::{JoinToken, JoinTokenAttestor};
+pub use registry::{AttestorInfo, AttestorRegistry};
 
-use crate::model::IdentityKey;
+use crate::model::{EnvName, IdentityKey, Selector};
 use crate::store::StoreError;
 
-/// Evidence a workload presents.
+/// Evidence a workload presents. Secrets are never printed.
 #[derive(Clone)]
 pub enum Evidence {
     /// A join token (the secret itself; never logged).
     JoinToken(String),
+    /// A Kubernetes projected service-account token.
+    KubernetesToken(String),
+    /// An OIDC ID token.
+    OidcToken(String),
+    /// An AWS instance identity document and its base64 signature.
+    AwsIid {
+        /// The document bytes, as signed.
+        document: Vec<u8>,
+        /// Base64 RSA PKCS#1 v1.5 SHA-256 signature.
+        signature: String,
+    },
 }
 
 impl std::fmt::Debug for Evidence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::JoinToken(_) => f.write_str("JoinToken(<redacted>)"),
-        }
+        f.write_str(match self {
+            Self::JoinToken(_) => "JoinToken(<redacted>)",
+            Self::KubernetesToken(_) => "KubernetesToken(<redacted>)",
+            Self::OidcToken(_) => "OidcToken(<redacted>)",
+            Self::AwsIid { .. } => "AwsIid(..)",
+        })
     }
 }
 
-/// Evidence that verified, naming the identity it proves.
+/// Facts about the request an attestor may bind evidence to.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    /// Hex SHA-256 of the CSR's public key (SubjectPublicKeyInfo).
+    pub key_sha256: String,
+}
+
+/// What verified evidence proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// Exactly this identity (join tokens).
+    Identity(IdentityKey),
+    /// Platform facts: whichever identity of `env` all of whose selectors
+    /// are in `selectors` (SPIRE semantics).
+    Selectors {
+        /// The attestor's name (the selector prefix).
+        attestor: String,
+        /// The environment the attestor serves.
+        env: EnvName,
+        /// `NAME:KEY` = value facts the platform vouched for.
+        selectors: BTreeSet<Selector>,
+    },
+}
+
+/// What `commit` must make durable for single-use evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Spend {
+    /// Nothing (reusable evidence).
+    Nothing,
+    /// One use of a join token (its hash).
+    JoinToken([u8; 32]),
+    /// A single-use token id, remembered until `exp`.
+    Jti {
+        /// Attestor name.
+        attestor: String,
+        /// The token's `jti`.
+        jti: String,
+        /// Until when it must be remembered.
+        exp: i64,
+    },
+    /// An instance bound to the key it first attested with.
+    Instance {
+        /// Attestor name.
+        attestor: String,
+        /// EC2 instance id.
+        instance_id: String,
+        /// Hex SHA-256 of the attesting key.
+        key_sha256: String,
+    },
+}
+
+/// Evidence that verified.
 #[derive(Debug, Clone)]
 pub struct Attested {
-    /// The identity the evidence is bound to.
-    pub identity: IdentityKey,
-    /// Attestation method (`join_token`, …).
+    /// What it proves.
+    pub binding: Binding,
+    /// Attestation method (`join_token`, `kubernetes`, `oidc`, `aws_iid`).
     pub method: &'static str,
-    /// A non-secret name for the evidence, safe for logs (hash prefix).
+    /// A non-secret name for the evidence, safe for logs (hash prefix,
+    /// `jti`/`sub`, instance id).
     pub evidence_id: String,
-    spend: Option<[u8; 32]>,
+    pub(crate) spend: Spend,
 }
 
 /// Why evidence was refused.
@@ -71,6 +149,19 @@ pub enum AttestError {
         /// Non-secret id.
         evidence_id: String,
     },
+    /// Platform evidence failed a check; `why` names it.
+    #[error("{attestor} ({method}) refused the evidence: {why}")]
+    Rejected {
+        /// Method.
+        method: &'static str,
+        /// Attestor name.
+        attestor: String,
+        /// Which check failed (`token expired`, `aud does not contain …`).
+        why: String,
+    },
+    /// The evidence cannot be checked right now (issuer keys unreachable).
+    #[error("{0}")]
+    Unavailable(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -81,8 +172,18 @@ pub enum AttestError {
 pub trait Attestor: Send + Sync {
     /// The method name used in logs and audit (`join_token`).
     fn method(&self) -> &'static str;
-    /// Checks `evidence` at unix time `now` without spending it.
-    async fn verify(&self, evidence: &Evidence, now: i64) -> Result<Attested, AttestError>;
+    /// The configured name (the selector prefix; the method for join tokens).
+    fn name(&self) -> &str {
+        self.method()
+    }
+    /// Checks `evidence` for a request with `facts` at unix time `now`
+    /// without spending it.
+    async fn verify(
+        &self,
+        evidence: &Evidence,
+        facts: &RequestFacts,
+        now: i64,
+    ) -> Result<Attested, AttestError>;
     /// Spends single-use evidence. Fails if another request spent it first.
     async fn commit(&self, attested: &Attested, now: i64) -> Result<(), AttestError>;
 }

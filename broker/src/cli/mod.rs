@@ -163,9 +163,16 @@ pub enum IdentityCommand {
         /// Scope its JWTs may carry (repeatable).
         #[arg(long = "scope")]
         scopes: Vec<String>,
-        /// KEY=VALUE that attestation must prove (repeatable).
+        /// ATTESTOR:KEY=VALUE that attestation must prove (repeatable), e.g.
+        /// prod-cluster:ns=payments. ATTESTOR names a configured
+        /// `[[attestors]]` table; an identity with selectors cannot be
+        /// attested by join token.
         #[arg(long = "selector", value_parser = parse_selector)]
         selectors: Vec<(String, String)>,
+        /// Network (CIDR) Attest, FetchJwt and RenewX509 may come from
+        /// (repeatable); without any, every address is allowed.
+        #[arg(long = "allow-cidr")]
+        allow_cidrs: Vec<String>,
         /// JWT lifetime, e.g. 5m.
         #[arg(long, value_parser = parse_duration)]
         jwt_ttl: Option<Duration>,

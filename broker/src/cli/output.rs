@@ -51,6 +51,8 @@ pub fn identity_json(id: &Identity) -> Value {
         "last_issued_at": time(id.last_issued_at),
         "last_seen_at": time(id.last_seen_at),
         "outstanding_credentials": id.outstanding_credentials,
+        "allow_cidrs": id.allow_cidrs,
+        "reachable_by": id.reachable_by,
     })
 }
 
@@ -87,6 +89,8 @@ pub fn print_identity(id: &Identity, out: Output) -> Result<(), AdminError> {
         ("owner", id.owner.clone()),
         ("purpose", id.purpose.clone()),
         ("selectors", join(&selectors)),
+        ("attested by", join(&id.reachable_by)),
+        ("allow cidrs", join(&id.allow_cidrs)),
         ("audiences", join(&id.audiences)),
         ("scopes", join(&id.scopes)),
         (

@@ -75,6 +75,16 @@ impl PublicKeyData for VerifiedCsr {
 }
 
 impl VerifiedCsr {
+    /// Hex SHA-256 of the requested public key: names the key for
+    /// attestors that bind evidence to the first key it came with.
+    pub fn key_sha256(&self) -> String {
+        ring::digest::digest(&ring::digest::SHA256, &self.public_key)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Parses `der`, verifies its self-signature and checks its key type.
     pub fn parse(der: &[u8]) -> Result<Self, CsrError> {
         if der.is_empty() {

@@ -46,6 +46,8 @@ pub struct Identity {
     pub purpose: String,
     /// What attestation must prove.
     pub selectors: Vec<Selector>,
+    /// Peer networks credential calls may come from; empty allows any.
+    pub allow_cidrs: Vec<crate::policy::Cidr>,
     /// Audiences JWTs may be issued for.
     pub audiences: BTreeSet<Audience>,
     /// Scopes JWTs may carry.
@@ -132,6 +134,7 @@ pub(crate) fn test_identity() -> Identity {
         owner: "team".into(),
         purpose: "p".into(),
         selectors: vec![],
+        allow_cidrs: vec![],
         audiences: BTreeSet::from([Audience::new("billing").unwrap()]),
         scopes: BTreeSet::from([Scope::new("read").unwrap(), Scope::new("write").unwrap()]),
         jwt_ttl: Duration::from_secs(300),

@@ -1,10 +1,15 @@
 //! Authorization: which identities exist (cached in memory), whether one may
 //! receive credentials now, and what a request may be granted.
 
+mod cidr;
+mod context;
 mod grant;
 mod new_identity;
 mod registry;
+pub mod selectors;
 
 pub use grant::{JwtGrant, PolicyError, TtlLimits, check_active, grant_jwt};
-pub use new_identity::{IdentityRequest, validate_new_identity};
+pub use cidr::{Cidr, CidrError};
+pub use context::check_peer;
+pub use new_identity::{IdentityRequest, check_selector_prefixes, validate_new_identity};
 pub use registry::{IdentityRegistry, IdentityView, UpdateError};

@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::{PolicyError, TtlLimits};
+use super::{Cidr, PolicyError, TtlLimits};
+use crate::attest::{AttestorInfo, RESERVED_PREFIX};
 use crate::config::Environment;
 use crate::model::{
     Audience, EnvName, Identity, IdentityKey, IdentityName, Scope, Selector, SpiffeId,
@@ -33,6 +34,8 @@ pub struct IdentityRequest {
     pub x509_ttl: Option<Duration>,
     /// Retirement date (unix seconds).
     pub expires_at: Option<i64>,
+    /// Peer networks (CIDR) credential calls may come from; empty = any.
+    pub allow_cidrs: Vec<String>,
 }
 
 fn invalid(msg: impl Into<String>) -> PolicyError {
@@ -146,6 +149,14 @@ pub fn validate_new_identity(
     {
         return Err(invalid("expires_at must be in the future"));
     }
+    let mut allow_cidrs = req
+        .allow_cidrs
+        .iter()
+        .map(|c| c.parse::<Cidr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("allow_cidr {e}")))?;
+    allow_cidrs.sort();
+    allow_cidrs.dedup();
     Ok(Identity {
         key: IdentityKey {
             env: env.name.clone(),
@@ -155,6 +166,7 @@ pub fn validate_new_identity(
         owner,
         purpose,
         selectors,
+        allow_cidrs,
         audiences,
         scopes,
         jwt_ttl,
@@ -167,6 +179,67 @@ pub fn validate_new_identity(
         last_issued_at: None,
         last_seen_at: None,
     })
+}
+
+/// Checks that every selector of a new identity in `env` can be proven:
+/// its prefix (before the first `:`) names a configured attestor serving
+/// `env`, or is `unix` (the node agent's workload selectors, reserved); and
+/// the platform selectors all name one attestor, since one piece of
+/// evidence comes from one attestor.
+pub fn check_selector_prefixes(
+    env: &str,
+    selectors: &[(String, String)],
+    attestors: &[AttestorInfo],
+) -> Result<(), PolicyError> {
+    let configured = || {
+        if attestors.is_empty() {
+            "none are configured".to_owned()
+        } else {
+            format!(
+                "configured: {}",
+                attestors
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    };
+    let mut named: Option<&str> = None;
+    for (key, _) in selectors {
+        let Some((prefix, rest)) = key.split_once(':') else {
+            return Err(invalid(format!(
+                "selector {key:?} must be ATTESTOR:KEY (e.g. prod-cluster:ns)"
+            )));
+        };
+        if rest.is_empty() {
+            return Err(invalid(format!("selector {key:?} has no key after the attestor")));
+        }
+        if prefix == RESERVED_PREFIX {
+            continue;
+        }
+        let Some(attestor) = attestors.iter().find(|a| a.name == prefix) else {
+            return Err(invalid(format!(
+                "selector {key:?} names attestor {prefix:?}, which is not configured ({})",
+                configured()
+            )));
+        };
+        if attestor.env.as_str() != env {
+            return Err(invalid(format!(
+                "selector {key:?}: attestor {prefix:?} attests for environment {}, not {env}",
+                attestor.env
+            )));
+        }
+        match named {
+            Some(other) if other != prefix => {
+                return Err(invalid(format!(
+                    "selectors name attestors {other:?} and {prefix:?}; one attestation comes from one attestor, so no workload could match"
+                )));
+            }
+            _ => named = Some(prefix),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -223,12 +296,42 @@ mod tests {
                 "selector key",
                 Box::new(|r| r.selectors = vec![("".into(), "v".into())]),
             ),
+            (
+                "allow_cidr",
+                Box::new(|r| r.allow_cidrs = vec!["10.0.0.1/8".into()]),
+            ),
         ];
         for (needle, mutate) in cases {
             let mut req = ok_request();
             mutate(&mut req);
             let err = validate_new_identity(&req, &envs, &limits, 100).unwrap_err();
             assert!(err.to_string().contains(needle), "{needle}: got {err}");
+        }
+    }
+
+    #[test]
+    fn selector_prefixes_must_name_an_attestor_of_the_environment() {
+        use crate::attest::AttestorKind;
+        let info = |name: &str, env: &str| AttestorInfo {
+            name: name.into(),
+            kind: AttestorKind::Kubernetes,
+            env: EnvName::new(env).unwrap(),
+        };
+        let attestors = [info("prod-cluster", "prod"), info("gha", "prod"), info("dev-cluster", "dev")];
+        let sel = |k: &str| (k.to_owned(), "v".to_owned());
+        check_selector_prefixes("prod", &[sel("prod-cluster:ns"), sel("prod-cluster:sa")], &attestors)
+            .unwrap();
+        check_selector_prefixes("prod", &[sel("unix:uid")], &attestors).unwrap();
+        let cases = [
+            (vec![sel("k8s:ns")], "not configured"),
+            (vec![sel("nsonly")], "must be ATTESTOR:KEY"),
+            (vec![sel("prod-cluster:")], "no key after"),
+            (vec![sel("dev-cluster:ns")], "attests for environment dev"),
+            (vec![sel("prod-cluster:ns"), sel("gha:repository")], "one attestor"),
+        ];
+        for (selectors, needle) in cases {
+            let err = check_selector_prefixes("prod", &selectors, &attestors).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
         }
     }
 }

@@ -79,6 +79,16 @@ impl IdentityRegistry {
         self.identities.get(key).map(|e| Arc::clone(e.value()))
     }
 
+    /// Identities of `env` that have selectors (the candidates for platform
+    /// attestation).
+    pub fn with_selectors(&self, env: &EnvName) -> Vec<Arc<Identity>> {
+        self.identities
+            .iter()
+            .filter(|e| e.key().env == *env && !e.value().selectors.is_empty())
+            .map(|e| Arc::clone(e.value()))
+            .collect()
+    }
+
     /// The identity with up-to-date usage times.
     pub fn view(&self, key: &IdentityKey, now: i64) -> Option<IdentityView> {
         self.get(key).map(|id| self.merge_usage(&id, now))

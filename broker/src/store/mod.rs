@@ -136,6 +136,36 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// Deletes join tokens that expired before `before`; returns how many.
     async fn purge_join_tokens(&self, before: i64) -> Result<u64, StoreError>;
 
+    /// Whether single-use token `jti` of `attestor` was spent and has not
+    /// expired at `now`.
+    async fn jti_spent(&self, attestor: &str, jti: &str, now: i64) -> Result<bool, StoreError>;
+    /// Atomically records `jti` as spent until `expires_at`; false if it
+    /// already was (and is unexpired at `now`).
+    async fn spend_jti(
+        &self,
+        attestor: &str,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Forgets spent `jti`s that expired by `now`; returns how many.
+    async fn purge_jtis(&self, now: i64) -> Result<u64, StoreError>;
+    /// The key an instance is bound to, if it attested before.
+    async fn instance_key(
+        &self,
+        attestor: &str,
+        instance_id: &str,
+    ) -> Result<Option<String>, StoreError>;
+    /// Binds an instance to `key_sha256` unless it is bound already;
+    /// returns the key it is bound to now.
+    async fn bind_instance(
+        &self,
+        attestor: &str,
+        instance_id: &str,
+        key_sha256: &str,
+        now: i64,
+    ) -> Result<String, StoreError>;
+
     /// Appends chained audit entries in one transaction.
     async fn append_audit(&self, entries: &[ChainedEntry]) -> Result<(), StoreError>;
     /// Sequence number and hash of the last audit entry.

@@ -15,8 +15,10 @@ use crate::audit::{AuditFilter, ChainedEntry};
 use crate::model::{
     Audience, EnvName, Identity, IdentityKey, IdentityName, Scope, Selector, SpiffeId,
 };
+use crate::policy::Cidr;
 use crate::revocation::Revocation;
 
+mod attestation;
 mod audit;
 mod revocations;
 
@@ -25,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_audit.sql"),
     include_str!("../../../migrations/sqlite/0003_revocations.sql"),
+    include_str!("../../../migrations/sqlite/0004_attestation.sql"),
 ];
 
 /// SQLite-backed [`Store`].
@@ -85,6 +88,7 @@ fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreErr
     let audiences: Vec<String> = serde_json::from_str(&json("audiences")?).map_err(corrupt)?;
     let scopes: Vec<String> = serde_json::from_str(&json("scopes")?).map_err(corrupt)?;
     let selectors: Vec<Selector> = serde_json::from_str(&json("selectors")?).map_err(corrupt)?;
+    let allow_cidrs: Vec<String> = serde_json::from_str(&json("allow_cidrs")?).map_err(corrupt)?;
     let spiffe_id: String = row.try_get("spiffe_id")?;
     Ok(Identity {
         key: IdentityKey {
@@ -95,6 +99,11 @@ fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreErr
         owner: row.try_get("owner")?,
         purpose: row.try_get("purpose")?,
         selectors,
+        allow_cidrs: allow_cidrs
+            .iter()
+            .map(|c| c.parse::<Cidr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?,
         audiences: audiences
             .iter()
             .map(|a| Audience::new(a))
@@ -119,6 +128,10 @@ fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreErr
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn cidr_strings(cidrs: &[Cidr]) -> Vec<String> {
+    cidrs.iter().map(ToString::to_string).collect()
 }
 
 fn strings<'a>(items: impl IntoIterator<Item = &'a (impl AsRef<str> + 'a)>) -> Vec<&'a str> {
@@ -179,8 +192,8 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "INSERT INTO identities (env, name, spiffe_id, owner, purpose, selectors, audiences,
                  scopes, jwt_ttl_seconds, x509_ttl_seconds, expires_at, enabled, retired_at,
-                 created_at, updated_at, last_issued_at, last_seen_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, last_issued_at, last_seen_at, allow_cidrs)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
@@ -199,6 +212,7 @@ impl Store for SqliteStore {
         .bind(id.updated_at)
         .bind(id.last_issued_at)
         .bind(id.last_seen_at)
+        .bind(to_json(&cidr_strings(&id.allow_cidrs)))
         .execute(&self.pool)
         .await;
         match result {
@@ -214,7 +228,7 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "UPDATE identities SET owner = ?, purpose = ?, selectors = ?, audiences = ?,
                  scopes = ?, jwt_ttl_seconds = ?, x509_ttl_seconds = ?, expires_at = ?,
-                 enabled = ?, retired_at = ?, updated_at = ?
+                 enabled = ?, retired_at = ?, updated_at = ?, allow_cidrs = ?
              WHERE env = ? AND name = ?",
         )
         .bind(&id.owner)
@@ -228,6 +242,7 @@ impl Store for SqliteStore {
         .bind(id.enabled as i64)
         .bind(id.retired_at)
         .bind(id.updated_at)
+        .bind(to_json(&cidr_strings(&id.allow_cidrs)))
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
         .execute(&self.pool)
@@ -327,6 +342,42 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(result.rows_affected())
+    }
+
+    async fn jti_spent(&self, attestor: &str, jti: &str, now: i64) -> Result<bool, StoreError> {
+        attestation::jti_spent(&self.pool, attestor, jti, now).await
+    }
+
+    async fn spend_jti(
+        &self,
+        attestor: &str,
+        jti: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        attestation::spend_jti(&self.pool, attestor, jti, expires_at, now).await
+    }
+
+    async fn purge_jtis(&self, now: i64) -> Result<u64, StoreError> {
+        attestation::purge_jtis(&self.pool, now).await
+    }
+
+    async fn instance_key(
+        &self,
+        attestor: &str,
+        instance_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        attestation::instance_key(&self.pool, attestor, instance_id).await
+    }
+
+    async fn bind_instance(
+        &self,
+        attestor: &str,
+        instance_id: &str,
+        key_sha256: &str,
+        now: i64,
+    ) -> Result<String, StoreError> {
+        attestation::bind_instance(&self.pool, attestor, instance_id, key_sha256, now).await
     }
 
     async fn append_audit(&self, entries: &[ChainedEntry]) -> Result<(), StoreError> {
