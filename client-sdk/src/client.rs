@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use credbroker_proto::v1::attest_request::Evidence as ProtoEvidence;
 use credbroker_proto::v1::workload_client::WorkloadClient as Grpc;
 use credbroker_proto::v1::{
     AttestRequest, FetchJwtRequest, IdentityRef, IntrospectRequest, IntrospectResponse,
@@ -15,7 +14,8 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::ClientError;
-use crate::request::{Evidence, JwtRequest};
+use crate::evidence::Evidence;
+use crate::request::JwtRequest;
 use crate::svid::{JwtSvid, TrustBundle, X509Svid};
 
 /// How long a connection attempt may take.
@@ -126,12 +126,12 @@ impl Client {
         jwts: &[JwtRequest],
     ) -> Result<Attestation, ClientError> {
         let (key, csr) = new_key_and_csr()?;
-        let Evidence::JoinToken(token) = evidence;
+        let evidence = evidence.resolve().await?;
         let response = self
             .grpc
             .clone()
             .attest(AttestRequest {
-                evidence: Some(ProtoEvidence::JoinToken(token.clone())),
+                evidence: Some(evidence),
                 csr,
                 expected_identity: expected.map(|(env, name)| IdentityRef {
                     env: env.to_owned(),

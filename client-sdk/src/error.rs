@@ -30,6 +30,10 @@ pub enum ClientError {
     /// The broker's answer is unusable.
     #[error("invalid response from broker: {0}")]
     InvalidResponse(String),
+    /// Platform evidence could not be read (token file, runner, metadata
+    /// service).
+    #[error("attestation evidence: {0}")]
+    Evidence(String),
     /// Key generation or CSR creation failed.
     #[error("key generation failed: {0}")]
     Key(#[from] rcgen::Error),

@@ -29,6 +29,8 @@
 pub mod agent;
 mod client;
 mod error;
+mod evidence;
+mod http;
 pub mod interceptor;
 mod request;
 pub mod revocations;
@@ -42,7 +44,8 @@ pub use client::{Attestation, Client, WorkloadClient};
 pub use credbroker_proto::v1::{IntrospectResponse, Revocation};
 pub use error::ClientError;
 pub use interceptor::BearerInterceptor;
-pub use request::{Evidence, JwtRequest};
+pub use evidence::{DEFAULT_IMDS_URL, Evidence};
+pub use request::JwtRequest;
 pub use revocations::RevocationWatcher;
 pub use source::{
     CredentialSource, Credentials, RefreshPolicy, SourceConfig, SourceError, SourceState,

@@ -45,18 +45,3 @@ impl JwtRequest {
         }
     }
 }
-
-/// Proof of what the workload is.
-#[derive(Clone)]
-pub enum Evidence {
-    /// A join token from `credbroker token create`.
-    JoinToken(String),
-}
-
-impl std::fmt::Debug for Evidence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::JoinToken(_) => f.write_str("JoinToken(<redacted>)"),
-        }
-    }
-}

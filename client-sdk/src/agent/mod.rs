@@ -9,7 +9,8 @@ pub use files::{OutputDir, audience_file_name, write_atomic};
 
 use crate::client::Client;
 use crate::error::ClientError;
-use crate::request::{Evidence, JwtRequest};
+use crate::evidence::Evidence;
+use crate::request::JwtRequest;
 use crate::source::{CredentialSource, Credentials, RefreshPolicy, SourceConfig, SourceState};
 use crate::svid::{JwtSvid, TrustBundle, X509Svid};
 use crate::workload_api::WorkloadApi;

@@ -12,6 +12,9 @@ use tracing_subscriber::EnvFilter;
 /// them fresh on disk.
 #[derive(Debug, Parser)]
 #[command(name = "credbroker-agent", version, about)]
+#[command(group(clap::ArgGroup::new("evidence").required(true).multiple(false).args(
+    ["join_token", "k8s_token", "oidc_token", "github_actions_audience", "aws_iid"]
+)))]
 struct Args {
     /// Broker gRPC URL.
     #[arg(
@@ -26,7 +29,24 @@ struct Args {
     bundle: PathBuf,
     /// Join token from `credbroker token create`.
     #[arg(long, env = "CREDBROKER_JOIN_TOKEN", hide_env_values = true)]
-    join_token: String,
+    join_token: Option<String>,
+    /// Kubernetes projected service-account token file (re-read at every
+    /// attestation; the kubelet rotates it).
+    #[arg(long, value_name = "FILE")]
+    k8s_token: Option<PathBuf>,
+    /// File holding an OIDC ID token (re-read at every attestation).
+    #[arg(long, value_name = "FILE")]
+    oidc_token: Option<PathBuf>,
+    /// In a GitHub Actions job: request an OIDC token with this audience
+    /// from the runner (needs `permissions: id-token: write`).
+    #[arg(long, value_name = "AUD")]
+    github_actions_audience: Option<String>,
+    /// On EC2: present the instance identity document (IMDSv2).
+    #[arg(long)]
+    aws_iid: bool,
+    /// Instance metadata service address (for --aws-iid).
+    #[arg(long, default_value = credbroker_client::DEFAULT_IMDS_URL, requires = "aws_iid")]
+    aws_imds_url: String,
     /// Directory for svid.pem, svid_key.pem, bundle.pem and jwt/.
     #[arg(long)]
     out_dir: PathBuf,
@@ -47,6 +67,25 @@ struct Args {
     on_rotate: Option<String>,
 }
 
+/// The one evidence source the group allows.
+fn evidence(args: &Args) -> Evidence {
+    if let Some(path) = &args.k8s_token {
+        Evidence::KubernetesTokenFile(path.clone())
+    } else if let Some(path) = &args.oidc_token {
+        Evidence::OidcTokenFile(path.clone())
+    } else if let Some(audience) = &args.github_actions_audience {
+        Evidence::GithubActions {
+            audience: audience.clone(),
+        }
+    } else if args.aws_iid {
+        Evidence::AwsIid {
+            imds_url: args.aws_imds_url.clone(),
+        }
+    } else {
+        Evidence::JoinToken(args.join_token.clone().unwrap_or_default())
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -64,10 +103,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let evidence = evidence(&args);
     let config = AgentConfig {
         broker: args.broker,
         bundle_pem,
-        evidence: Evidence::JoinToken(args.join_token),
+        evidence,
         out_dir: OutputDir::new(args.out_dir),
         jwt_audiences: args.jwt_audiences,
         workload_api_socket: args.workload_api_socket,

@@ -9,8 +9,10 @@
 //! published; an outage shorter than half a lifetime is therefore invisible.
 //! Nothing expired is ever handed out: once the SVID expires the source
 //! publishes [`SourceState::Unavailable`] and tries to re-attest with its
-//! evidence (which works only if the evidence can be reused, e.g. a join
-//! token created with `--uses N`), saying clearly when it cannot.
+//! evidence: platform evidence (a Kubernetes or OIDC token file, GitHub
+//! Actions, AWS instance identity) is read afresh every time and refusals
+//! are retried, so the source recovers by itself; a join token works again
+//! only if created with `--uses N`, and its refusal is final.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +29,8 @@ use timing::{backoff, renew_after};
 
 use crate::client::{Client, WorkloadClient};
 use crate::error::ClientError;
-use crate::request::{Evidence, JwtRequest};
+use crate::evidence::Evidence;
+use crate::request::JwtRequest;
 use crate::svid::{JwtSvid, TrustBundle, X509Svid};
 
 /// When and how credentials are renewed.
@@ -302,7 +305,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                     revocations.subscribe(&h.session).await;
                     held = Some(h);
                 }
-                Err(e) if is_permanent(&e) => {
+                Err(e) if is_permanent(&e) && !config.evidence.is_rereadable() => {
                     tracing::error!(error = %e, "attestation refused; giving up");
                     let _ = tx.send(SourceState::Unavailable {
                         reason: format!("attestation refused ({e}); new evidence is needed"),
@@ -311,7 +314,13 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                     return;
                 }
                 Err(e) => {
+                    // Platform evidence is read afresh each time (a rotated
+                    // token file, a new CI token), so a refusal may not last.
                     failures += 1;
+                    let _ = tx.send(SourceState::Unavailable {
+                        reason: format!("attestation failed ({e}); retrying"),
+                        retrying: true,
+                    });
                     tracing::warn!(error = %e, "attestation failed; retrying");
                     tokio::time::sleep(backoff(failures, &policy)).await;
                 }
