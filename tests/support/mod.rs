@@ -3,6 +3,7 @@
 //! SDK.
 
 pub mod http;
+pub mod issuer;
 pub mod jwt;
 pub mod x509;
 

@@ -1,0 +1,393 @@
+//! Platform attestation with JWTs (Kubernetes service-account tokens and
+//! OIDC tokens) from issuers this test starts: every way a token can be
+//! wrong, selector matching, and that selectors are really enforced.
+
+use std::time::Duration;
+
+use credbroker_e2e::TestBroker;
+use credbroker_e2e::issuer::{
+    EcKey, RsaKey, Signer, TestIssuer, github_claims, hs256, jwt_attestor_toml, k8s_claims, sign,
+    unsigned,
+};
+use credbroker_proto::v1::{AttestRequest, AttestResponse, IdentityRef, attest_request};
+use serde_json::json;
+use tonic::{Code, Status};
+
+pub(crate) fn csr() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+pub(crate) async fn attest(
+    broker: &TestBroker,
+    evidence: attest_request::Evidence,
+    expected: Option<(&str, &str)>,
+) -> Result<AttestResponse, Status> {
+    attest_with_csr(broker, evidence, expected, csr()).await
+}
+
+pub(crate) async fn attest_with_csr(
+    broker: &TestBroker,
+    evidence: attest_request::Evidence,
+    expected: Option<(&str, &str)>,
+    csr: Vec<u8>,
+) -> Result<AttestResponse, Status> {
+    broker
+        .raw_workload(None)
+        .await
+        .attest(AttestRequest {
+            evidence: Some(evidence),
+            csr,
+            expected_identity: expected.map(|(env, name)| IdentityRef {
+                env: env.into(),
+                name: name.into(),
+            }),
+            jwts: vec![],
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn k8s(token: String) -> attest_request::Evidence {
+    attest_request::Evidence::KubernetesToken(token)
+}
+
+fn oidc(token: String) -> attest_request::Evidence {
+    attest_request::Evidence::OidcToken(token)
+}
+
+fn name_of(r: &AttestResponse) -> String {
+    let id = r.identity.as_ref().unwrap();
+    format!("{}/{}", id.env, id.name)
+}
+
+#[track_caller]
+fn refused(result: Result<AttestResponse, Status>, code: Code, needle: &str) {
+    let err = result.expect_err("attestation should be refused");
+    assert_eq!(err.code(), code, "{needle}: {err:?}");
+    assert!(err.message().contains(needle), "want {needle:?}, got {:?}", err.message());
+}
+
+/// A broker with a `prod-cluster` Kubernetes attestor (JWKS by URL), a
+/// `dev-cluster` one (JWKS file, environment dev) and a single-use `ci`
+/// OIDC attestor (discovery), and identities behind them.
+pub(crate) struct Platform {
+    pub broker: TestBroker,
+    pub cluster: TestIssuer,
+    pub ci: TestIssuer,
+    pub rsa: RsaKey,
+    pub ec: EcKey,
+    pub dev_rsa: RsaKey,
+    _keys: tempfile::TempDir,
+}
+
+pub(crate) const DEV_ISSUER: &str = "https://dev-cluster.example";
+
+impl Platform {
+    pub async fn start() -> Self {
+        let keys = tempfile::tempdir().unwrap();
+        let rsa = RsaKey::generate(keys.path(), "cluster");
+        let dev_rsa = RsaKey::generate(keys.path(), "dev-cluster");
+        let ec = EcKey::generate();
+        let cluster = TestIssuer::start(json!({"keys": [rsa.jwk("k1")]})).await;
+        let ci = TestIssuer::start(json!({"keys": [ec.jwk("gh1")]})).await;
+        let dev_jwks = keys.path().join("dev-jwks.json");
+        std::fs::write(&dev_jwks, json!({"keys": [dev_rsa.jwk("d1")]}).to_string()).unwrap();
+        let mut toml = jwt_attestor_toml(
+            "kubernetes",
+            "prod-cluster",
+            "prod",
+            &cluster.url(),
+            &format!("jwks_url = \"{}/jwks\"\nmax_token_lifetime = \"2h\"", cluster.url()),
+        );
+        toml += &jwt_attestor_toml(
+            "kubernetes",
+            "dev-cluster",
+            "dev",
+            DEV_ISSUER,
+            &format!("jwks_file = {:?}", dev_jwks),
+        );
+        toml += &jwt_attestor_toml("oidc", "ci", "prod", &ci.url(), "single_use = true");
+        let broker = TestBroker::start_with(&["dev", "prod"], &toml).await;
+        let create = |name: &str, selectors: &[&str]| {
+            let mut args = vec![
+                "identity", "create", "--env", "prod", "--name", name, "--owner", "team",
+                "--purpose", "test", "--audience", "billing",
+            ];
+            for s in selectors {
+                args.extend(["--selector", s]);
+            }
+            broker.cli_ok(&args);
+        };
+        create("payments-api", &["prod-cluster:ns=payments", "prod-cluster:sa=api"]);
+        create("web-a", &["prod-cluster:ns=web"]);
+        create("web-b", &["prod-cluster:ns=web"]);
+        create("deploy", &["ci:repository=acme/api", "ci:ref=refs/heads/main"]);
+        Self {
+            broker,
+            cluster,
+            ci,
+            rsa,
+            ec,
+            dev_rsa,
+            _keys: keys,
+        }
+    }
+
+    pub fn k8s_token(&self, ns: &str, sa: &str) -> String {
+        let claims = k8s_claims(&self.cluster.url(), "credbroker", ns, sa, "api-7d9f");
+        sign(&claims, Signer::Rs256(&self.rsa, "k1"))
+    }
+
+    pub fn github_token(&self, jti: &str) -> String {
+        let claims = github_claims(&self.ci.url(), "credbroker", "acme/api", jti);
+        sign(&claims, Signer::Es256(&self.ec, "gh1"))
+    }
+}
+
+#[tokio::test]
+async fn kubernetes_tokens_are_verified_claim_by_claim() {
+    let p = Platform::start().await;
+    let b = &p.broker;
+    let iss = p.cluster.url();
+    let ok = attest(b, k8s(p.k8s_token("payments", "api")), None).await.unwrap();
+    assert_eq!(name_of(&ok), "prod/payments-api");
+
+    let signed = |claims: serde_json::Value| k8s(sign(&claims, Signer::Rs256(&p.rsa, "k1")));
+    let base = k8s_claims(&iss, "credbroker", "payments", "api", "api-7d9f");
+    let with = |key: &str, value: serde_json::Value| {
+        let mut c = base.clone();
+        c[key] = value;
+        c
+    };
+    let now = credbroker_e2e::issuer::now();
+    let unauth = Code::Unauthenticated;
+    refused(
+        attest(b, signed(with("iss", json!("https://elsewhere.example"))), None).await,
+        unauth,
+        "no kubernetes attestor is configured for issuer \"https://elsewhere.example\"",
+    );
+    refused(
+        attest(b, signed(with("aud", json!(["vault"]))), None).await,
+        unauth,
+        "aud does not contain \"credbroker\"",
+    );
+    let mut expired = with("exp", json!(now - 120));
+    expired["iat"] = json!(now - 1800);
+    expired["nbf"] = json!(now - 1800);
+    refused(attest(b, signed(expired), None).await, unauth, "token expired");
+    refused(
+        attest(b, signed(with("nbf", json!(now + 600))), None).await,
+        unauth,
+        "token not yet valid",
+    );
+    refused(
+        attest(b, signed(with("exp", json!(now + 3 * 3600))), None).await,
+        unauth,
+        "exceeds max_token_lifetime 2h",
+    );
+    let mut no_k8s = base.clone();
+    no_k8s.as_object_mut().unwrap().remove("kubernetes.io");
+    refused(attest(b, signed(no_k8s), None).await, unauth, "no kubernetes.io claim");
+
+    // Tampered: the payload says another namespace, the signature is the
+    // original's.
+    let good = p.k8s_token("payments", "api");
+    let parts: Vec<&str> = good.split('.').collect();
+    let evil = with("kubernetes.io", {
+        let mut k = base["kubernetes.io"].clone();
+        k["namespace"] = json!("web");
+        k
+    });
+    use base64::Engine;
+    let evil_payload =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(evil.to_string());
+    let tampered = format!("{}.{}.{}", parts[0], evil_payload, parts[2]);
+    refused(attest(b, k8s(tampered), None).await, unauth, "signature does not verify");
+
+    refused(attest(b, k8s(unsigned(&base)), None).await, unauth, "alg \"none\"");
+    refused(
+        attest(b, k8s(hs256(&base, &p.rsa.public_pem, "k1")), None).await,
+        unauth,
+        "HMAC is never accepted",
+    );
+    // Bad input, not a signature problem.
+    refused(attest(b, k8s("not-a-jwt".into()), None).await, Code::InvalidArgument, "compact JWS");
+
+    // Nothing about the tokens reached the log.
+    let log = b.log();
+    assert!(!log.contains(&good), "token leaked into the log");
+    assert!(!log.contains(&parts[2][..20]), "signature leaked into the log");
+}
+
+#[tokio::test]
+async fn unknown_kid_refreshes_the_jwks_and_a_rotated_key_works() {
+    let p = Platform::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let next = RsaKey::generate(keys.path(), "next");
+    let claims = k8s_claims(&p.cluster.url(), "credbroker", "payments", "api", "p");
+    let token = sign(&claims, Signer::Rs256(&next, "k2"));
+    refused(
+        attest(&p.broker, k8s(token.clone()), None).await,
+        Code::Unauthenticated,
+        "unknown signing key (kid \"k2\"",
+    );
+    // The issuer rotates; after the refresh interval (1s here) the unknown
+    // kid triggers a fetch that finds it.
+    p.cluster
+        .set_jwks(json!({"keys": [p.rsa.jwk("k1"), next.jwk("k2")]}));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ok = attest(&p.broker, k8s(token), None).await.unwrap();
+    assert_eq!(name_of(&ok), "prod/payments-api");
+    // Made-up kids do not turn into a fetch each: at most one per interval.
+    let before = p.cluster.jwks_fetches();
+    for i in 0..5 {
+        let t = sign(&claims, Signer::Rs256(&next, &format!("bogus-{i}")));
+        assert!(attest(&p.broker, k8s(t), None).await.is_err());
+    }
+    assert!(p.cluster.jwks_fetches() - before <= 1, "JWKS fetched per bogus kid");
+}
+
+#[tokio::test]
+async fn selectors_decide_the_identity() {
+    let p = Platform::start().await;
+    let b = &p.broker;
+    // Matches none: the refusal names the attested selectors.
+    refused(
+        attest(b, k8s(p.k8s_token("payments", "web")), None).await,
+        Code::PermissionDenied,
+        "no identity in prod matches prod-cluster:node=node-1, prod-cluster:ns=payments, prod-cluster:pod=api-7d9f",
+    );
+    // Matches several: refused listing them, unless one is named.
+    refused(
+        attest(b, k8s(p.k8s_token("web", "x")), None).await,
+        Code::PermissionDenied,
+        "several identities match the evidence of prod-cluster: prod/web-a, prod/web-b",
+    );
+    let ok = attest(b, k8s(p.k8s_token("web", "x")), Some(("prod", "web-b"))).await.unwrap();
+    assert_eq!(name_of(&ok), "prod/web-b");
+    refused(
+        attest(b, k8s(p.k8s_token("web", "x")), Some(("prod", "payments-api"))).await,
+        Code::PermissionDenied,
+        "identity prod/payments-api is not matched",
+    );
+    // A token of the dev cluster, same namespace and service account: its
+    // attestor serves dev, where nothing matches.
+    let dev = sign(
+        &k8s_claims(DEV_ISSUER, "credbroker", "payments", "api", "p"),
+        Signer::Rs256(&p.dev_rsa, "d1"),
+    );
+    refused(
+        attest(b, k8s(dev), None).await,
+        Code::PermissionDenied,
+        "no identity in dev matches dev-cluster:",
+    );
+    // Signed by the prod cluster's key but claiming the dev issuer: the dev
+    // attestor's keys refuse it.
+    let forged = sign(
+        &k8s_claims(DEV_ISSUER, "credbroker", "payments", "api", "p"),
+        Signer::Rs256(&p.rsa, "d1"),
+    );
+    refused(attest(b, k8s(forged), None).await, Code::Unauthenticated, "signature does not verify");
+
+    // The audit record names the attestor, the matched selectors and the
+    // token's jti and sub.
+    attest(b, k8s(p.k8s_token("payments", "api")), None).await.unwrap();
+    let log = b.log();
+    assert!(
+        log.lines().any(|l| l.contains(r#"decision="issued""#)
+            && l.contains("kubernetes:prod-cluster jti=jti-api-7d9f-")
+            && l.contains("sub=system:serviceaccount:payments:api")
+            && l.contains("matched=[prod-cluster:ns=payments, prod-cluster:sa=api]")),
+        "{log}"
+    );
+    assert!(log.lines().any(|l| l.contains(r#"decision="denied""#)
+        && l.contains("no identity in prod matches")));
+}
+
+#[tokio::test]
+async fn identities_with_selectors_need_matching_evidence() {
+    let p = Platform::start().await;
+    let b = &p.broker;
+    // No join token for an identity with selectors…
+    let out = b.cli(&["token", "create", "--env", "prod", "--name", "payments-api"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has selectors"), "{err}");
+    // …and selectors must name a configured attestor of the environment.
+    let create = |selector: &str| {
+        b.cli(&[
+            "identity", "create", "--env", "prod", "--name", "x", "--owner", "o", "--purpose",
+            "p", "--selector", selector,
+        ])
+    };
+    let out = create("k8s:ns=payments");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("names attestor \"k8s\", which is not configured"), "{err}");
+    let out = create("dev-cluster:ns=payments");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("attests for environment dev"));
+    // `unix:` is the node agent's, accepted.
+    let out = create("unix:uid=1000");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `identity show` says who can reach an identity.
+    let shown = b.cli_ok(&["identity", "show", "--env", "prod", "--name", "payments-api"]);
+    assert!(shown.contains("prod-cluster (kubernetes)"), "{shown}");
+    let json = b.cli_ok(&["--output", "json", "identity", "show", "--env", "prod", "--name", "deploy"]);
+    assert!(json.contains("\"ci (oidc)\""), "{json}");
+
+    // A join token made for an identity without selectors cannot reach one
+    // with them, and a token proving only some selectors reaches nothing.
+    b.cli_ok(&[
+        "identity", "create", "--env", "prod", "--name", "plain", "--owner", "o", "--purpose", "p",
+    ]);
+    let token = b.join_token("prod", "plain");
+    refused(
+        attest(b, attest_request::Evidence::JoinToken(token), Some(("prod", "payments-api"))).await,
+        Code::PermissionDenied,
+        "bound to a different identity",
+    );
+    refused(
+        attest(b, k8s(p.k8s_token("payments", "worker")), Some(("prod", "payments-api"))).await,
+        Code::PermissionDenied,
+        "not matched",
+    );
+}
+
+#[tokio::test]
+async fn oidc_tokens_es256_selectors_from_claims_and_single_use() {
+    let p = Platform::start().await;
+    let b = &p.broker;
+    let token = p.github_token("run-1");
+    let ok = attest(b, oidc(token.clone()), None).await.unwrap();
+    assert_eq!(name_of(&ok), "prod/deploy");
+    // single_use: the same jti again is a replay.
+    refused(attest(b, oidc(token), None).await, Code::Unauthenticated, "already used");
+    // A refused request spends nothing: a fresh jti with the wrong expected
+    // identity is refused, and the same token then still works.
+    let fresh = p.github_token("run-2");
+    assert!(attest(b, oidc(fresh.clone()), Some(("prod", "web-a"))).await.is_err());
+    attest(b, oidc(fresh), None).await.expect("not spent by the refusal");
+    // Another repository matches nothing; the refusal lists its claims.
+    let other = sign(
+        &github_claims(&p.ci.url(), "credbroker", "evil/fork", "run-3"),
+        Signer::Es256(&p.ec, "gh1"),
+    );
+    refused(attest(b, oidc(other), None).await, Code::PermissionDenied, "ci:repository=evil/fork");
+    // A Kubernetes token is not OIDC evidence for the ci issuer, and an OIDC
+    // token of the cluster issuer finds no OIDC attestor.
+    refused(
+        attest(b, k8s(p.github_token("run-4")), None).await,
+        Code::Unauthenticated,
+        "no kubernetes attestor is configured",
+    );
+    refused(
+        attest(b, oidc(p.k8s_token("payments", "api")), None).await,
+        Code::Unauthenticated,
+        "no oidc attestor is configured",
+    );
+}
