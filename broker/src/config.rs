@@ -388,6 +388,14 @@ mod tests {
         sample.validate().unwrap();
         assert_eq!(sample.environments().unwrap().len(), 3);
         assert_eq!(sample.ttl, TtlConfig::default());
+        assert_eq!(sample.attestors.len(), 2);
+        // The commented aws_iid table parses too, once uncommented.
+        let text = include_str!("../../deploy/credbroker.toml");
+        let aws = &text[text.find("# [[attestors]]").unwrap()..];
+        let aws: String = aws.lines().map(|l| l.trim_start_matches("# ")).collect::<Vec<_>>().join("\n");
+        let mut with_aws: Config = toml::from_str(&format!("{text}\n{aws}")).unwrap();
+        with_aws.validate().unwrap();
+        assert_eq!(with_aws.attestors.len(), 3);
     }
 
     #[test]

@@ -163,7 +163,10 @@ async fn bad_identities_are_refused_with_the_field_named() {
 
 #[tokio::test]
 async fn inventory_lists_owners_and_filters() {
-    let broker = TestBroker::start_with(&["dev", "prod"], "").await;
+    // Selectors must name a configured attestor; its keys need not be
+    // reachable for identities to be registered.
+    let attestor = "[[attestors]]\nkind = \"kubernetes\"\nname = \"k8s\"\nenvironment = \"prod\"\nissuer = \"https://k8s.example\"\naudience = \"credbroker\"\njwks_file = \"/nonexistent/jwks.json\"\n";
+    let broker = TestBroker::start_with(&["dev", "prod"], attestor).await;
     broker.cli_ok(&[
         "identity",
         "create",
