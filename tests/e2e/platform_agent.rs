@@ -2,6 +2,9 @@
 //! file, an OIDC token file, a GitHub Actions runner, the EC2 metadata
 //! service — and the AWS instance identity checks.
 
+use std::time::{Duration, Instant};
+
+use credbroker_client::{CredentialSource, Evidence, RefreshPolicy, SourceConfig, SourceError};
 use credbroker_e2e::issuer::{RsaKey, TestIssuer, iid_document};
 use credbroker_e2e::{TestBroker, agent, x509};
 use credbroker_proto::v1::{AwsIid, attest_request};
@@ -146,4 +149,58 @@ async fn aws_instance_identity_documents() {
     assert!(err.message().contains("aws:account=210987654321"), "{err:?}");
     let log = b.log();
     assert!(log.contains("aws_iid:aws instance=i-0raw account=123456789012"), "{log}");
+}
+
+#[tokio::test]
+async fn a_source_with_a_token_file_rereads_it_and_re_attests_after_expiry() {
+    // [ttl] must come after the attestor tables, which Platform appends.
+    let short = "[ttl]\nfloor = \"1s\"\ndefault_x509 = \"4s\"\ndefault_jwt = \"4s\"\n";
+    let mut p = Platform::start_with(short).await;
+    p.broker.cli_ok(&[
+        "identity", "create", "--env", "prod", "--name", "short", "--owner", "o", "--purpose", "p",
+        "--selector", "prod-cluster:ns=batch", "--selector", "prod-cluster:sa=job",
+    ]);
+    let dir = p.broker.scratch("source");
+    let file = dir.join("token");
+    // First the file holds a token that matches nothing: refused, and
+    // retried, because the file will change.
+    std::fs::write(&file, p.k8s_token("batch", "other")).unwrap();
+    let source = CredentialSource::start(SourceConfig {
+        broker: p.broker.url(),
+        bundle_pem: p.broker.bundle_pem(),
+        evidence: Evidence::KubernetesTokenFile(file.clone()),
+        jwt_audiences: vec![],
+        policy: RefreshPolicy {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+            ..RefreshPolicy::default()
+        },
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    match source.current() {
+        Err(SourceError::Unavailable(reason)) => assert!(reason.contains("no identity in prod matches"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    std::fs::write(&file, p.k8s_token("batch", "job")).unwrap();
+    let creds = tokio::time::timeout(Duration::from_secs(10), source.ready())
+        .await
+        .expect("attests once the file is right")
+        .unwrap();
+    assert_eq!(creds.identity, ("prod".to_owned(), "short".to_owned()));
+    // An outage longer than the SVID's life: expiry is reported, then the
+    // source re-attests by itself with the (re-read) token.
+    p.broker.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while source.current().is_ok() {
+        assert!(Instant::now() < deadline, "expiry never reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&file, p.k8s_token("batch", "job")).unwrap();
+    p.broker.restart().await;
+    let recovered = tokio::time::timeout(Duration::from_secs(15), source.ready())
+        .await
+        .expect("re-attests by itself")
+        .unwrap();
+    assert!(!recovered.svid.remaining().is_zero());
+    assert_ne!(recovered.svid.serial, creds.svid.serial);
 }

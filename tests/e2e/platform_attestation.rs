@@ -89,6 +89,11 @@ pub(crate) const DEV_ISSUER: &str = "https://dev-cluster.example";
 
 impl Platform {
     pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// Like [`Platform::start`], with `extra` TOML (e.g. a `[ttl]` table).
+    pub async fn start_with(extra: &str) -> Self {
         let keys = tempfile::tempdir().unwrap();
         let rsa = RsaKey::generate(keys.path(), "cluster");
         let dev_rsa = RsaKey::generate(keys.path(), "dev-cluster");
@@ -112,6 +117,7 @@ impl Platform {
             &format!("jwks_file = {:?}", dev_jwks),
         );
         toml += &jwt_attestor_toml("oidc", "ci", "prod", &ci.url(), "single_use = true");
+        toml += extra;
         let broker = TestBroker::start_with(&["dev", "prod"], &toml).await;
         let create = |name: &str, selectors: &[&str]| {
             let mut args = vec![
