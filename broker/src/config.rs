@@ -392,8 +392,12 @@ mod tests {
         // The commented aws_iid table parses too, once uncommented.
         let text = include_str!("../../deploy/credbroker.toml");
         let aws = &text[text.find("# [[attestors]]").unwrap()..];
-        let aws: String = aws.lines().map(|l| l.trim_start_matches("# ")).collect::<Vec<_>>().join("\n");
-        let mut with_aws: Config = toml::from_str(&format!("{text}\n{aws}")).unwrap();
+        let aws: String = aws
+            .lines()
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let with_aws: Config = toml::from_str(&format!("{text}\n{aws}")).unwrap();
         with_aws.validate().unwrap();
         assert_eq!(with_aws.attestors.len(), 3);
     }

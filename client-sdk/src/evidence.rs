@@ -75,7 +75,10 @@ async fn read_token(path: &PathBuf) -> Result<String, ClientError> {
         .map_err(|e| evidence_err(format!("cannot read token file {}: {e}", path.display())))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(evidence_err(format!("token file {} is empty", path.display())));
+        return Err(evidence_err(format!(
+            "token file {} is empty",
+            path.display()
+        )));
     }
     Ok(token.to_owned())
 }
@@ -106,7 +109,11 @@ async fn github_token(audience: &str) -> Result<String, ClientError> {
     let url = format!("{url}{sep}audience={}", query_escape(audience));
     let auth = format!("bearer {bearer}");
     let body = HttpFetcher::new(None)
-        .request("GET", &url, &[("authorization", &auth), ("accept", "application/json")])
+        .request(
+            "GET",
+            &url,
+            &[("authorization", &auth), ("accept", "application/json")],
+        )
         .await
         .map_err(|e| evidence_err(format!("GitHub Actions token request: {e}")))?;
     let value: serde_json::Value = serde_json::from_slice(&body)
@@ -204,11 +211,21 @@ mod tests {
         let ev = Evidence::KubernetesTokenFile(path.clone());
         assert!(ev.resolve().await.is_err(), "missing file");
         std::fs::write(&path, "first\n").unwrap();
-        assert!(matches!(ev.resolve().await.unwrap(), ProtoEvidence::KubernetesToken(t) if t == "first"));
+        assert!(
+            matches!(ev.resolve().await.unwrap(), ProtoEvidence::KubernetesToken(t) if t == "first")
+        );
         std::fs::write(&path, "second").unwrap();
-        assert!(matches!(ev.resolve().await.unwrap(), ProtoEvidence::KubernetesToken(t) if t == "second"));
+        assert!(
+            matches!(ev.resolve().await.unwrap(), ProtoEvidence::KubernetesToken(t) if t == "second")
+        );
         std::fs::write(&path, "  ").unwrap();
-        assert!(ev.resolve().await.unwrap_err().to_string().contains("empty"));
+        assert!(
+            ev.resolve()
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
         assert!(format!("{:?}", Evidence::JoinToken("cbjt_secret".into())).contains("redacted"));
     }
 }

@@ -43,8 +43,8 @@ pub mod workload_api;
 pub use client::{Attestation, Client, WorkloadClient};
 pub use credbroker_proto::v1::{IntrospectResponse, Revocation};
 pub use error::ClientError;
-pub use interceptor::BearerInterceptor;
 pub use evidence::{DEFAULT_IMDS_URL, Evidence};
+pub use interceptor::BearerInterceptor;
 pub use request::JwtRequest;
 pub use revocations::RevocationWatcher;
 pub use source::{

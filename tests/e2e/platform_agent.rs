@@ -15,14 +15,29 @@ use super::platform_attestation::{Platform, attest, attest_with_csr, csr};
 
 /// Runs the agent once with `evidence` args; returns the SPIFFE ID it got.
 /// Async, so the test's own servers (runner, IMDS) keep answering.
-async fn agent_once(broker: &TestBroker, out: &std::path::Path, evidence: &[&str], env: &[(&str, &str)]) -> String {
+async fn agent_once(
+    broker: &TestBroker,
+    out: &std::path::Path,
+    evidence: &[&str],
+    env: &[(&str, &str)],
+) -> String {
     let bundle = broker.bundle_path();
     let url = broker.url();
-    let mut args = vec!["--broker", url.as_str(), "--bundle", bundle.to_str().unwrap(), "--out-dir", out.to_str().unwrap(), "--once"];
+    let mut args = vec![
+        "--broker",
+        url.as_str(),
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--once",
+    ];
     args.extend_from_slice(evidence);
     let output = {
         let mut cmd = tokio::process::Command::new(credbroker_e2e::binary("credbroker-agent"));
-        cmd.args(&args).env_remove("CREDBROKER_JOIN_TOKEN").env_remove("CREDBROKER_BROKER");
+        cmd.args(&args)
+            .env_remove("CREDBROKER_JOIN_TOKEN")
+            .env_remove("CREDBROKER_BROKER");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -48,14 +63,27 @@ async fn the_agent_attests_with_each_kind_of_platform_evidence() {
     let dir = b.scratch("k8s");
     let token_file = dir.join("token");
     std::fs::write(&token_file, p.k8s_token("payments", "api")).unwrap();
-    let id = agent_once(b, &dir.join("out"), &["--k8s-token", token_file.to_str().unwrap()], &[]).await;
+    let id = agent_once(
+        b,
+        &dir.join("out"),
+        &["--k8s-token", token_file.to_str().unwrap()],
+        &[],
+    )
+    .await;
     assert_eq!(id, "spiffe://prod.example.org/payments-api");
     // The file is read at every attestation: a rotated token for another
     // service account attests as what the new token says.
     std::fs::write(&token_file, p.k8s_token("web", "x")).unwrap();
     let out = agent(&[
-        "--broker", &b.url(), "--bundle", b.bundle_path().to_str().unwrap(), "--out-dir",
-        dir.join("out2").to_str().unwrap(), "--once", "--k8s-token", token_file.to_str().unwrap(),
+        "--broker",
+        &b.url(),
+        "--bundle",
+        b.bundle_path().to_str().unwrap(),
+        "--out-dir",
+        dir.join("out2").to_str().unwrap(),
+        "--once",
+        "--k8s-token",
+        token_file.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("several identities match"));
@@ -64,7 +92,13 @@ async fn the_agent_attests_with_each_kind_of_platform_evidence() {
     let dir = b.scratch("oidc");
     let file = dir.join("id-token");
     std::fs::write(&file, p.github_token("agent-run-1")).unwrap();
-    let id = agent_once(b, &dir.join("out"), &["--oidc-token", file.to_str().unwrap()], &[]).await;
+    let id = agent_once(
+        b,
+        &dir.join("out"),
+        &["--oidc-token", file.to_str().unwrap()],
+        &[],
+    )
+    .await;
     assert_eq!(id, "spiffe://prod.example.org/deploy");
 
     // GitHub Actions: the runner's token endpoint, with its bearer token.
@@ -75,7 +109,13 @@ async fn the_agent_attests_with_each_kind_of_platform_evidence() {
         ("ACTIONS_ID_TOKEN_REQUEST_URL", request_url.as_str()),
         ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "runner-secret"),
     ];
-    let id = agent_once(b, &dir.join("out"), &["--github-actions-audience", "credbroker"], &env).await;
+    let id = agent_once(
+        b,
+        &dir.join("out"),
+        &["--github-actions-audience", "credbroker"],
+        &env,
+    )
+    .await;
     assert_eq!(id, "spiffe://prod.example.org/deploy");
     assert!(!b.log().contains("runner-secret"));
 }
@@ -92,14 +132,29 @@ async fn aws_platform() -> (TestBroker, RsaKey, TestIssuer, tempfile::TempDir) {
     );
     let broker = TestBroker::start_with(&["prod"], &toml).await;
     broker.cli_ok(&[
-        "identity", "create", "--env", "prod", "--name", "batch", "--owner", "o", "--purpose", "p",
-        "--selector", "aws:account=123456789012", "--selector", "aws:region=eu-west-1",
+        "identity",
+        "create",
+        "--env",
+        "prod",
+        "--name",
+        "batch",
+        "--owner",
+        "o",
+        "--purpose",
+        "p",
+        "--selector",
+        "aws:account=123456789012",
+        "--selector",
+        "aws:region=eu-west-1",
     ]);
     (broker, aws, imds, keys)
 }
 
 fn pending_now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now() - std::time::Duration::from_secs(60)).to_string()
+    humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(60),
+    )
+    .to_string()
 }
 
 #[tokio::test]
@@ -109,46 +164,89 @@ async fn aws_instance_identity_documents() {
     let doc = iid_document("i-0agent", &pending_now());
     imds.set_imds(doc.clone(), aws.sign_b64(&doc));
     let dir = b.scratch("aws");
-    let id = agent_once(&b, &dir.join("out"), &["--aws-iid", "--aws-imds-url", &imds.url()], &[]).await;
+    let id = agent_once(
+        &b,
+        &dir.join("out"),
+        &["--aws-iid", "--aws-imds-url", &imds.url()],
+        &[],
+    )
+    .await;
     assert_eq!(id, "spiffe://prod.example.org/batch");
 
-    let iid = |doc: &[u8], sig: String| attest_request::Evidence::AwsIid(AwsIid {
-        document: doc.to_vec(),
-        signature: sig,
-    });
+    let iid = |doc: &[u8], sig: String| {
+        attest_request::Evidence::AwsIid(AwsIid {
+            document: doc.to_vec(),
+            signature: sig,
+        })
+    };
     // An instance is bound to the key it first attested with: the same key
     // again is fine, a copied document from another key is not.
     let doc = iid_document("i-0raw", &pending_now());
     let key_csr = csr();
-    attest_with_csr(&b, iid(&doc, aws.sign_b64(&doc)), None, key_csr.clone()).await.unwrap();
-    attest_with_csr(&b, iid(&doc, aws.sign_b64(&doc)), None, key_csr).await.expect("same key");
-    let err = attest(&b, iid(&doc, aws.sign_b64(&doc)), None).await.unwrap_err();
+    attest_with_csr(&b, iid(&doc, aws.sign_b64(&doc)), None, key_csr.clone())
+        .await
+        .unwrap();
+    attest_with_csr(&b, iid(&doc, aws.sign_b64(&doc)), None, key_csr)
+        .await
+        .expect("same key");
+    let err = attest(&b, iid(&doc, aws.sign_b64(&doc)), None)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("instance i-0raw already attested with another key"), "{err:?}");
+    assert!(
+        err.message()
+            .contains("instance i-0raw already attested with another key"),
+        "{err:?}"
+    );
     // Signature by another key, or a changed document.
     let other = RsaKey::generate(keys.path(), "not-aws");
-    let err = attest(&b, iid(&doc, other.sign_b64(&doc)), None).await.unwrap_err();
-    assert!(err.message().contains("document signature does not verify"), "{err:?}");
+    let err = attest(&b, iid(&doc, other.sign_b64(&doc)), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("document signature does not verify"),
+        "{err:?}"
+    );
     let mut changed = doc.clone();
-    let at = changed.windows(12).position(|w| w == b"123456789012").unwrap();
+    let at = changed
+        .windows(12)
+        .position(|w| w == b"123456789012")
+        .unwrap();
     changed[at] = b'9';
-    let err = attest(&b, iid(&changed, aws.sign_b64(&doc)), None).await.unwrap_err();
+    let err = attest(&b, iid(&changed, aws.sign_b64(&doc)), None)
+        .await
+        .unwrap_err();
     assert!(err.message().contains("does not verify"), "{err:?}");
     // Too old (launched in January; default max_document_age 24h).
     let old = iid_document("i-0old", "2026-01-01T00:00:00Z");
-    let err = attest(&b, iid(&old, aws.sign_b64(&old)), None).await.unwrap_err();
-    assert!(err.message().contains("older than max_document_age"), "{err:?}");
+    let err = attest(&b, iid(&old, aws.sign_b64(&old)), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("older than max_document_age"),
+        "{err:?}"
+    );
     // Another account matches nothing.
     let foreign = String::from_utf8(iid_document("i-0foreign", &pending_now()))
         .unwrap()
         .replace("123456789012", "210987654321");
-    let err = attest(&b, iid(foreign.as_bytes(), aws.sign_b64(foreign.as_bytes())), None)
-        .await
-        .unwrap_err();
+    let err = attest(
+        &b,
+        iid(foreign.as_bytes(), aws.sign_b64(foreign.as_bytes())),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("aws:account=210987654321"), "{err:?}");
+    assert!(
+        err.message().contains("aws:account=210987654321"),
+        "{err:?}"
+    );
     let log = b.log();
-    assert!(log.contains("aws_iid:aws instance=i-0raw account=123456789012"), "{log}");
+    assert!(
+        log.contains("aws_iid:aws instance=i-0raw account=123456789012"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -157,8 +255,20 @@ async fn a_source_with_a_token_file_rereads_it_and_re_attests_after_expiry() {
     let short = "[ttl]\nfloor = \"1s\"\ndefault_x509 = \"4s\"\ndefault_jwt = \"4s\"\n";
     let mut p = Platform::start_with(short).await;
     p.broker.cli_ok(&[
-        "identity", "create", "--env", "prod", "--name", "short", "--owner", "o", "--purpose", "p",
-        "--selector", "prod-cluster:ns=batch", "--selector", "prod-cluster:sa=job",
+        "identity",
+        "create",
+        "--env",
+        "prod",
+        "--name",
+        "short",
+        "--owner",
+        "o",
+        "--purpose",
+        "p",
+        "--selector",
+        "prod-cluster:ns=batch",
+        "--selector",
+        "prod-cluster:sa=job",
     ]);
     let dir = p.broker.scratch("source");
     let file = dir.join("token");
@@ -178,7 +288,9 @@ async fn a_source_with_a_token_file_rereads_it_and_re_attests_after_expiry() {
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
     match source.current() {
-        Err(SourceError::Unavailable(reason)) => assert!(reason.contains("no identity in prod matches"), "{reason}"),
+        Err(SourceError::Unavailable(reason)) => {
+            assert!(reason.contains("no identity in prod matches"), "{reason}")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
     std::fs::write(&file, p.k8s_token("batch", "job")).unwrap();

@@ -69,7 +69,11 @@ fn name_of(r: &AttestResponse) -> String {
 fn refused(result: Result<AttestResponse, Status>, code: Code, needle: &str) {
     let err = result.expect_err("attestation should be refused");
     assert_eq!(err.code(), code, "{needle}: {err:?}");
-    assert!(err.message().contains(needle), "want {needle:?}, got {:?}", err.message());
+    assert!(
+        err.message().contains(needle),
+        "want {needle:?}, got {:?}",
+        err.message()
+    );
 }
 
 /// A broker with a `prod-cluster` Kubernetes attestor (JWKS by URL), a
@@ -107,7 +111,10 @@ impl Platform {
             "prod-cluster",
             "prod",
             &cluster.url(),
-            &format!("jwks_url = \"{}/jwks\"\nmax_token_lifetime = \"2h\"", cluster.url()),
+            &format!(
+                "jwks_url = \"{}/jwks\"\nmax_token_lifetime = \"2h\"",
+                cluster.url()
+            ),
         );
         toml += &jwt_attestor_toml(
             "kubernetes",
@@ -121,18 +128,34 @@ impl Platform {
         let broker = TestBroker::start_with(&["dev", "prod"], &toml).await;
         let create = |name: &str, selectors: &[&str]| {
             let mut args = vec![
-                "identity", "create", "--env", "prod", "--name", name, "--owner", "team",
-                "--purpose", "test", "--audience", "billing",
+                "identity",
+                "create",
+                "--env",
+                "prod",
+                "--name",
+                name,
+                "--owner",
+                "team",
+                "--purpose",
+                "test",
+                "--audience",
+                "billing",
             ];
             for s in selectors {
                 args.extend(["--selector", s]);
             }
             broker.cli_ok(&args);
         };
-        create("payments-api", &["prod-cluster:ns=payments", "prod-cluster:sa=api"]);
+        create(
+            "payments-api",
+            &["prod-cluster:ns=payments", "prod-cluster:sa=api"],
+        );
         create("web-a", &["prod-cluster:ns=web"]);
         create("web-b", &["prod-cluster:ns=web"]);
-        create("deploy", &["ci:repository=acme/api", "ci:ref=refs/heads/main"]);
+        create(
+            "deploy",
+            &["ci:repository=acme/api", "ci:ref=refs/heads/main"],
+        );
         Self {
             broker,
             cluster,
@@ -160,7 +183,9 @@ async fn kubernetes_tokens_are_verified_claim_by_claim() {
     let p = Platform::start().await;
     let b = &p.broker;
     let iss = p.cluster.url();
-    let ok = attest(b, k8s(p.k8s_token("payments", "api")), None).await.unwrap();
+    let ok = attest(b, k8s(p.k8s_token("payments", "api")), None)
+        .await
+        .unwrap();
     assert_eq!(name_of(&ok), "prod/payments-api");
 
     let signed = |claims: serde_json::Value| k8s(sign(&claims, Signer::Rs256(&p.rsa, "k1")));
@@ -173,7 +198,12 @@ async fn kubernetes_tokens_are_verified_claim_by_claim() {
     let now = credbroker_e2e::issuer::now();
     let unauth = Code::Unauthenticated;
     refused(
-        attest(b, signed(with("iss", json!("https://elsewhere.example"))), None).await,
+        attest(
+            b,
+            signed(with("iss", json!("https://elsewhere.example"))),
+            None,
+        )
+        .await,
         unauth,
         "no kubernetes attestor is configured for issuer \"https://elsewhere.example\"",
     );
@@ -185,7 +215,11 @@ async fn kubernetes_tokens_are_verified_claim_by_claim() {
     let mut expired = with("exp", json!(now - 120));
     expired["iat"] = json!(now - 1800);
     expired["nbf"] = json!(now - 1800);
-    refused(attest(b, signed(expired), None).await, unauth, "token expired");
+    refused(
+        attest(b, signed(expired), None).await,
+        unauth,
+        "token expired",
+    );
     refused(
         attest(b, signed(with("nbf", json!(now + 600))), None).await,
         unauth,
@@ -198,7 +232,11 @@ async fn kubernetes_tokens_are_verified_claim_by_claim() {
     );
     let mut no_k8s = base.clone();
     no_k8s.as_object_mut().unwrap().remove("kubernetes.io");
-    refused(attest(b, signed(no_k8s), None).await, unauth, "no kubernetes.io claim");
+    refused(
+        attest(b, signed(no_k8s), None).await,
+        unauth,
+        "no kubernetes.io claim",
+    );
 
     // Tampered: the payload says another namespace, the signature is the
     // original's.
@@ -210,24 +248,38 @@ async fn kubernetes_tokens_are_verified_claim_by_claim() {
         k
     });
     use base64::Engine;
-    let evil_payload =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(evil.to_string());
+    let evil_payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(evil.to_string());
     let tampered = format!("{}.{}.{}", parts[0], evil_payload, parts[2]);
-    refused(attest(b, k8s(tampered), None).await, unauth, "signature does not verify");
+    refused(
+        attest(b, k8s(tampered), None).await,
+        unauth,
+        "signature does not verify",
+    );
 
-    refused(attest(b, k8s(unsigned(&base)), None).await, unauth, "alg \"none\"");
+    refused(
+        attest(b, k8s(unsigned(&base)), None).await,
+        unauth,
+        "alg \"none\"",
+    );
     refused(
         attest(b, k8s(hs256(&base, &p.rsa.public_pem, "k1")), None).await,
         unauth,
         "HMAC is never accepted",
     );
     // Bad input, not a signature problem.
-    refused(attest(b, k8s("not-a-jwt".into()), None).await, Code::InvalidArgument, "compact JWS");
+    refused(
+        attest(b, k8s("not-a-jwt".into()), None).await,
+        Code::InvalidArgument,
+        "compact JWS",
+    );
 
     // Nothing about the tokens reached the log.
     let log = b.log();
     assert!(!log.contains(&good), "token leaked into the log");
-    assert!(!log.contains(&parts[2][..20]), "signature leaked into the log");
+    assert!(
+        !log.contains(&parts[2][..20]),
+        "signature leaked into the log"
+    );
 }
 
 #[tokio::test]
@@ -255,7 +307,10 @@ async fn unknown_kid_refreshes_the_jwks_and_a_rotated_key_works() {
         let t = sign(&claims, Signer::Rs256(&next, &format!("bogus-{i}")));
         assert!(attest(&p.broker, k8s(t), None).await.is_err());
     }
-    assert!(p.cluster.jwks_fetches() - before <= 1, "JWKS fetched per bogus kid");
+    assert!(
+        p.cluster.jwks_fetches() - before <= 1,
+        "JWKS fetched per bogus kid"
+    );
 }
 
 #[tokio::test]
@@ -274,10 +329,17 @@ async fn selectors_decide_the_identity() {
         Code::PermissionDenied,
         "several identities match the evidence of prod-cluster: prod/web-a, prod/web-b",
     );
-    let ok = attest(b, k8s(p.k8s_token("web", "x")), Some(("prod", "web-b"))).await.unwrap();
+    let ok = attest(b, k8s(p.k8s_token("web", "x")), Some(("prod", "web-b")))
+        .await
+        .unwrap();
     assert_eq!(name_of(&ok), "prod/web-b");
     refused(
-        attest(b, k8s(p.k8s_token("web", "x")), Some(("prod", "payments-api"))).await,
+        attest(
+            b,
+            k8s(p.k8s_token("web", "x")),
+            Some(("prod", "payments-api")),
+        )
+        .await,
         Code::PermissionDenied,
         "identity prod/payments-api is not matched",
     );
@@ -298,11 +360,17 @@ async fn selectors_decide_the_identity() {
         &k8s_claims(DEV_ISSUER, "credbroker", "payments", "api", "p"),
         Signer::Rs256(&p.rsa, "d1"),
     );
-    refused(attest(b, k8s(forged), None).await, Code::Unauthenticated, "signature does not verify");
+    refused(
+        attest(b, k8s(forged), None).await,
+        Code::Unauthenticated,
+        "signature does not verify",
+    );
 
     // The audit record names the attestor, the matched selectors and the
     // token's jti and sub.
-    attest(b, k8s(p.k8s_token("payments", "api")), None).await.unwrap();
+    attest(b, k8s(p.k8s_token("payments", "api")), None)
+        .await
+        .unwrap();
     let log = b.log();
     assert!(
         log.lines().any(|l| l.contains(r#"decision="issued""#)
@@ -311,8 +379,11 @@ async fn selectors_decide_the_identity() {
             && l.contains("matched=[prod-cluster:ns=payments, prod-cluster:sa=api]")),
         "{log}"
     );
-    assert!(log.lines().any(|l| l.contains(r#"decision="denied""#)
-        && l.contains("no identity in prod matches")));
+    assert!(
+        log.lines().any(
+            |l| l.contains(r#"decision="denied""#) && l.contains("no identity in prod matches")
+        )
+    );
 }
 
 #[tokio::test]
@@ -327,38 +398,83 @@ async fn identities_with_selectors_need_matching_evidence() {
     // …and selectors must name a configured attestor of the environment.
     let create = |selector: &str| {
         b.cli(&[
-            "identity", "create", "--env", "prod", "--name", "x", "--owner", "o", "--purpose",
-            "p", "--selector", selector,
+            "identity",
+            "create",
+            "--env",
+            "prod",
+            "--name",
+            "x",
+            "--owner",
+            "o",
+            "--purpose",
+            "p",
+            "--selector",
+            selector,
         ])
     };
     let out = create("k8s:ns=payments");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("names attestor \"k8s\", which is not configured"), "{err}");
+    assert!(
+        err.contains("names attestor \"k8s\", which is not configured"),
+        "{err}"
+    );
     let out = create("dev-cluster:ns=payments");
     assert!(String::from_utf8_lossy(&out.stderr).contains("attests for environment dev"));
     // `unix:` is the node agent's, accepted.
     let out = create("unix:uid=1000");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // `identity show` says who can reach an identity.
-    let shown = b.cli_ok(&["identity", "show", "--env", "prod", "--name", "payments-api"]);
+    let shown = b.cli_ok(&[
+        "identity",
+        "show",
+        "--env",
+        "prod",
+        "--name",
+        "payments-api",
+    ]);
     assert!(shown.contains("prod-cluster (kubernetes)"), "{shown}");
-    let json = b.cli_ok(&["--output", "json", "identity", "show", "--env", "prod", "--name", "deploy"]);
+    let json = b.cli_ok(&[
+        "--output", "json", "identity", "show", "--env", "prod", "--name", "deploy",
+    ]);
     assert!(json.contains("\"ci (oidc)\""), "{json}");
 
     // A join token made for an identity without selectors cannot reach one
     // with them, and a token proving only some selectors reaches nothing.
     b.cli_ok(&[
-        "identity", "create", "--env", "prod", "--name", "plain", "--owner", "o", "--purpose", "p",
+        "identity",
+        "create",
+        "--env",
+        "prod",
+        "--name",
+        "plain",
+        "--owner",
+        "o",
+        "--purpose",
+        "p",
     ]);
     let token = b.join_token("prod", "plain");
     refused(
-        attest(b, attest_request::Evidence::JoinToken(token), Some(("prod", "payments-api"))).await,
+        attest(
+            b,
+            attest_request::Evidence::JoinToken(token),
+            Some(("prod", "payments-api")),
+        )
+        .await,
         Code::PermissionDenied,
         "bound to a different identity",
     );
     refused(
-        attest(b, k8s(p.k8s_token("payments", "worker")), Some(("prod", "payments-api"))).await,
+        attest(
+            b,
+            k8s(p.k8s_token("payments", "worker")),
+            Some(("prod", "payments-api")),
+        )
+        .await,
         Code::PermissionDenied,
         "not matched",
     );
@@ -372,18 +488,32 @@ async fn oidc_tokens_es256_selectors_from_claims_and_single_use() {
     let ok = attest(b, oidc(token.clone()), None).await.unwrap();
     assert_eq!(name_of(&ok), "prod/deploy");
     // single_use: the same jti again is a replay.
-    refused(attest(b, oidc(token), None).await, Code::Unauthenticated, "already used");
+    refused(
+        attest(b, oidc(token), None).await,
+        Code::Unauthenticated,
+        "already used",
+    );
     // A refused request spends nothing: a fresh jti with the wrong expected
     // identity is refused, and the same token then still works.
     let fresh = p.github_token("run-2");
-    assert!(attest(b, oidc(fresh.clone()), Some(("prod", "web-a"))).await.is_err());
-    attest(b, oidc(fresh), None).await.expect("not spent by the refusal");
+    assert!(
+        attest(b, oidc(fresh.clone()), Some(("prod", "web-a")))
+            .await
+            .is_err()
+    );
+    attest(b, oidc(fresh), None)
+        .await
+        .expect("not spent by the refusal");
     // Another repository matches nothing; the refusal lists its claims.
     let other = sign(
         &github_claims(&p.ci.url(), "credbroker", "evil/fork", "run-3"),
         Signer::Es256(&p.ec, "gh1"),
     );
-    refused(attest(b, oidc(other), None).await, Code::PermissionDenied, "ci:repository=evil/fork");
+    refused(
+        attest(b, oidc(other), None).await,
+        Code::PermissionDenied,
+        "ci:repository=evil/fork",
+    );
     // A Kubernetes token is not OIDC evidence for the ci issuer, and an OIDC
     // token of the cluster issuer finds no OIDC attestor.
     refused(

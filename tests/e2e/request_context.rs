@@ -51,7 +51,10 @@ async fn workload_from(
         .ca_certificate(Certificate::from_pem(broker.bundle_pem()))
         .domain_name("127.0.0.1");
     if let Some(svid) = svid {
-        tls = tls.identity(Identity::from_pem(svid.cert_chain_pem(), svid.private_key_pem()));
+        tls = tls.identity(Identity::from_pem(
+            svid.cert_chain_pem(),
+            svid.private_key_pem(),
+        ));
     }
     let addr: SocketAddr = broker.url().trim_start_matches("https://").parse().unwrap();
     let channel = Endpoint::from_shared(broker.url())
@@ -73,16 +76,38 @@ async fn allow_cidr_refuses_calls_from_other_addresses() {
     let broker = TestBroker::start().await;
     let create = |name: &str, cidr: &str| {
         broker.cli_ok(&[
-            "identity", "create", "--env", "dev", "--name", name, "--owner", "o", "--purpose", "p",
-            "--audience", "billing", "--allow-cidr", cidr,
+            "identity",
+            "create",
+            "--env",
+            "dev",
+            "--name",
+            name,
+            "--owner",
+            "o",
+            "--purpose",
+            "p",
+            "--audience",
+            "billing",
+            "--allow-cidr",
+            cidr,
         ])
     };
     let shown = create("far", "10.2.0.0/16");
     assert!(shown.contains("10.2.0.0/16"), "{shown}");
     create("near", "127.0.0.1/32");
     let out = broker.cli(&[
-        "identity", "create", "--env", "dev", "--name", "bad", "--owner", "o", "--purpose", "p",
-        "--allow-cidr", "10.2.3.4/16",
+        "identity",
+        "create",
+        "--env",
+        "dev",
+        "--name",
+        "bad",
+        "--owner",
+        "o",
+        "--purpose",
+        "p",
+        "--allow-cidr",
+        "10.2.3.4/16",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("host bits set"));
 
@@ -94,14 +119,19 @@ async fn allow_cidr_refuses_calls_from_other_addresses() {
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
     assert!(
-        err.to_string().contains("peer address 127.0.0.1 is outside the networks identity dev/far allows (10.2.0.0/16)"),
+        err.to_string().contains(
+            "peer address 127.0.0.1 is outside the networks identity dev/far allows (10.2.0.0/16)"
+        ),
         "{err}"
     );
 
     // Attest from an allowed address, then FetchJwt and RenewX509 from
     // 127.0.0.2 with the same, valid SVID.
     let attested = client
-        .attest(&Evidence::JoinToken(broker.join_token("dev", "near")), &[JwtRequest::audience("billing")])
+        .attest(
+            &Evidence::JoinToken(broker.join_token("dev", "near")),
+            &[JwtRequest::audience("billing")],
+        )
         .await
         .expect("attest from 127.0.0.1");
     let mut elsewhere = workload_from(&broker, "127.0.0.2", Some(&attested.svid)).await;
@@ -114,7 +144,10 @@ async fn allow_cidr_refuses_calls_from_other_addresses() {
     };
     let err = elsewhere.fetch_jwt(jwt.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("peer address 127.0.0.2 is outside"), "{err:?}");
+    assert!(
+        err.message().contains("peer address 127.0.0.2 is outside"),
+        "{err:?}"
+    );
     let csr = super::platform_attestation::csr();
     let err = elsewhere
         .renew_x509(RenewX509Request { csr: csr.clone() })
@@ -123,15 +156,20 @@ async fn allow_cidr_refuses_calls_from_other_addresses() {
     assert_eq!(err.code(), Code::PermissionDenied);
     // Positive control: the same calls from 127.0.0.1 work.
     let mut here = workload_from(&broker, "127.0.0.1", Some(&attested.svid)).await;
-    here.fetch_jwt(jwt).await.expect("fetch from allowed address");
-    here.renew_x509(RenewX509Request { csr }).await.expect("renew from allowed address");
+    here.fetch_jwt(jwt)
+        .await
+        .expect("fetch from allowed address");
+    here.renew_x509(RenewX509Request { csr })
+        .await
+        .expect("renew from allowed address");
 
     let log = broker.log();
     for action in ["attest", "fetch_jwt", "renew_x509"] {
         assert!(
-            log.lines().any(|l| l.contains(&format!("action=\"{action}\""))
-                && l.contains("decision=\"denied\"")
-                && l.contains("is outside the networks")),
+            log.lines()
+                .any(|l| l.contains(&format!("action=\"{action}\""))
+                    && l.contains("decision=\"denied\"")
+                    && l.contains("is outside the networks")),
             "{action} refusal not audited"
         );
     }

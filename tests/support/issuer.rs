@@ -34,8 +34,15 @@ pub struct RsaKey {
 }
 
 fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl RsaKey {
@@ -44,16 +51,49 @@ impl RsaKey {
         let key = dir.join(format!("{name}.key"));
         let cert = dir.join(format!("{name}.pem"));
         let public = dir.join(format!("{name}.pub"));
-        openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key.to_str().unwrap()]);
-        openssl(&["req", "-x509", "-new", "-key", key.to_str().unwrap(), "-subj", "/CN=test-aws", "-days", "2", "-out", cert.to_str().unwrap()]);
-        openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            key.to_str().unwrap(),
+        ]);
+        openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            key.to_str().unwrap(),
+            "-subj",
+            "/CN=test-aws",
+            "-days",
+            "2",
+            "-out",
+            cert.to_str().unwrap(),
+        ]);
+        openssl(&[
+            "pkey",
+            "-in",
+            key.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ]);
         let cert_pem = std::fs::read(&cert).unwrap();
         let der = rustls_pki_types::CertificateDer::from_pem_slice(&cert_pem).unwrap();
         let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
-        let x509_parser::public_key::PublicKey::RSA(rsa) = parsed.public_key().parsed().unwrap() else {
+        let x509_parser::public_key::PublicKey::RSA(rsa) = parsed.public_key().parsed().unwrap()
+        else {
             panic!("not RSA")
         };
-        let strip = |b: &[u8]| b.iter().skip_while(|x| **x == 0).copied().collect::<Vec<u8>>();
+        let strip = |b: &[u8]| {
+            b.iter()
+                .skip_while(|x| **x == 0)
+                .copied()
+                .collect::<Vec<u8>>()
+        };
         Self {
             pem: std::fs::read(&key).unwrap(),
             cert_path: cert,
@@ -120,7 +160,11 @@ pub enum Signer<'a> {
 /// Signs `claims` as a compact JWS.
 pub fn sign(claims: &Value, signer: Signer<'_>) -> String {
     let (alg, key, kid) = match signer {
-        Signer::Rs256(k, kid) => (Algorithm::RS256, EncodingKey::from_rsa_pem(&k.pem).unwrap(), kid),
+        Signer::Rs256(k, kid) => (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&k.pem).unwrap(),
+            kid,
+        ),
         Signer::Es256(k, kid) => (Algorithm::ES256, EncodingKey::from_ec_der(&k.pkcs8), kid),
     };
     let mut header = Header::new(alg);

@@ -16,10 +16,10 @@ use tonic::{Request, Response, Status};
 use super::peer::Caller;
 use super::status;
 use super::{audit_api, join_token_api, revoke_api};
+use crate::attest::AttestorInfo;
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::model::{EnvName, IdentityKey, IdentityName, unix_now};
-use crate::attest::AttestorInfo;
 use crate::policy::{
     IdentityRequest, IdentityView, PolicyError, check_selector_prefixes, selectors,
     validate_new_identity,

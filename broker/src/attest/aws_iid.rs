@@ -59,8 +59,12 @@ impl AwsIidAttestor {
     pub fn from_config(c: &AttestorConfig, store: Arc<dyn Store>) -> Result<Self, ConfigError> {
         let bad = |why: String| ConfigError::Invalid(format!("attestor {:?}: {why}", c.name));
         let path = c.certificate_file.as_ref().expect("validated");
-        let pem = std::fs::read(path)
-            .map_err(|e| bad(format!("cannot read certificate_file {}: {e}", path.display())))?;
+        let pem = std::fs::read(path).map_err(|e| {
+            bad(format!(
+                "cannot read certificate_file {}: {e}",
+                path.display()
+            ))
+        })?;
         let mut keys = Vec::new();
         for der in CertificateDer::pem_slice_iter(&pem) {
             let der = der.map_err(|e| bad(format!("{}: {e}", path.display())))?;
@@ -132,7 +136,9 @@ impl Attestor for AwsIidAttestor {
             signature,
         } = evidence
         else {
-            return Err(AttestError::Invalid("not an instance identity document".into()));
+            return Err(AttestError::Invalid(
+                "not an instance identity document".into(),
+            ));
         };
         if document.len() > MAX_DOCUMENT_BYTES {
             return Err(self.reject(format!(
@@ -143,8 +149,11 @@ impl Attestor for AwsIidAttestor {
             return Err(self.reject("document signature does not verify"));
         }
         // Signed by AWS: now the document may be read.
-        let doc: Document = serde_json::from_slice(document)
-            .map_err(|e| self.reject(format!("document is not an instance identity document: {e}")))?;
+        let doc: Document = serde_json::from_slice(document).map_err(|e| {
+            self.reject(format!(
+                "document is not an instance identity document: {e}"
+            ))
+        })?;
         let evidence_id = format!("instance={} account={}", doc.instance_id, doc.account_id);
         if let Some(max_age) = self.max_age {
             let pending = humantime::parse_rfc3339_weak(&doc.pending_time)
@@ -161,7 +170,10 @@ impl Attestor for AwsIidAttestor {
             }
         }
         if !self.allow_reattestation
-            && let Some(bound) = self.store.instance_key(&self.name, &doc.instance_id).await?
+            && let Some(bound) = self
+                .store
+                .instance_key(&self.name, &doc.instance_id)
+                .await?
             && bound != facts.key_sha256
         {
             return Err(self.reject(format!(

@@ -136,7 +136,10 @@ impl AttestorConfig {
     fn validate(&self, envs: &[Environment]) -> Result<(), ConfigError> {
         let name = &self.name;
         if !valid_name(name) {
-            return Err(invalid(name, "name must be non-empty and use only a-z 0-9 -"));
+            return Err(invalid(
+                name,
+                "name must be non-empty and use only a-z 0-9 -",
+            ));
         }
         if name == RESERVED_PREFIX {
             return Err(invalid(
@@ -156,7 +159,10 @@ impl AttestorConfig {
         let kind = self.kind.as_str();
         let misplaced = |keys: Vec<&'static str>| -> Result<(), ConfigError> {
             match keys.first() {
-                Some(key) => Err(invalid(name, format!("{key} does not apply to kind {kind}"))),
+                Some(key) => Err(invalid(
+                    name,
+                    format!("{key} does not apply to kind {kind}"),
+                )),
                 None => Ok(()),
             }
         };
@@ -260,7 +266,8 @@ mod tests {
     use crate::config::Config;
 
     fn parse(toml: &str) -> Result<(), ConfigError> {
-        let mut config: Config = toml::from_str(toml).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut config: Config =
+            toml::from_str(toml).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.environments = vec![crate::config::EnvironmentConfig {
             name: "prod".into(),
             trust_domain: None,
@@ -284,13 +291,22 @@ mod tests {
         let cases = [
             (K8S.replace("prod-cluster", "Prod"), "name must be"),
             (K8S.replace("prod-cluster", "unix"), "reserved"),
-            (K8S.replace("environment = \"prod\"", "environment = \"dev\""), "not served"),
-            (K8S.replace("audience = \"credbroker\"", ""), "audience is required"),
+            (
+                K8S.replace("environment = \"prod\"", "environment = \"dev\""),
+                "not served",
+            ),
+            (
+                K8S.replace("audience = \"credbroker\"", ""),
+                "audience is required",
+            ),
             (
                 K8S.replace("jwks_file", "certificate_file"),
                 "certificate_file does not apply",
             ),
-            (format!("{K8S}single_use = true"), "single_use applies to kind oidc"),
+            (
+                format!("{K8S}single_use = true"),
+                "single_use applies to kind oidc",
+            ),
             (format!("{K8S}jwks_url = \"http://x\""), "not both"),
             (format!("{K8S}{K8S}"), "used twice"),
             (
@@ -312,6 +328,9 @@ mod tests {
             let err = parse(&toml).unwrap_err().to_string();
             assert!(err.contains(needle), "{needle}: got {err}");
         }
-        assert!(parse(&format!("{K8S}colour = \"red\"")).is_err(), "unknown key");
+        assert!(
+            parse(&format!("{K8S}colour = \"red\"")).is_err(),
+            "unknown key"
+        );
     }
 }

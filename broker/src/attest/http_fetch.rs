@@ -194,8 +194,8 @@ impl HttpFetcher {
         let response = if https {
             self.https_ready()?;
             let connector = self.tls.as_ref().expect("checked above");
-            let name = ServerName::try_from(host.clone())
-                .map_err(|_| FetchError::Url(url.to_owned()))?;
+            let name =
+                ServerName::try_from(host.clone()).map_err(|_| FetchError::Url(url.to_owned()))?;
             let tls = connector
                 .connect(name, tcp)
                 .await

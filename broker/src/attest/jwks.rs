@@ -45,7 +45,9 @@ impl Alg {
             a if a.starts_with("HS") => Err(format!(
                 "JWT algorithm {a:?} refused: HMAC is never accepted for platform tokens"
             )),
-            a => Err(format!("unsupported JWT algorithm {a:?} (RS256 or ES256 accepted)")),
+            a => Err(format!(
+                "unsupported JWT algorithm {a:?} (RS256 or ES256 accepted)"
+            )),
         }
     }
 
@@ -152,8 +154,7 @@ impl Jwk {
 /// Parses a JWK Set, keeping the RS256/ES256 signing keys and skipping the
 /// rest (an issuer may publish encryption keys or other types).
 pub fn parse_jwks(json: &[u8]) -> Result<Vec<Jwk>, String> {
-    let raw: RawJwks =
-        serde_json::from_slice(json).map_err(|e| format!("not a JWK Set: {e}"))?;
+    let raw: RawJwks = serde_json::from_slice(json).map_err(|e| format!("not a JWK Set: {e}"))?;
     let keys: Vec<Jwk> = raw
         .keys
         .into_iter()
@@ -227,8 +228,8 @@ impl JwksCache {
                     issuer.trim_end_matches('/')
                 );
                 let doc = self.http.get(&url).await.map_err(fetch_err)?;
-                let doc: serde_json::Value = serde_json::from_slice(&doc)
-                    .map_err(|e| format!("{url}: not JSON: {e}"))?;
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&doc).map_err(|e| format!("{url}: not JSON: {e}"))?;
                 let jwks_uri = doc
                     .get("jwks_uri")
                     .and_then(|v| v.as_str())

@@ -3,16 +3,17 @@
 //! signature verified, except `iss` in [`unverified_issuer`], which only
 //! picks the attestor whose keys will then check it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
+use super::AttestError;
 use super::config::{AttestorConfig, DEFAULT_JWKS_MIN_REFRESH, DEFAULT_MAX_TOKEN_LIFETIME};
 use super::http_fetch::HttpFetcher;
 use super::jwks::{Alg, JwksCache, JwksSource, KeyError};
-use super::AttestError;
 use crate::config::ConfigError;
 use crate::model::EnvName;
 
@@ -227,7 +228,7 @@ pub struct JwtIssuer {
     pub env: EnvName,
     /// Claim requirements.
     pub policy: JwtPolicy,
-    keys: JwksCache,
+    keys: Arc<JwksCache>,
 }
 
 impl JwtIssuer {
@@ -259,18 +260,20 @@ impl JwtIssuer {
                 audience: c.audience.clone().unwrap_or_default(),
                 max_lifetime: c.max_token_lifetime.unwrap_or(DEFAULT_MAX_TOKEN_LIFETIME),
             },
-            keys: JwksCache::new(
+            keys: Arc::new(JwksCache::new(
                 source,
                 http,
                 c.jwks_min_refresh.unwrap_or(DEFAULT_JWKS_MIN_REFRESH),
-            ),
+            )),
         })
     }
 
-    /// Loads the keys once at start-up (a failure is logged, not fatal: the
-    /// issuer may come up later, and the keys are fetched on first use).
-    pub async fn preload(&self) {
-        self.keys.refresh(Duration::ZERO).await;
+    /// Starts loading the keys in the background, so an unreachable issuer
+    /// neither delays nor stops the broker's start (a failure is logged; the
+    /// keys are fetched again on first use).
+    pub fn preload(&self) {
+        let keys = Arc::clone(&self.keys);
+        tokio::spawn(async move { keys.refresh(Duration::ZERO).await });
     }
 
     /// Verifies `token` for `method`, mapping each failure to a refusal
@@ -322,7 +325,11 @@ mod tests {
         let ok = check_claims(claims(good.clone()), &policy(), now).unwrap();
         assert_eq!(ok.evidence_id(), "jti=j sub=s");
         let cases = [
-            ("iss", json!("https://other"), "iss \"https://other\" is not"),
+            (
+                "iss",
+                json!("https://other"),
+                "iss \"https://other\" is not",
+            ),
             ("aud", json!("other"), "aud does not contain \"credbroker\""),
             ("exp", json!(now - 31), "token expired"),
             ("nbf", json!(now + 100), "not yet valid"),
@@ -344,7 +351,10 @@ mod tests {
     #[test]
     fn issuer_is_read_only_for_routing() {
         let payload = URL_SAFE_NO_PAD.encode(br#"{"iss":"https://iss"}"#);
-        assert_eq!(unverified_issuer(&format!("e30.{payload}.sig")).unwrap(), "https://iss");
+        assert_eq!(
+            unverified_issuer(&format!("e30.{payload}.sig")).unwrap(),
+            "https://iss"
+        );
         assert!(unverified_issuer("a.b").is_err());
         assert!(unverified_issuer(&"a".repeat(MAX_TOKEN_BYTES + 1)).is_err());
     }

@@ -65,7 +65,9 @@ impl Attestor for KubernetesAttestor {
             .claims
             .get("kubernetes.io")
             .filter(|v| v.is_object())
-            .ok_or_else(|| reject("token has no kubernetes.io claim (not a projected service-account token)"))?;
+            .ok_or_else(|| {
+                reject("token has no kubernetes.io claim (not a projected service-account token)")
+            })?;
         let name = &self.jwt.name;
         let mut selectors = BTreeSet::new();
         let mut add = |key: &str, value: Option<&str>| {

@@ -53,7 +53,7 @@ impl std::fmt::Debug for AttestorRegistry {
 
 impl AttestorRegistry {
     /// Builds every configured attestor (tables already validated) plus the
-    /// join-token attestor, and preloads JWKS (failures only logged).
+    /// join-token attestor, and starts loading JWKS (failures only logged).
     pub async fn build(
         configs: &[AttestorConfig],
         store: Arc<dyn Store>,
@@ -69,7 +69,7 @@ impl AttestorRegistry {
             match c.kind {
                 AttestorKind::Kubernetes => {
                     let jwt = JwtIssuer::from_config(c)?;
-                    jwt.preload().await;
+                    jwt.preload();
                     registry.kubernetes.insert(
                         jwt.policy.issuer.clone(),
                         Arc::new(KubernetesAttestor::new(jwt)),
@@ -77,15 +77,16 @@ impl AttestorRegistry {
                 }
                 AttestorKind::Oidc => {
                     let jwt = JwtIssuer::from_config(c)?;
-                    jwt.preload().await;
+                    jwt.preload();
                     registry.oidc.insert(
                         jwt.policy.issuer.clone(),
                         Arc::new(OidcAttestor::new(jwt, c.single_use, Arc::clone(&store))),
                     );
                 }
-                AttestorKind::AwsIid => registry
-                    .aws
-                    .push(Arc::new(AwsIidAttestor::from_config(c, Arc::clone(&store))?)),
+                AttestorKind::AwsIid => registry.aws.push(Arc::new(AwsIidAttestor::from_config(
+                    c,
+                    Arc::clone(&store),
+                )?)),
             }
             registry.infos.push(AttestorInfo {
                 name: c.name.clone(),
@@ -109,8 +110,7 @@ impl AttestorRegistry {
     /// The attestor that must check `evidence`, or why there is none.
     pub fn route(&self, evidence: &Evidence) -> Result<&dyn Attestor, AttestError> {
         let by_issuer = |token: &str, kind: &str| -> Result<String, AttestError> {
-            unverified_issuer(token)
-                .map_err(|e| AttestError::Invalid(format!("{kind} token: {e}")))
+            unverified_issuer(token).map_err(|e| AttestError::Invalid(format!("{kind} token: {e}")))
         };
         let no_attestor = |kind: &str, iss: &str| {
             let iss: String = iss.chars().take(MAX_ECHO).collect();

@@ -8,8 +8,8 @@ mod new_identity;
 mod registry;
 pub mod selectors;
 
-pub use grant::{JwtGrant, PolicyError, TtlLimits, check_active, grant_jwt};
 pub use cidr::{Cidr, CidrError};
 pub use context::check_peer;
+pub use grant::{JwtGrant, PolicyError, TtlLimits, check_active, grant_jwt};
 pub use new_identity::{IdentityRequest, check_selector_prefixes, validate_new_identity};
 pub use registry::{IdentityRegistry, IdentityView, UpdateError};

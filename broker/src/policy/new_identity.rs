@@ -213,7 +213,9 @@ pub fn check_selector_prefixes(
             )));
         };
         if rest.is_empty() {
-            return Err(invalid(format!("selector {key:?} has no key after the attestor")));
+            return Err(invalid(format!(
+                "selector {key:?} has no key after the attestor"
+            )));
         }
         if prefix == RESERVED_PREFIX {
             continue;
@@ -317,17 +319,28 @@ mod tests {
             kind: AttestorKind::Kubernetes,
             env: EnvName::new(env).unwrap(),
         };
-        let attestors = [info("prod-cluster", "prod"), info("gha", "prod"), info("dev-cluster", "dev")];
+        let attestors = [
+            info("prod-cluster", "prod"),
+            info("gha", "prod"),
+            info("dev-cluster", "dev"),
+        ];
         let sel = |k: &str| (k.to_owned(), "v".to_owned());
-        check_selector_prefixes("prod", &[sel("prod-cluster:ns"), sel("prod-cluster:sa")], &attestors)
-            .unwrap();
+        check_selector_prefixes(
+            "prod",
+            &[sel("prod-cluster:ns"), sel("prod-cluster:sa")],
+            &attestors,
+        )
+        .unwrap();
         check_selector_prefixes("prod", &[sel("unix:uid")], &attestors).unwrap();
         let cases = [
             (vec![sel("k8s:ns")], "not configured"),
             (vec![sel("nsonly")], "must be ATTESTOR:KEY"),
             (vec![sel("prod-cluster:")], "no key after"),
             (vec![sel("dev-cluster:ns")], "attests for environment dev"),
-            (vec![sel("prod-cluster:ns"), sel("gha:repository")], "one attestor"),
+            (
+                vec![sel("prod-cluster:ns"), sel("gha:repository")],
+                "one attestor",
+            ),
         ];
         for (selectors, needle) in cases {
             let err = check_selector_prefixes("prod", &selectors, &attestors).unwrap_err();

@@ -90,7 +90,10 @@ mod tests {
         let dev = EnvName::new("dev").unwrap();
         let prod = EnvName::new("prod").unwrap();
         let proven = BTreeSet::from([sel("c:ns", "pay"), sel("c:sa", "api"), sel("c:pod", "p")]);
-        assert!(!matches(&id, &dev, &proven), "no selectors: join token only");
+        assert!(
+            !matches(&id, &dev, &proven),
+            "no selectors: join token only"
+        );
         id.selectors = vec![sel("c:ns", "pay"), sel("c:sa", "api")];
         assert!(matches(&id, &dev, &proven));
         assert!(!matches(&id, &prod, &proven), "other environment");
