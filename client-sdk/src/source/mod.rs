@@ -317,10 +317,14 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                     // Platform evidence is read afresh each time (a rotated
                     // token file, a new CI token), so a refusal may not last.
                     failures += 1;
-                    let _ = tx.send(SourceState::Unavailable {
-                        reason: format!("attestation failed ({e}); retrying"),
-                        retrying: true,
-                    });
+                    if is_permanent(&e) {
+                        // Say why the broker refuses (transport errors keep
+                        // the state they found, e.g. "expired").
+                        let _ = tx.send(SourceState::Unavailable {
+                            reason: format!("attestation refused ({e}); retrying"),
+                            retrying: true,
+                        });
+                    }
                     tracing::warn!(error = %e, "attestation failed; retrying");
                     tokio::time::sleep(backoff(failures, &policy)).await;
                 }
