@@ -7,6 +7,7 @@ mod attestation;
 mod audit;
 mod happy_path;
 mod jwt;
+mod node_agent;
 mod restart;
 mod revocation;
 mod source;

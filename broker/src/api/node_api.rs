@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use credbroker_proto::v1::{
-    self as pb, MintWorkloadJwtRequest, MintWorkloadJwtResponse,
-    MintWorkloadSvidRequest, MintWorkloadSvidResponse, NodeEntriesUpdate, NodeEntry,
+    self as pb, MintWorkloadJwtRequest, MintWorkloadJwtResponse, MintWorkloadSvidRequest,
+    MintWorkloadSvidResponse, NodeEntriesUpdate, NodeEntry,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::{Request, Status};
@@ -84,7 +84,11 @@ fn node_refusal(broker: &Broker, peer: &WorkloadPeer, now: i64) -> Option<Status
 }
 
 /// The snapshot: every active identity parented to `node`.
-fn snapshot(broker: &Broker, node: &IdentityKey, now: i64) -> (NodeEntriesUpdate, HashSet<IdentityKey>) {
+fn snapshot(
+    broker: &Broker,
+    node: &IdentityKey,
+    now: i64,
+) -> (NodeEntriesUpdate, HashSet<IdentityKey>) {
     let active: Vec<Arc<Identity>> = broker
         .registry
         .children(node)
@@ -196,9 +200,7 @@ impl WorkloadService {
             .get(&key)
             .filter(|w| is_served_by(w, node))
             .ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "identity {key} is not served by node {node}"
-                ))
+                Status::permission_denied(format!("identity {key} is not served by node {node}"))
             })?;
         check_active(&workload, now).map_err(status::policy)?;
         Ok(workload)

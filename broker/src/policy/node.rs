@@ -19,7 +19,10 @@ pub const UNIX_SELECTORS: &[(&str, &str)] = &[
     ("gid", "numeric primary group id of the calling process"),
     ("user", "user name of the calling process's uid"),
     ("path", "absolute path of the calling process's executable"),
-    ("sha256", "SHA-256 (hex) of the calling process's executable"),
+    (
+        "sha256",
+        "SHA-256 (hex) of the calling process's executable",
+    ),
 ];
 
 fn invalid(msg: impl Into<String>) -> PolicyError {
