@@ -5,6 +5,7 @@
 mod admin;
 mod attestation;
 mod audit;
+mod audit_durability;
 mod happy_path;
 mod jwt;
 mod node_agent;

@@ -32,7 +32,7 @@ fn invalid(e: impl std::fmt::Display) -> Status {
 
 /// When the credential named by `filter` expires, from the audit log.
 async fn issued_expiry(broker: &Broker, filter: AuditFilter, what: &str) -> Result<i64, Status> {
-    broker.audit.flush().await;
+    broker.audit.flush().await.map_err(status::audit)?;
     let entries = broker
         .store
         .query_audit(&AuditFilter {

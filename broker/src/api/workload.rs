@@ -303,6 +303,20 @@ impl WorkloadService {
     }
 }
 
+/// Hands out what a request issued once its audit records are committed,
+/// or records the refusal.
+async fn deliver<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<T>, Status> {
+    let result = match result {
+        Ok(value) => audit
+            .commit_issued()
+            .await
+            .map(|()| value)
+            .map_err(status::audit),
+        Err(e) => Err(e),
+    };
+    finish(result, audit)
+}
+
 fn finish<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<T>, Status> {
     match result {
         Ok(value) => Ok(Response::new(value)),
@@ -401,7 +415,7 @@ impl Workload for WorkloadService {
             request.remote_addr(),
         );
         let result = self.mint_workload_svid_inner(request, &mut audit);
-        finish(result, &audit)
+        deliver(result, &audit).await
     }
 
     async fn mint_workload_jwt(
@@ -414,7 +428,7 @@ impl Workload for WorkloadService {
             request.remote_addr(),
         );
         let result = self.mint_workload_jwt_inner(request, &mut audit);
-        finish(result, &audit)
+        deliver(result, &audit).await
     }
 
     async fn watch_revocations(
@@ -471,7 +485,7 @@ impl Workload for WorkloadService {
     ) -> Result<Response<AttestResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "attest", request.remote_addr());
         let result = self.attest_inner(request, &mut audit).await;
-        finish(result, &audit)
+        deliver(result, &audit).await
     }
 
     async fn fetch_jwt(
@@ -480,7 +494,7 @@ impl Workload for WorkloadService {
     ) -> Result<Response<FetchJwtResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "fetch_jwt", request.remote_addr());
         let result = self.fetch_jwt_inner(request, &mut audit);
-        finish(result, &audit)
+        deliver(result, &audit).await
     }
 
     async fn renew_x509(
@@ -489,6 +503,6 @@ impl Workload for WorkloadService {
     ) -> Result<Response<RenewX509Response>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "renew_x509", request.remote_addr());
         let result = self.renew_inner(request, &mut audit);
-        finish(result, &audit)
+        deliver(result, &audit).await
     }
 }
