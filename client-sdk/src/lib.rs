@@ -32,6 +32,7 @@ mod error;
 mod evidence;
 mod http;
 pub mod interceptor;
+pub mod node;
 mod request;
 pub mod revocations;
 pub mod source;

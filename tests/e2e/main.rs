@@ -5,8 +5,10 @@
 mod admin;
 mod attestation;
 mod audit;
+mod audit_durability;
 mod happy_path;
 mod jwt;
+mod node_agent;
 mod platform_agent;
 mod platform_attestation;
 mod request_context;

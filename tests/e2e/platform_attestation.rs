@@ -421,12 +421,13 @@ async fn identities_with_selectors_need_matching_evidence() {
     );
     let out = create("dev-cluster:ns=payments");
     assert!(String::from_utf8_lossy(&out.stderr).contains("attests for environment dev"));
-    // `unix:` is the node agent's, accepted.
+    // `unix:` is the node agent's: not an attestor name, so the refusal is
+    // the node rule (it needs --parent), never "not configured".
     let out = create("unix:uid=1000");
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        !err.contains("not configured") && err.contains("--parent"),
+        "{err}"
     );
     // `identity show` says who can reach an identity.
     let shown = b.cli_ok(&[

@@ -20,6 +20,7 @@ use crate::attest::AttestorInfo;
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::model::{EnvName, IdentityKey, IdentityName, unix_now};
+use crate::policy::node::check_node_rules;
 use crate::policy::{
     IdentityRequest, IdentityView, PolicyError, check_selector_prefixes, selectors,
     validate_new_identity,
@@ -105,6 +106,11 @@ fn to_proto(view: &IdentityView, outstanding: u32, attestors: &[AttestorInfo]) -
         last_seen_at: id.last_seen_at.unwrap_or(0),
         status: view.status.as_str().to_owned(),
         outstanding_credentials: outstanding,
+        parent: id
+            .parent
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         allow_cidrs: id.allow_cidrs.iter().map(ToString::to_string).collect(),
         reachable_by: selectors::reachable_by(id, attestors),
     }
@@ -125,7 +131,7 @@ impl AdminService {
     /// Unexpired issued credentials per identity (`env/name`), from the
     /// audit log.
     async fn outstanding(&self) -> Result<std::collections::HashMap<String, u32>, Status> {
-        self.broker.audit.flush().await;
+        self.broker.audit.flush().await.map_err(status::audit)?;
         let counts = self
             .broker
             .store
@@ -220,6 +226,7 @@ impl Admin for AdminService {
             jwt_ttl: nonzero_secs(req.jwt_ttl_seconds),
             x509_ttl: nonzero_secs(req.x509_ttl_seconds),
             expires_at: (req.expires_at != 0).then_some(req.expires_at),
+            parent: Some(req.parent),
             allow_cidrs: req.allow_cidrs,
         };
         let result = async {
@@ -228,6 +235,11 @@ impl Admin for AdminService {
             let identity =
                 validate_new_identity(&spec, &self.broker.envs, &self.broker.limits, now)
                     .map_err(status::policy)?;
+            let parent = identity
+                .parent
+                .as_ref()
+                .and_then(|p| self.broker.registry.get(p));
+            check_node_rules(&identity, parent.as_deref()).map_err(status::policy)?;
             let created = self
                 .broker
                 .registry

@@ -32,7 +32,7 @@ fn invalid(e: impl std::fmt::Display) -> Status {
 
 /// When the credential named by `filter` expires, from the audit log.
 async fn issued_expiry(broker: &Broker, filter: AuditFilter, what: &str) -> Result<i64, Status> {
-    broker.audit.flush().await;
+    broker.audit.flush().await.map_err(status::audit)?;
     let entries = broker
         .store
         .query_audit(&AuditFilter {
@@ -120,6 +120,15 @@ pub(super) async fn revoke(
             if broker.registry.get(&key).is_none() {
                 return Err(Status::not_found(format!("identity {key} not found")));
             }
+            // Revoking a node revokes what its agent holds for the
+            // workloads it serves: their identities ride along, so every
+            // verifier covers them without knowing who is whose parent.
+            identities = broker
+                .registry
+                .children(&key)
+                .iter()
+                .map(|c| c.key.to_string())
+                .collect();
             (Target::Identity(key), group_until)
         }
         Some(revoke_request::Target::Env(env)) => {

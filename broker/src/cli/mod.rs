@@ -169,6 +169,10 @@ pub enum IdentityCommand {
         /// attested by join token.
         #[arg(long = "selector", value_parser = parse_selector)]
         selectors: Vec<(String, String)>,
+        /// ENV/NODE: the node identity whose agent (`credbroker-agent
+        /// --node`) serves this workload; its selectors are then `unix:…`.
+        #[arg(long)]
+        parent: Option<String>,
         /// Network (CIDR) Attest, FetchJwt and RenewX509 may come from
         /// (repeatable); without any, every address is allowed.
         #[arg(long = "allow-cidr")]

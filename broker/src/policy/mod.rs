@@ -5,6 +5,7 @@ mod cidr;
 mod context;
 mod grant;
 mod new_identity;
+pub mod node;
 mod registry;
 pub mod selectors;
 

@@ -34,6 +34,8 @@ pub struct IdentityRequest {
     pub x509_ttl: Option<Duration>,
     /// Retirement date (unix seconds).
     pub expires_at: Option<i64>,
+    /// `env/name` of the node that serves it, if any.
+    pub parent: Option<String>,
     /// Peer networks (CIDR) credential calls may come from; empty = any.
     pub allow_cidrs: Vec<String>,
 }
@@ -149,6 +151,13 @@ pub fn validate_new_identity(
     {
         return Err(invalid("expires_at must be in the future"));
     }
+    let parent = req
+        .parent
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| IdentityKey::parse(p).map_err(|e| invalid(format!("parent: {e}"))))
+        .transpose()?;
     let mut allow_cidrs = req
         .allow_cidrs
         .iter()
@@ -166,6 +175,7 @@ pub fn validate_new_identity(
         owner,
         purpose,
         selectors,
+        parent,
         allow_cidrs,
         audiences,
         scopes,

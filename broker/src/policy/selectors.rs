@@ -61,7 +61,10 @@ pub fn reachable_by(identity: &Identity, attestors: &[AttestorInfo]) -> Vec<Stri
         .filter(|p| *p != crate::attest::RESERVED_PREFIX)
         .collect();
     if prefixes.is_empty() {
-        return vec!["node agent (unix selectors)".to_owned()];
+        return vec![match &identity.parent {
+            Some(node) => format!("node agent of {node}"),
+            None => "node agent (unix selectors)".to_owned(),
+        }];
     }
     attestors
         .iter()

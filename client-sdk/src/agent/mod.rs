@@ -10,6 +10,7 @@ pub use files::{OutputDir, audience_file_name, write_atomic};
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::evidence::Evidence;
+use crate::node::{NodeAgent, NodeConfig};
 use crate::request::JwtRequest;
 use crate::source::{CredentialSource, Credentials, RefreshPolicy, SourceConfig, SourceState};
 use crate::svid::{JwtSvid, TrustBundle, X509Svid};
@@ -157,6 +158,51 @@ pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
             return Err(AgentError::Unavailable(
                 "the credential source stopped".into(),
             ));
+        }
+    }
+}
+
+/// Node mode: attests the host to its node identity, then serves the
+/// SPIFFE Workload API on `socket` to every local workload registered with
+/// this node as parent, until the node's credentials cannot be had any more
+/// (revoked, or expired with evidence that cannot be reused).
+pub async fn run_node(
+    config: NodeConfig,
+    socket: &std::path::Path,
+    socket_mode: u32,
+    health_addr: Option<std::net::SocketAddr>,
+) -> Result<(), AgentError> {
+    let agent = NodeAgent::start(config).await?;
+    if let Some(addr) = health_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(health::serve(listener, agent.node_source().watch()));
+    }
+    let mut state = agent.node_source().watch();
+    let gone = async move {
+        loop {
+            if let SourceState::Unavailable {
+                reason,
+                retrying: false,
+            } = &*state.borrow_and_update()
+            {
+                return reason.clone();
+            }
+            if state.changed().await.is_err() {
+                return "the node's credential source stopped".to_owned();
+            }
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = agent.serve(socket, socket_mode, async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(serve);
+    tokio::select! {
+        served = &mut serve => served.map_err(AgentError::Io),
+        reason = gone => {
+            let _ = stop_tx.send(());
+            let _ = serve.await;
+            Err(AgentError::Unavailable(reason))
         }
     }
 }

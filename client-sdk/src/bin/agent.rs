@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use credbroker_client::Evidence;
-use credbroker_client::agent::{AgentConfig, OutputDir, run, run_once};
+use credbroker_client::agent::{AgentConfig, AgentError, OutputDir, run, run_node, run_once};
+use credbroker_client::node::NodeConfig;
 use tracing_subscriber::EnvFilter;
 
 /// Sidecar that obtains short-lived credentials from credbroker and keeps
@@ -47,9 +48,26 @@ struct Args {
     /// Instance metadata service address (for --aws-iid).
     #[arg(long, default_value = credbroker_client::DEFAULT_IMDS_URL, requires = "aws_iid")]
     aws_imds_url: String,
-    /// Directory for svid.pem, svid_key.pem, bundle.pem and jwt/.
-    #[arg(long)]
-    out_dir: PathBuf,
+    /// Directory for svid.pem, svid_key.pem, bundle.pem and jwt/
+    /// (required unless --node).
+    #[arg(long, required_unless_present = "node")]
+    out_dir: Option<PathBuf>,
+    /// Node mode: attest this host to a node identity and serve, on
+    /// --workload-api-socket, every local workload registered with
+    /// `--parent ENV/NODE`, attested by its uid, gid, user, path, sha256.
+    #[arg(
+        long,
+        requires = "workload_api_socket",
+        conflicts_with_all = ["once", "out_dir", "jwt_audiences", "on_rotate"]
+    )]
+    node: bool,
+    /// Permission bits of the Workload API socket (octal).
+    #[arg(long, default_value = "0600", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Node mode: workload SVIDs held at most (least recently used are
+    /// dropped and minted again when asked for).
+    #[arg(long, default_value_t = credbroker_client::node::DEFAULT_MAX_SVIDS, requires = "node")]
+    svid_cache_size: usize,
     /// Keep a JWT for this audience in jwt/<audience>.token (repeatable).
     #[arg(long = "jwt-audience")]
     jwt_audiences: Vec<String>,
@@ -104,11 +122,23 @@ async fn main() -> ExitCode {
         }
     };
     let evidence = evidence(&args);
+    if args.node {
+        let socket = args
+            .workload_api_socket
+            .expect("clap requires --workload-api-socket with --node");
+        let config =
+            NodeConfig::new(args.broker, bundle_pem, evidence).max_svids(args.svid_cache_size);
+        return exit(run_node(config, &socket, args.socket_mode, args.health_addr).await);
+    }
+    let Some(out_dir) = args.out_dir else {
+        eprintln!("error: --out-dir is required");
+        return ExitCode::FAILURE;
+    };
     let config = AgentConfig {
         broker: args.broker,
         bundle_pem,
         evidence,
-        out_dir: OutputDir::new(args.out_dir),
+        out_dir: OutputDir::new(out_dir),
         jwt_audiences: args.jwt_audiences,
         workload_api_socket: args.workload_api_socket,
         health_addr: args.health_addr,
@@ -119,6 +149,17 @@ async fn main() -> ExitCode {
     } else {
         run(&config).await
     };
+    exit(result)
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as 0600"))
+}
+
+fn exit(result: Result<(), AgentError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

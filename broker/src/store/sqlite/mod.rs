@@ -27,7 +27,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_audit.sql"),
     include_str!("../../../migrations/sqlite/0003_revocations.sql"),
-    include_str!("../../../migrations/sqlite/0004_attestation.sql"),
+    include_str!("../../../migrations/sqlite/0004_nodes.sql"),
+    include_str!("../../../migrations/sqlite/0005_attestation.sql"),
 ];
 
 /// SQLite-backed [`Store`].
@@ -103,6 +104,11 @@ fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreErr
             .iter()
             .map(|c| c.parse::<Cidr>())
             .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?,
+        parent: row
+            .try_get::<Option<String>, _>("parent")?
+            .map(|p| IdentityKey::parse(&p))
+            .transpose()
             .map_err(corrupt)?,
         audiences: audiences
             .iter()
@@ -192,8 +198,8 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "INSERT INTO identities (env, name, spiffe_id, owner, purpose, selectors, audiences,
                  scopes, jwt_ttl_seconds, x509_ttl_seconds, expires_at, enabled, retired_at,
-                 created_at, updated_at, last_issued_at, last_seen_at, allow_cidrs)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, last_issued_at, last_seen_at, parent, allow_cidrs)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
@@ -212,6 +218,7 @@ impl Store for SqliteStore {
         .bind(id.updated_at)
         .bind(id.last_issued_at)
         .bind(id.last_seen_at)
+        .bind(id.parent.as_ref().map(ToString::to_string))
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
         .execute(&self.pool)
         .await;
