@@ -11,6 +11,7 @@ mod jwt;
 mod node_agent;
 mod platform_agent;
 mod platform_attestation;
+mod platform_selectors;
 mod request_context;
 mod restart;
 mod revocation;

@@ -1,0 +1,184 @@
+//! Attest: route the evidence to its attestor, verify it, resolve the one
+//! identity it reaches (join token binding, or selector matching), check
+//! the identity and the request, spend single-use evidence, then issue.
+
+use std::sync::Arc;
+
+use credbroker_proto::v1::attest_request::Evidence as ProtoEvidence;
+use credbroker_proto::v1::{AttestRequest, AttestResponse, IdentityRef};
+use tonic::{Request, Status};
+
+use super::WorkloadService;
+use crate::api::status;
+use crate::attest::{Attested, Binding, Evidence, RequestFacts};
+use crate::audit::AuditRecord;
+use crate::issue::VerifiedCsr;
+use crate::model::{Identity, IdentityKey, unix_now};
+use crate::policy::{check_active, check_peer, selectors};
+
+impl WorkloadService {
+    pub(super) async fn attest_inner(
+        &self,
+        request: Request<AttestRequest>,
+        audit: &mut AuditRecord,
+    ) -> Result<AttestResponse, Status> {
+        let now = unix_now();
+        audit.actor = Some("anonymous".into());
+        let peer = request.remote_addr();
+        let req = request.into_inner();
+        let csr = VerifiedCsr::parse(&req.csr).map_err(status::csr)?;
+        let evidence = match req.evidence {
+            Some(ProtoEvidence::JoinToken(token)) => Evidence::JoinToken(token),
+            Some(ProtoEvidence::KubernetesToken(token)) => Evidence::KubernetesToken(token),
+            Some(ProtoEvidence::OidcToken(token)) => Evidence::OidcToken(token),
+            Some(ProtoEvidence::AwsIid(iid)) => Evidence::AwsIid {
+                document: iid.document,
+                signature: iid.signature,
+            },
+            None => return Err(Status::invalid_argument("attestation evidence is required")),
+        };
+        let attestor = self
+            .broker
+            .attestors
+            .route(&evidence)
+            .map_err(status::attest)?;
+        let facts = RequestFacts {
+            key_sha256: csr.key_sha256(),
+        };
+        let attested = attestor
+            .verify(&evidence, &facts, now)
+            .await
+            .map_err(status::attest)?;
+        audit.evidence = Some(match &attested.binding {
+            Binding::Identity(_) => format!("{}:{}", attested.method, attested.evidence_id),
+            Binding::Selectors { attestor, .. } => {
+                format!("{}:{attestor} {}", attested.method, attested.evidence_id)
+            }
+        });
+        let identity = self.resolve(&attested, req.expected_identity.as_ref(), audit)?;
+        audit.identity = Some(identity.key.to_string());
+        audit.env = Some(identity.key.env.to_string());
+        check_active(&identity, now).map_err(status::policy)?;
+        check_peer(&identity, peer).map_err(status::policy)?;
+        let grants = self.grants(&identity, &req.jwts)?;
+        let env = self
+            .broker
+            .keys
+            .env(&identity.key.env)
+            .ok_or_else(|| Status::internal("identity's environment has no keys"))?;
+        // Everything checked: only now is single-use evidence spent.
+        attestor
+            .commit(&attested, now)
+            .await
+            .map_err(status::attest)?;
+        let svid = self.svid(env, &identity, &csr, now, audit)?;
+        let jwts = grants
+            .iter()
+            .map(|g| self.mint_jwt(env, &identity, g, None, now, audit))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.broker.registry.record_issued(&identity.key, now);
+        Ok(AttestResponse {
+            identity: Some(IdentityRef {
+                env: identity.key.env.to_string(),
+                name: identity.key.name.to_string(),
+            }),
+            svid: Some(svid),
+            trust_bundle: vec![env.ca.cert_der().to_vec()],
+            jwts,
+        })
+    }
+
+    /// The one identity `attested` evidence reaches: the join token's own,
+    /// or the single identity whose selectors the platform evidence all
+    /// proves (`expected` picks among several).
+    fn resolve(
+        &self,
+        attested: &Attested,
+        expected: Option<&IdentityRef>,
+        audit: &mut AuditRecord,
+    ) -> Result<Arc<Identity>, Status> {
+        let is_expected = |key: &IdentityKey| {
+            expected.is_none_or(|e| e.env == key.env.as_str() && e.name == key.name.as_str())
+        };
+        match &attested.binding {
+            Binding::Identity(key) => {
+                audit.identity = Some(key.to_string());
+                audit.env = Some(key.env.to_string());
+                if !is_expected(key) {
+                    let e = expected.expect("checked");
+                    return Err(Status::permission_denied(format!(
+                        "{} is bound to a different identity than {}/{}",
+                        attested.method, e.env, e.name
+                    )));
+                }
+                let identity = self.broker.registry.get(key).ok_or_else(|| {
+                    Status::permission_denied(format!("identity {key} no longer exists"))
+                })?;
+                if !identity.selectors.is_empty() {
+                    // Its selectors are what must vouch for it.
+                    return Err(Status::permission_denied(format!(
+                        "identity {key} has selectors; only platform evidence proving them can attest it"
+                    )));
+                }
+                Ok(identity)
+            }
+            Binding::Selectors {
+                attestor,
+                env,
+                selectors: proven,
+            } => {
+                audit.env = Some(env.to_string());
+                let candidates = self.broker.registry.with_selectors(env);
+                let matched = selectors::matching(&candidates, env, proven);
+                let names = |ids: &[Arc<Identity>]| {
+                    ids.iter()
+                        .map(|i| i.key.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let chosen: Vec<Arc<Identity>> = matched
+                    .iter()
+                    .filter(|i| is_expected(&i.key))
+                    .cloned()
+                    .collect();
+                let identity = match (chosen.as_slice(), expected) {
+                    ([one], _) => Arc::clone(one),
+                    ([], None) => {
+                        return Err(Status::permission_denied(format!(
+                            "no identity in {env} matches {}",
+                            selectors::describe(proven)
+                        )));
+                    }
+                    ([], Some(e)) => {
+                        return Err(Status::permission_denied(format!(
+                            "identity {}/{} is not matched by {} (matched: {})",
+                            e.env,
+                            e.name,
+                            selectors::describe(proven),
+                            if matched.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                names(&matched)
+                            }
+                        )));
+                    }
+                    (several, _) => {
+                        return Err(Status::permission_denied(format!(
+                            "several identities match the evidence of {attestor}: {}; name one with expected_identity",
+                            names(several)
+                        )));
+                    }
+                };
+                let matched_selectors: Vec<String> = identity
+                    .selectors
+                    .iter()
+                    .map(|s| format!("{}={}", s.key, s.value))
+                    .collect();
+                if let Some(ev) = audit.evidence.as_mut() {
+                    ev.push_str(&format!(" matched=[{}]", matched_selectors.join(", ")));
+                }
+                Ok(identity)
+            }
+        }
+    }
+}
