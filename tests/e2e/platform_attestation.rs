@@ -312,3 +312,64 @@ async fn unknown_kid_refreshes_the_jwks_and_a_rotated_key_works() {
         "JWKS fetched per bogus kid"
     );
 }
+
+#[tokio::test]
+async fn https_issuers_are_trusted_through_ca_file_only() {
+    let keys = tempfile::tempdir().unwrap();
+    let rsa = RsaKey::generate(keys.path(), "tls-cluster");
+    let ca = keys.path().join("issuer-ca.pem");
+    let issuer = TestIssuer::start_tls(json!({"keys": [rsa.jwk("t1")]}), &ca).await;
+    assert!(issuer.url().starts_with("https://"));
+    let token = || {
+        let claims = k8s_claims(&issuer.url(), "credbroker", "payments", "api", "p");
+        k8s(sign(&claims, Signer::Rs256(&rsa, "t1")))
+    };
+    let selectors = ["--selector", "tls:ns=payments", "--selector", "tls:sa=api"];
+    let register = |b: &TestBroker| {
+        let mut args = vec![
+            "identity",
+            "create",
+            "--env",
+            "prod",
+            "--name",
+            "api",
+            "--owner",
+            "o",
+            "--purpose",
+            "p",
+        ];
+        args.extend(selectors);
+        b.cli_ok(&args);
+    };
+    // Discovery and JWKS over https, trusting the issuer's CA.
+    let trusted = jwt_attestor_toml(
+        "kubernetes",
+        "tls",
+        "prod",
+        &issuer.url(),
+        &format!("ca_file = {ca:?}"),
+    );
+    let broker = TestBroker::start_with(&["prod"], &trusted).await;
+    register(&broker);
+    let ok = attest(&broker, token(), None).await.unwrap();
+    assert_eq!(name_of(&ok), "prod/api");
+    drop(broker);
+    // The same issuer with another CA file: its certificate is not trusted,
+    // so no keys, so no attestation (UNAVAILABLE, not a verdict on the token).
+    let other_ca = keys.path().join("other-ca.pem");
+    TestIssuer::start_tls(json!({"keys": []}), &other_ca).await;
+    let untrusted = jwt_attestor_toml(
+        "kubernetes",
+        "tls",
+        "prod",
+        &issuer.url(),
+        &format!("ca_file = {other_ca:?}"),
+    );
+    let broker = TestBroker::start_with(&["prod"], &untrusted).await;
+    register(&broker);
+    refused(
+        attest(&broker, token(), None).await,
+        Code::Unavailable,
+        "attestor tls cannot check tokens now",
+    );
+}

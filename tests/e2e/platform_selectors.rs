@@ -79,6 +79,10 @@ async fn selectors_decide_the_identity() {
             |l| l.contains(r#"decision="denied""#) && l.contains("no identity in prod matches")
         )
     );
+    // Refusals of the evidence itself name the attestor too.
+    assert!(log.lines().any(|l| l.contains(r#"decision="denied""#)
+        && l.contains(r#"evidence="kubernetes:dev-cluster""#)
+        && l.contains("signature does not verify")));
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// An RSA key made by openssl, with a self-signed certificate (which stands
@@ -251,43 +251,83 @@ struct State {
 pub struct TestIssuer {
     port: u16,
     state: Arc<Mutex<State>>,
+    https: bool,
 }
 
 impl TestIssuer {
-    /// Starts serving `jwks` on a free loopback port.
+    /// Starts serving `jwks` over plain HTTP on a free loopback port.
     pub async fn start(jwks: Value) -> Self {
+        Self::serve(jwks, None).await
+    }
+
+    /// Like [`TestIssuer::start`] but over https, with a certificate for
+    /// 127.0.0.1 from a fresh CA written to `ca_path` (PEM).
+    pub async fn start_tls(jwks: Value, ca_path: &Path) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        std::fs::write(ca_path, ck.cert.pem()).unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        Self::serve(
+            jwks,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn serve(jwks: Value, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(State {
             jwks,
             ..State::default()
         }));
-        let issuer = Self { port, state };
+        let issuer = Self {
+            port,
+            state,
+            https: tls.is_some(),
+        };
         let server = issuer.clone();
         tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
+            while let Ok((tcp, _)) = listener.accept().await {
                 let server = server.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                server.handle(stream).await;
+                            }
                         }
+                        None => server.handle(tcp).await,
                     }
-                    let head = String::from_utf8_lossy(&buf).into_owned();
-                    let (status, body) = server.answer(&head);
-                    let reply = format!(
-                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = stream.write_all(reply.as_bytes()).await;
-                    let _ = stream.write_all(&body).await;
                 });
             }
         });
         issuer
+    }
+
+    async fn handle<S: AsyncRead + AsyncWrite + Unpin>(&self, mut stream: S) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        let (status, body) = self.answer(&head);
+        let reply = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.write_all(&body).await;
+        let _ = stream.shutdown().await;
     }
 
     fn answer(&self, head: &str) -> (&'static str, Vec<u8>) {
@@ -345,9 +385,10 @@ impl TestIssuer {
         }
     }
 
-    /// `http://127.0.0.1:PORT` — the issuer URL (`iss`).
+    /// `http(s)://127.0.0.1:PORT` — the issuer URL (`iss`).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Replaces the served JWKS (key rotation).

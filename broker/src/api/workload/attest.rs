@@ -42,6 +42,12 @@ impl WorkloadService {
             .attestors
             .route(&evidence)
             .map_err(status::attest)?;
+        // Refusals from here on name the attestor that judged the evidence.
+        audit.evidence = Some(if attestor.name() == attestor.method() {
+            attestor.method().to_owned()
+        } else {
+            format!("{}:{}", attestor.method(), attestor.name())
+        });
         let facts = RequestFacts {
             key_sha256: csr.key_sha256(),
         };
