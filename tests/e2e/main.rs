@@ -11,6 +11,7 @@ mod jwt;
 mod node_agent;
 mod restart;
 mod revocation;
+mod revocation_race;
 mod source;
 mod spiffe_api;
 mod tls;
