@@ -6,6 +6,7 @@ mod admin;
 mod attestation;
 mod audit;
 mod audit_durability;
+mod audit_seal;
 mod happy_path;
 mod jwt;
 mod node_agent;

@@ -50,6 +50,8 @@ pub enum KeyKind {
     TlsCa,
     /// CA of admin client certificates.
     AdminCa,
+    /// ES256 key signing the audit log's checkpoints.
+    AuditSigning,
 }
 
 impl KeyKind {
@@ -60,6 +62,7 @@ impl KeyKind {
             Self::JwtSigning => "jwt-es256",
             Self::TlsCa => "tls-ca",
             Self::AdminCa => "admin-ca",
+            Self::AuditSigning => "audit-es256",
         }
     }
 }
