@@ -3,10 +3,12 @@
 //! SDK and agent.
 
 mod admin;
+mod agent_socket;
 mod attestation;
 mod audit;
 mod happy_path;
 mod jwt;
+mod python_clients;
 mod restart;
 mod revocation;
 mod source;

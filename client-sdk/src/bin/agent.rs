@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use credbroker_client::Evidence;
 use credbroker_client::agent::{AgentConfig, OutputDir, run, run_once};
+use credbroker_client::uds::{AllowedPeers, SocketOptions};
 use tracing_subscriber::EnvFilter;
 
 /// Sidecar that obtains short-lived credentials from credbroker and keeps
@@ -39,12 +40,36 @@ struct Args {
     /// Serve the SPIFFE Workload API on this Unix socket.
     #[arg(long, conflicts_with = "once")]
     workload_api_socket: Option<PathBuf>,
+    /// Permission bits of the Workload API socket, in octal.
+    #[arg(long, value_parser = parse_mode, default_value = "0600", requires = "workload_api_socket")]
+    socket_mode: u32,
+    /// Group owning the Workload API socket (name or gid), e.g. with
+    /// --socket-mode 0660 to let that group's members connect.
+    #[arg(long, requires = "workload_api_socket")]
+    socket_group: Option<String>,
+    /// Serve Workload API calls only from this uid (repeatable; with
+    /// --allow-gid, a caller matching either is served).
+    #[arg(long = "allow-uid", requires = "workload_api_socket")]
+    allow_uids: Vec<u32>,
+    /// Serve Workload API calls only from this effective gid (repeatable).
+    #[arg(long = "allow-gid", requires = "workload_api_socket")]
+    allow_gids: Vec<u32>,
     /// Serve GET /healthz on this address (e.g. 127.0.0.1:7090).
     #[arg(long, conflicts_with = "once")]
     health_addr: Option<std::net::SocketAddr>,
     /// Shell command to run after each rotation (e.g. "kill -HUP $(cat app.pid)").
     #[arg(long, conflicts_with = "once")]
     on_rotate: Option<String>,
+}
+
+/// An octal mode such as 0600, 660 or 0o660, at most 0777.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        Ok(_) => Err(format!("{s} has bits beyond 0777")),
+        Err(_) => Err(format!("{s} is not an octal mode like 0600")),
+    }
 }
 
 #[tokio::main]
@@ -71,6 +96,14 @@ async fn main() -> ExitCode {
         out_dir: OutputDir::new(args.out_dir),
         jwt_audiences: args.jwt_audiences,
         workload_api_socket: args.workload_api_socket,
+        socket_options: SocketOptions {
+            mode: args.socket_mode,
+            group: args.socket_group,
+        },
+        allowed_peers: AllowedPeers {
+            uids: args.allow_uids,
+            gids: args.allow_gids,
+        },
         health_addr: args.health_addr,
         on_rotate: args.on_rotate,
     };

@@ -297,11 +297,15 @@ impl Rewriter {
         let end_stream = headers.is_end_stream();
         let id = headers.stream_id();
         let (mut pseudo, fields) = headers.into_parts();
-        if pseudo
-            .authority
-            .as_deref()
-            .is_some_and(|a| Authority::from_str(a).is_err())
+        if let Some(sent) = pseudo.authority.as_deref()
+            && Authority::from_str(sent).is_err()
         {
+            if self.rewritten == 0 {
+                tracing::debug!(
+                    authority = sent,
+                    "replacing an invalid :authority with localhost on this connection"
+                );
+            }
             pseudo.authority =
                 BytesStr::try_from(bytes::Bytes::from_static(FALLBACK_AUTHORITY.as_bytes())).ok();
             self.rewritten += 1;
