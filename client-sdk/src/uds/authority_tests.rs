@@ -309,3 +309,14 @@ fn a_frame_inside_a_header_block_closes_the_connection() {
         Err(RewriteError::ExpectedContinuation { stream: 1, kind: 0 })
     ));
 }
+
+#[tokio::test]
+async fn an_oversized_request_loses_its_connection() {
+    let (mut client, _) = pair(true).await;
+    let mut fields = HeaderMap::new();
+    let huge = "h".repeat(MAX_HEADER_BLOCK + 1);
+    fields.insert("x-big", HeaderValue::from_str(&huge).unwrap());
+    client.request(1, Some("localhost"), fields).await;
+    // The connection ends (EOF), nothing was buffered past the bound.
+    assert_eq!(client.response(1).await, Err(Reason::CONNECT_ERROR));
+}

@@ -73,7 +73,7 @@ pub fn bind(path: &Path, opts: &SocketOptions) -> io::Result<UdsListener> {
         ));
     }
     let gid = opts.group.as_deref().map(resolve_group).transpose()?;
-    let name = path.file_name().ok_or_else(|| {
+    path.file_name().ok_or_else(|| {
         error(
             io::ErrorKind::InvalidInput,
             format!("socket path {} has no file name", path.display()),
@@ -87,11 +87,10 @@ pub fn bind(path: &Path, opts: &SocketOptions) -> io::Result<UdsListener> {
     clear_stale(path)?;
 
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    // Short, so the temporary socket path stays within sun_path's 108 bytes
-    // whenever `path` does (give or take a few characters).
+    // Short, so the staged socket path fits sun_path (108 bytes) whenever
+    // `path` does, give or take a few characters.
     let staging = parent.join(format!(
-        ".{}.{}.{}",
-        name.to_string_lossy().chars().take(8).collect::<String>(),
+        ".cb{}.{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
@@ -124,8 +123,16 @@ fn stage(
     opts: &SocketOptions,
     gid: Option<u32>,
 ) -> io::Result<std::os::unix::net::UnixListener> {
-    let listener = std::os::unix::net::UnixListener::bind(staged)
-        .map_err(|e| with_path(e, "bind the socket", staged))?;
+    let listener = std::os::unix::net::UnixListener::bind(staged).map_err(|e| {
+        error(
+            e.kind(),
+            format!(
+                "cannot bind the socket {} (staged at {}): {e}",
+                path.display(),
+                staged.display()
+            ),
+        )
+    })?;
     std::fs::set_permissions(staged, std::fs::Permissions::from_mode(opts.mode))
         .map_err(|e| with_path(e, "set the mode of", staged))?;
     if let Some(gid) = gid {
