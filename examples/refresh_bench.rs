@@ -59,8 +59,6 @@
 //! not.
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -71,6 +69,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use credbroker::keys::AdminFiles;
 use credbroker_client::{CredentialSource, Evidence, RefreshPolicy, SourceConfig, SourceState};
+use credbroker_examples::procfs::{ProcFiles, clock_ticks};
 use credbroker_proto::v1::admin_client::AdminClient;
 use credbroker_proto::v1::{CreateIdentityRequest, CreateJoinTokenRequest, IdentityRef};
 use tempfile::TempDir;
@@ -1061,77 +1060,6 @@ fn files_needed(sources: usize) -> u64 {
     (2 * sources + sources / 10 + 512) as u64
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`), 100 if unknown.
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|&t| t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// `/proc/<pid>/stat` and `/proc/<pid>/status`, opened once and read again
-/// from the start each time, so readings go on when this process has no
-/// file descriptor left to open them (which a heavy run can reach).
-struct ProcFiles {
-    pid: u32,
-    stat: File,
-    status: File,
-}
-
-impl ProcFiles {
-    /// `pid` 0 means this process.
-    fn open(pid: u32) -> Option<Self> {
-        let dir = if pid == 0 {
-            PathBuf::from("/proc/self")
-        } else {
-            PathBuf::from(format!("/proc/{pid}"))
-        };
-        Some(Self {
-            pid,
-            stat: File::open(dir.join("stat")).ok()?,
-            status: File::open(dir.join("status")).ok()?,
-        })
-    }
-
-    fn reread(file: &mut File) -> Option<String> {
-        file.seek(SeekFrom::Start(0)).ok()?;
-        let mut text = String::new();
-        file.read_to_string(&mut text).ok()?;
-        Some(text)
-    }
-
-    /// utime + stime, in clock ticks.
-    fn cpu_ticks(&mut self) -> Option<u64> {
-        let stat = Self::reread(&mut self.stat)?;
-        // Fields after the command name (which may hold spaces), from field 3.
-        let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-        let utime: u64 = fields.next()?.parse().ok()?;
-        let stime: u64 = fields.next()?.parse().ok()?;
-        Some(utime + stime)
-    }
-
-    /// `VmRSS` and `VmHWM`, in KiB.
-    fn memory_kb(&mut self) -> (Option<u64>, Option<u64>) {
-        let Some(status) = Self::reread(&mut self.status) else {
-            return (None, None);
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
 /// How many files process `pid` (0: this one) has open.
 fn open_files(pid: u32) -> FileCount {
     /// "Too many open files" on Linux.
@@ -1165,7 +1093,7 @@ fn sample_every_second(tally: &Tally, pid: &AtomicU32, clk_tck: f64) {
         }
         let now = Instant::now();
         let current = pid.load(Ordering::Relaxed);
-        if broker.as_ref().map(|b| b.pid) != Some(current) {
+        if broker.as_ref().map(ProcFiles::pid) != Some(current) {
             broker = (current != 0).then(|| ProcFiles::open(current)).flatten();
         }
         let ticks = broker.as_mut().and_then(ProcFiles::cpu_ticks);

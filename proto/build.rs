@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let protos = [
         "credbroker/v1/common.proto",
+        "credbroker/v1/node.proto",
         "credbroker/v1/workload.proto",
         "credbroker/v1/admin.proto",
         "spiffe/workload.proto",

@@ -37,7 +37,7 @@ pub struct Attestation {
 }
 
 /// A key pair generated here and a CSR for it.
-fn new_key_and_csr() -> Result<(PrivatePkcs8KeyDer<'static>, Vec<u8>), ClientError> {
+pub(crate) fn new_key_and_csr() -> Result<(PrivatePkcs8KeyDer<'static>, Vec<u8>), ClientError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();

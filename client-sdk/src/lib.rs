@@ -30,6 +30,7 @@ pub mod agent;
 mod client;
 mod error;
 pub mod interceptor;
+pub mod node;
 mod request;
 pub mod revocations;
 pub mod source;

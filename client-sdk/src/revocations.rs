@@ -60,7 +60,13 @@ impl State {
                     (r.reason.clone(), r.covers_until),
                 );
             }
-            "identity" => add(&mut self.identities, &r.value),
+            "identity" => {
+                add(&mut self.identities, &r.value);
+                // A revoked node takes the workloads it serves with it.
+                for identity in &r.identities {
+                    add(&mut self.identities, identity);
+                }
+            }
             "env" => add(&mut self.envs, &r.value),
             "owner" => {
                 for identity in &r.identities {

@@ -42,8 +42,89 @@ pub struct WorkloadApi {
     state: watch::Receiver<SourceState>,
     client: Client,
     session: Arc<Mutex<Option<(String, WorkloadClient)>>>,
-    verifiers: Arc<tokio::sync::Mutex<HashMap<String, JwtVerifier>>>,
+    verifiers: Validators,
     allowed: AllowedPeers,
+}
+
+/// ValidateJWTSVID: one verifier per audience, following revocations.
+#[derive(Clone, Default)]
+pub(crate) struct Validators {
+    by_audience: Arc<tokio::sync::Mutex<HashMap<String, JwtVerifier>>>,
+}
+
+impl Validators {
+    /// Verifies `req.svid` for `req.audience` against `env`'s keys.
+    /// `session` (an authenticated broker connection, asked for only when a
+    /// new verifier is made) lets that verifier follow revocations.
+    pub(crate) async fn validate<F>(
+        &self,
+        client: &Client,
+        env: &str,
+        session: impl FnOnce() -> F,
+        req: ValidateJwtsvidRequest,
+    ) -> Result<ValidateJwtsvidResponse, Status>
+    where
+        F: std::future::Future<Output = Option<WorkloadClient>>,
+    {
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if req.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let verifier = {
+            let mut verifiers = self.by_audience.lock().await;
+            match verifiers.get(&req.audience) {
+                Some(v) => v.clone(),
+                None => {
+                    let v = JwtVerifier::new(client, env, &req.audience)
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    if let Some(session) = session().await {
+                        // Validation honours revocations as they happen.
+                        std::mem::drop(v.follow_revocations(session));
+                    }
+                    verifiers.insert(req.audience.clone(), v.clone());
+                    v
+                }
+            }
+        };
+        let verified = verifier
+            .verify(&req.svid)
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let claims = match json_to_prost(&verified.claims).kind {
+            Some(prost_types::value::Kind::StructValue(s)) => Some(s),
+            _ => None,
+        };
+        Ok(ValidateJwtsvidResponse {
+            spiffe_id: verified.spiffe_id,
+            claims,
+        })
+    }
+}
+
+/// The JWT bundle of `env` in SPIFFE form (keys marked `use: jwt-svid`),
+/// from the broker.
+pub(crate) async fn jwt_bundles(client: &Client, env: &str) -> Result<JwtBundlesResponse, Status> {
+    let answer = client
+        .anonymous()
+        .grpc()
+        .get_jwks(GetJwksRequest {
+            env: env.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let mut jwks: serde_json::Value = serde_json::from_str(&answer.jwks)
+        .map_err(|_| Status::internal("broker sent an invalid JWKS"))?;
+    if let Some(keys) = jwks["keys"].as_array_mut() {
+        for key in keys {
+            key["use"] = "jwt-svid".into();
+        }
+    }
+    Ok(JwtBundlesResponse {
+        bundles: HashMap::from([(answer.trust_domain, jwks.to_string().into_bytes())]),
+    })
 }
 
 impl std::fmt::Debug for WorkloadApi {
@@ -52,7 +133,9 @@ impl std::fmt::Debug for WorkloadApi {
     }
 }
 
-fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
+/// Refuses calls without `workload.spiffe.io: true` (SPIFFE Workload API
+/// spec: the header proves the caller is not a browser or a proxy).
+pub(crate) fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
     match request.metadata().get(SECURITY_HEADER).map(|v| v.to_str()) {
         Some(Ok("true")) => Ok(()),
         _ => Err(Status::invalid_argument(
@@ -61,7 +144,8 @@ fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
-fn trust_domain(spiffe_id: &str) -> String {
+/// The trust domain of a SPIFFE ID.
+pub(crate) fn trust_domain(spiffe_id: &str) -> String {
     spiffe_id
         .strip_prefix("spiffe://")
         .and_then(|rest| rest.split('/').next())
@@ -69,7 +153,8 @@ fn trust_domain(spiffe_id: &str) -> String {
         .to_owned()
 }
 
-fn concat_der<'a>(
+/// Certificates as the Workload API carries them: DER, concatenated.
+pub(crate) fn concat_der<'a>(
     certs: impl IntoIterator<Item = &'a rustls_pki_types::CertificateDer<'static>>,
 ) -> Vec<u8> {
     certs
@@ -145,7 +230,7 @@ mod futures_like {
     pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 }
 
-fn json_to_prost(value: &serde_json::Value) -> prost_types::Value {
+pub(crate) fn json_to_prost(value: &serde_json::Value) -> prost_types::Value {
     use prost_types::value::Kind;
     let kind = match value {
         serde_json::Value::Null => Kind::NullValue(0),
@@ -173,7 +258,7 @@ impl WorkloadApi {
             state: source.watch(),
             client,
             session: Arc::new(Mutex::new(None)),
-            verifiers: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
+            verifiers: Validators::default(),
             allowed: AllowedPeers::default(),
         }
     }
@@ -351,30 +436,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             |c| c.identity.0.clone(),
             move |creds| {
                 let client = client.clone();
-                Box::pin(async move {
-                    let answer = client
-                        .anonymous()
-                        .grpc()
-                        .get_jwks(GetJwksRequest {
-                            env: creds.identity.0.clone(),
-                        })
-                        .await?
-                        .into_inner();
-                    // SPIFFE bundles mark JWT authorities with use=jwt-svid.
-                    let mut jwks: serde_json::Value = serde_json::from_str(&answer.jwks)
-                        .map_err(|_| Status::internal("broker sent an invalid JWKS"))?;
-                    if let Some(keys) = jwks["keys"].as_array_mut() {
-                        for key in keys {
-                            key["use"] = "jwt-svid".into();
-                        }
-                    }
-                    Ok(JwtBundlesResponse {
-                        bundles: HashMap::from([(
-                            answer.trust_domain,
-                            jwks.to_string().into_bytes(),
-                        )]),
-                    })
-                })
+                Box::pin(async move { jwt_bundles(&client, &creds.identity.0).await })
             },
         )))
     }
@@ -384,42 +446,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         self.admit(&request)?;
-        let req = request.into_inner();
-        if req.audience.is_empty() {
-            return Err(Status::invalid_argument("audience must be specified"));
-        }
-        if req.svid.is_empty() {
-            return Err(Status::invalid_argument("svid must be specified"));
-        }
         let creds = self.current()?;
-        let verifier = {
-            let mut verifiers = self.verifiers.lock().await;
-            match verifiers.get(&req.audience) {
-                Some(v) => v.clone(),
-                None => {
-                    let v = JwtVerifier::new(&self.client, &creds.identity.0, &req.audience)
-                        .await
-                        .map_err(|e| Status::unavailable(e.to_string()))?;
-                    if let Ok(session) = self.session(&creds).await {
-                        // Validation honours revocations as they happen.
-                        std::mem::drop(v.follow_revocations(session));
-                    }
-                    verifiers.insert(req.audience.clone(), v.clone());
-                    v
-                }
-            }
-        };
-        let verified = verifier
-            .verify(&req.svid)
-            .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let claims = match json_to_prost(&verified.claims).kind {
-            Some(prost_types::value::Kind::StructValue(s)) => Some(s),
-            _ => None,
-        };
-        Ok(Response::new(ValidateJwtsvidResponse {
-            spiffe_id: verified.spiffe_id,
-            claims,
-        }))
+        let answer = self
+            .verifiers
+            .validate(
+                &self.client,
+                &creds.identity.0,
+                || async { self.session(&creds).await.ok() },
+                request.into_inner(),
+            )
+            .await?;
+        Ok(Response::new(answer))
     }
 }

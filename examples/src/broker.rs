@@ -109,6 +109,11 @@ pub struct Registration<'a> {
 pub struct Admin(AdminClient<Channel>);
 
 impl Admin {
+    /// The generated Admin client, for calls without a helper here.
+    pub fn grpc(&mut self) -> &mut AdminClient<Channel> {
+        &mut self.0
+    }
+
     /// Registers `identity`; one that is already registered (from an
     /// earlier run) is reused as it is, and says so.
     pub async fn register(&mut self, identity: &Registration<'_>) -> Result<()> {

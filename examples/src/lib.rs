@@ -18,6 +18,7 @@ pub mod agent_files;
 pub mod broker;
 pub mod jwt_call;
 pub mod mtls_pair;
+pub mod procfs;
 
 use anyhow::{Context, Result};
 

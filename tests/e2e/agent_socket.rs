@@ -16,8 +16,8 @@ pub struct SocketAgent {
 }
 
 impl SocketAgent {
-    /// Starts an agent for `env/name` (which must exist) with `extra`
-    /// flags, and waits for its socket.
+    /// Starts a sidecar agent for `env/name` (which must exist) with
+    /// `extra` flags, and waits for its socket.
     pub async fn start(
         broker: &TestBroker,
         env: &str,
@@ -26,19 +26,27 @@ impl SocketAgent {
         extra: &[&str],
     ) -> Self {
         let agent = Self::spawn(broker, env, name, socket, extra);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "agent socket never appeared: {}",
-                agent.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        agent.wait_for(socket).await;
         agent
     }
 
-    /// Starts an agent without waiting for anything.
+    /// Starts a node agent (`--node`) for the node identity `env/name`, and
+    /// waits for its socket.
+    pub async fn start_node(
+        broker: &TestBroker,
+        env: &str,
+        name: &str,
+        socket: &Path,
+        extra: &[&str],
+    ) -> Self {
+        let mut args = vec!["--node"];
+        args.extend(extra);
+        let agent = Self::spawn_with(broker, env, name, socket, &args);
+        agent.wait_for(socket).await;
+        agent
+    }
+
+    /// Starts a sidecar agent without waiting for anything.
     pub fn spawn(
         broker: &TestBroker,
         env: &str,
@@ -46,18 +54,34 @@ impl SocketAgent {
         socket: &Path,
         extra: &[&str],
     ) -> Self {
-        let scratch = broker.scratch(&format!("agent-{}", socket.display()).replace('/', "_"));
-        let log = scratch.join("agent.log");
+        let scratch = Self::scratch(broker, socket);
+        let mut args = vec!["--jwt-audience", "billing", "--out-dir"];
+        let out = scratch.join("out");
+        args.push(out.to_str().expect("utf-8 path"));
+        args.extend(extra);
+        Self::spawn_with(broker, env, name, socket, &args)
+    }
+
+    fn scratch(broker: &TestBroker, socket: &Path) -> PathBuf {
+        broker.scratch(&format!("agent-{}", socket.display()).replace('/', "_"))
+    }
+
+    fn spawn_with(
+        broker: &TestBroker,
+        env: &str,
+        name: &str,
+        socket: &Path,
+        args: &[&str],
+    ) -> Self {
+        let log = Self::scratch(broker, socket).join("agent.log");
         let child = Command::new(binary("credbroker-agent"))
-            .args(["--broker", &broker.url(), "--jwt-audience", "billing"])
+            .args(["--broker", &broker.url()])
             .args(["--join-token", &broker.join_token(env, name)])
             .arg("--bundle")
             .arg(broker.bundle_path())
-            .arg("--out-dir")
-            .arg(scratch.join("out"))
             .arg("--workload-api-socket")
             .arg(socket)
-            .args(extra)
+            .args(args)
             .env("CREDBROKER_LOG", "info,credbroker_client::uds=debug")
             .env_remove("CREDBROKER_JOIN_TOKEN")
             .stdout(Stdio::null())
@@ -65,6 +89,18 @@ impl SocketAgent {
             .spawn()
             .expect("spawn credbroker-agent");
         Self { child, log }
+    }
+
+    async fn wait_for(&self, socket: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "agent socket never appeared: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Everything the agent logged so far.

@@ -8,6 +8,7 @@ mod attestation;
 mod audit;
 mod happy_path;
 mod jwt;
+mod node_agent;
 mod python_clients;
 mod restart;
 mod revocation;

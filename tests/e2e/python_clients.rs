@@ -112,6 +112,43 @@ async fn raw_grpcio_clients_are_served_whatever_their_authority() {
     );
 }
 
+#[tokio::test]
+async fn py_spiffe_is_served_by_a_node_agent() {
+    let broker = TestBroker::start().await;
+    broker.create_identity("dev", "host-1", &[], &[]);
+    // A workload of this node, attested by the caller's uid (root here).
+    broker.cli_ok(&[
+        "identity",
+        "create",
+        "--env",
+        "dev",
+        "--name",
+        "py-app",
+        "--owner",
+        "team-test",
+        "--purpose",
+        "py-spiffe in node mode",
+        "--parent",
+        "dev/host-1",
+        "--selector",
+        "unix:uid=0",
+        "--audience",
+        "billing",
+    ]);
+    let socket = broker.scratch("py-node").join("agent.sock");
+    let agent = SocketAgent::start_node(&broker, "dev", "host-1", &socket, &[]).await;
+    let r = run_client(&socket, &["pyspiffe"]);
+    let id = "spiffe://dev.example.org/py-app";
+    assert!(r.get("error").is_none(), "{r}\n{}", agent.log_text());
+    assert_eq!(r["x509_spiffe_id"], id, "{r}");
+    assert_eq!(r["x509_chain_verified"], true, "{r}");
+    assert_eq!(r["x509_key_matches"], true, "{r}");
+    assert_eq!(r["jwt_spiffe_id"], id, "{r}");
+    assert_eq!(r["jwt_locally_validated"], id, "{r}");
+    assert_eq!(r["jwt_validated"], id, "{r}");
+    assert_eq!(r["jwt_wrong_audience"]["code"], "INVALID_ARGUMENT", "{r}");
+}
+
 /// A socket directory another uid can reach (the broker's scratch space is
 /// private to root).
 fn open_dir() -> tempfile::TempDir {

@@ -19,6 +19,7 @@ use super::{audit_api, join_token_api, revoke_api};
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
 use crate::model::{EnvName, IdentityKey, IdentityName, unix_now};
+use crate::policy::node::check_node_rules;
 use crate::policy::{IdentityRequest, IdentityView, PolicyError, validate_new_identity};
 
 /// Implements `credbroker.v1.Admin`.
@@ -101,6 +102,11 @@ fn to_proto(view: &IdentityView, outstanding: u32) -> pb::Identity {
         last_seen_at: id.last_seen_at.unwrap_or(0),
         status: view.status.as_str().to_owned(),
         outstanding_credentials: outstanding,
+        parent: id
+            .parent
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
@@ -214,11 +220,17 @@ impl Admin for AdminService {
             jwt_ttl: nonzero_secs(req.jwt_ttl_seconds),
             x509_ttl: nonzero_secs(req.x509_ttl_seconds),
             expires_at: (req.expires_at != 0).then_some(req.expires_at),
+            parent: Some(req.parent),
         };
         let result = async {
             let identity =
                 validate_new_identity(&spec, &self.broker.envs, &self.broker.limits, now)
                     .map_err(status::policy)?;
+            let parent = identity
+                .parent
+                .as_ref()
+                .and_then(|p| self.broker.registry.get(p));
+            check_node_rules(&identity, parent.as_deref()).map_err(status::policy)?;
             let created = self
                 .broker
                 .registry

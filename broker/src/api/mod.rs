@@ -6,6 +6,7 @@ mod audit_api;
 pub mod http;
 mod introspect;
 mod join_token_api;
+mod node_api;
 pub mod peer;
 mod revoke_api;
 mod status;

@@ -120,6 +120,15 @@ pub(super) async fn revoke(
             if broker.registry.get(&key).is_none() {
                 return Err(Status::not_found(format!("identity {key} not found")));
             }
+            // Revoking a node revokes what its agent holds for the
+            // workloads it serves: their identities ride along, so every
+            // verifier covers them without knowing who is whose parent.
+            identities = broker
+                .registry
+                .children(&key)
+                .iter()
+                .map(|c| c.key.to_string())
+                .collect();
             (Target::Identity(key), group_until)
         }
         Some(revoke_request::Target::Env(env)) => {

@@ -7,15 +7,16 @@ use credbroker_proto::v1::workload_server::Workload;
 use credbroker_proto::v1::{
     AttestRequest, AttestResponse, FetchJwtRequest, FetchJwtResponse, GetJwksRequest,
     GetJwksResponse, IdentityRef, IntrospectRequest, IntrospectResponse, JwtRequest, JwtSvid,
-    RenewX509Request, RenewX509Response, Revocation as ProtoRevocation, WatchRevocationsRequest,
-    X509Svid,
+    MintWorkloadJwtRequest, MintWorkloadJwtResponse, MintWorkloadSvidRequest,
+    MintWorkloadSvidResponse, NodeEntriesUpdate, RenewX509Request, RenewX509Response,
+    Revocation as ProtoRevocation, WatchNodeEntriesRequest, WatchRevocationsRequest, X509Svid,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::peer::{Caller, WorkloadPeer};
-use super::{introspect, revoke_api, status};
+use super::{introspect, node_api, revoke_api, status};
 use crate::attest::{Attestor, Evidence};
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -42,6 +43,11 @@ impl WorkloadService {
         Self { broker, stop }
     }
 
+    /// The shared broker state.
+    pub(super) fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
     /// Callers of read-only revocation APIs: any valid SVID, or the admin.
     fn require_authenticated<T>(&self, request: &Request<T>) -> Result<(), Status> {
         match self
@@ -56,7 +62,7 @@ impl WorkloadService {
         }
     }
 
-    fn grants(
+    pub(super) fn grants(
         &self,
         identity: &Identity,
         requests: &[JwtRequest],
@@ -76,7 +82,7 @@ impl WorkloadService {
             .collect()
     }
 
-    fn mint_jwt(
+    pub(super) fn mint_jwt(
         &self,
         env: &EnvironmentKeys,
         identity: &Identity,
@@ -111,7 +117,7 @@ impl WorkloadService {
         })
     }
 
-    fn svid(
+    pub(super) fn svid(
         &self,
         env: &EnvironmentKeys,
         identity: &Identity,
@@ -136,7 +142,7 @@ impl WorkloadService {
 
     /// The caller, which must be a workload with a valid SVID, and its
     /// identity, which must be active.
-    fn workload_caller<T>(
+    pub(super) fn workload_caller<T>(
         &self,
         request: &Request<T>,
         audit: &mut AuditRecord,
@@ -174,6 +180,14 @@ impl WorkloadService {
             )));
         }
         check_active(&identity, now).map_err(status::policy)?;
+        if let Some(node) = &identity.parent {
+            // Its credentials come from its node's agent, which proves on
+            // every call which process it is; the SVID alone is not enough.
+            return Err(Status::permission_denied(format!(
+                "identity {} is served by node {node}; only that node's agent obtains its credentials",
+                identity.key
+            )));
+        }
         Ok((peer, identity))
     }
 
@@ -349,6 +363,59 @@ async fn stream_revocations(
 #[tonic::async_trait]
 impl Workload for WorkloadService {
     type WatchRevocationsStream = ReceiverStream<Result<ProtoRevocation, Status>>;
+    type WatchNodeEntriesStream = ReceiverStream<Result<NodeEntriesUpdate, Status>>;
+
+    async fn watch_node_entries(
+        &self,
+        request: Request<WatchNodeEntriesRequest>,
+    ) -> Result<Response<Self::WatchNodeEntriesStream>, Status> {
+        let mut audit = AuditRecord::new(
+            &self.broker.audit,
+            "watch_node_entries",
+            request.remote_addr(),
+        );
+        let (peer, _node) = match self.workload_caller(&request, &mut audit, unix_now()) {
+            Ok(caller) => caller,
+            Err(e) => {
+                audit.denied(&status::reason(&e));
+                return Err(e);
+            }
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(node_api::stream_node_entries(
+            Arc::clone(&self.broker),
+            peer,
+            tx,
+            self.stop.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn mint_workload_svid(
+        &self,
+        request: Request<MintWorkloadSvidRequest>,
+    ) -> Result<Response<MintWorkloadSvidResponse>, Status> {
+        let mut audit = AuditRecord::new(
+            &self.broker.audit,
+            "mint_workload_svid",
+            request.remote_addr(),
+        );
+        let result = self.mint_workload_svid_inner(request, &mut audit);
+        finish(result, &audit)
+    }
+
+    async fn mint_workload_jwt(
+        &self,
+        request: Request<MintWorkloadJwtRequest>,
+    ) -> Result<Response<MintWorkloadJwtResponse>, Status> {
+        let mut audit = AuditRecord::new(
+            &self.broker.audit,
+            "mint_workload_jwt",
+            request.remote_addr(),
+        );
+        let result = self.mint_workload_jwt_inner(request, &mut audit);
+        finish(result, &audit)
+    }
 
     async fn watch_revocations(
         &self,

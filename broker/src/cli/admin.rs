@@ -118,6 +118,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                 audiences,
                 scopes,
                 selectors,
+                parent,
                 jwt_ttl,
                 x509_ttl,
                 expires_at,
@@ -140,6 +141,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                         jwt_ttl_seconds: secs(*jwt_ttl),
                         x509_ttl_seconds: secs(*x509_ttl),
                         expires_at: expires_at.unwrap_or(0),
+                        parent: parent.clone().unwrap_or_default(),
                     })
                     .await?
                     .into_inner();

@@ -166,6 +166,10 @@ pub enum IdentityCommand {
         /// KEY=VALUE that attestation must prove (repeatable).
         #[arg(long = "selector", value_parser = parse_selector)]
         selectors: Vec<(String, String)>,
+        /// ENV/NODE: the node identity whose agent (`credbroker-agent
+        /// --node`) serves this workload; its selectors are then `unix:…`.
+        #[arg(long)]
+        parent: Option<String>,
         /// JWT lifetime, e.g. 5m.
         #[arg(long, value_parser = parse_duration)]
         jwt_ttl: Option<Duration>,

@@ -39,6 +39,7 @@ pub fn identity_json(id: &Identity) -> Value {
         "owner": id.owner,
         "purpose": id.purpose,
         "selectors": id.selectors.iter().map(|s| format!("{}={}", s.key, s.value)).collect::<Vec<_>>(),
+        "parent": (!id.parent.is_empty()).then_some(&id.parent),
         "audiences": id.audiences,
         "scopes": id.scopes,
         "jwt_ttl_seconds": id.jwt_ttl_seconds,
@@ -87,6 +88,14 @@ pub fn print_identity(id: &Identity, out: Output) -> Result<(), AdminError> {
         ("owner", id.owner.clone()),
         ("purpose", id.purpose.clone()),
         ("selectors", join(&selectors)),
+        (
+            "parent",
+            if id.parent.is_empty() {
+                "-".to_owned()
+            } else {
+                id.parent.clone()
+            },
+        ),
         ("audiences", join(&id.audiences)),
         ("scopes", join(&id.scopes)),
         (

@@ -18,6 +18,19 @@ pub struct IdentityKey {
     pub name: IdentityName,
 }
 
+impl IdentityKey {
+    /// Parses `env/name` (the name may itself contain `/`).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let (env, name) = value
+            .split_once('/')
+            .ok_or_else(|| format!("identity {value:?} is not ENV/NAME"))?;
+        Ok(Self {
+            env: EnvName::new(env).map_err(|e| e.to_string())?,
+            name: IdentityName::new(name).map_err(|e| e.to_string())?,
+        })
+    }
+}
+
 impl fmt::Display for IdentityKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.env, self.name)
@@ -46,6 +59,10 @@ pub struct Identity {
     pub purpose: String,
     /// What attestation must prove.
     pub selectors: Vec<Selector>,
+    /// The node whose agent serves this identity, when it has one. Such an
+    /// identity is reachable only through that node's agent, which proves
+    /// its `unix:` selectors from the calling process.
+    pub parent: Option<IdentityKey>,
     /// Audiences JWTs may be issued for.
     pub audiences: BTreeSet<Audience>,
     /// Scopes JWTs may carry.
@@ -132,6 +149,7 @@ pub(crate) fn test_identity() -> Identity {
         owner: "team".into(),
         purpose: "p".into(),
         selectors: vec![],
+        parent: None,
         audiences: BTreeSet::from([Audience::new("billing").unwrap()]),
         scopes: BTreeSet::from([Scope::new("read").unwrap(), Scope::new("write").unwrap()]),
         jwt_ttl: Duration::from_secs(300),

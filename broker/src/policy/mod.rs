@@ -3,6 +3,7 @@
 
 mod grant;
 mod new_identity;
+pub mod node;
 mod registry;
 
 pub use grant::{JwtGrant, PolicyError, TtlLimits, check_active, grant_jwt};

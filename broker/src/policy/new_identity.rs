@@ -33,6 +33,8 @@ pub struct IdentityRequest {
     pub x509_ttl: Option<Duration>,
     /// Retirement date (unix seconds).
     pub expires_at: Option<i64>,
+    /// `env/name` of the node that serves it, if any.
+    pub parent: Option<String>,
 }
 
 fn invalid(msg: impl Into<String>) -> PolicyError {
@@ -146,6 +148,13 @@ pub fn validate_new_identity(
     {
         return Err(invalid("expires_at must be in the future"));
     }
+    let parent = req
+        .parent
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| IdentityKey::parse(p).map_err(|e| invalid(format!("parent: {e}"))))
+        .transpose()?;
     Ok(Identity {
         key: IdentityKey {
             env: env.name.clone(),
@@ -155,6 +164,7 @@ pub fn validate_new_identity(
         owner,
         purpose,
         selectors,
+        parent,
         audiences,
         scopes,
         jwt_ttl,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use dashmap::DashMap;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, broadcast};
 
 use super::PolicyError;
 use crate::model::{EnvName, Identity, IdentityKey, IdentityStatus};
@@ -38,11 +38,17 @@ pub struct IdentityView {
     pub status: IdentityStatus,
 }
 
+/// Changes buffered per subscriber before it is told it lagged (and must
+/// re-read the registry).
+const CHANGE_BUFFER: usize = 4096;
+
 /// In-memory identities backed by a [`Store`].
 pub struct IdentityRegistry {
     store: Arc<dyn Store>,
     identities: DashMap<IdentityKey, Arc<Identity>>,
     usage: DashMap<IdentityKey, Arc<Usage>>,
+    /// Every created or changed identity, as stored, for node streams.
+    changes: broadcast::Sender<Arc<Identity>>,
     /// Serializes read-modify-write changes so two admins cannot lose each
     /// other's update.
     writes: Mutex<()>,
@@ -63,6 +69,7 @@ impl IdentityRegistry {
             store,
             identities: DashMap::new(),
             usage: DashMap::new(),
+            changes: broadcast::channel(CHANGE_BUFFER).0,
             writes: Mutex::new(()),
         };
         for id in registry.store.list_identities().await? {
@@ -72,6 +79,24 @@ impl IdentityRegistry {
             registry.identities.insert(id.key.clone(), Arc::new(id));
         }
         Ok(registry)
+    }
+
+    /// Receives every identity created or changed from now on. Subscribe
+    /// before reading the current set so nothing falls in between.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Identity>> {
+        self.changes.subscribe()
+    }
+
+    /// The identities parented to `node`, in any status.
+    pub fn children(&self, node: &IdentityKey) -> Vec<Arc<Identity>> {
+        let mut out: Vec<Arc<Identity>> = self
+            .identities
+            .iter()
+            .filter(|e| e.value().parent.as_ref() == Some(node))
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
     }
 
     /// The identity's current settings (usage times as of load).
@@ -125,6 +150,7 @@ impl IdentityRegistry {
         );
         self.identities
             .insert(identity.key.clone(), Arc::clone(&identity));
+        let _ = self.changes.send(Arc::clone(&identity));
         Ok(identity)
     }
 
@@ -146,6 +172,7 @@ impl IdentityRegistry {
         self.store.update_identity(&next).await?;
         let next = Arc::new(next);
         self.identities.insert(key.clone(), Arc::clone(&next));
+        let _ = self.changes.send(Arc::clone(&next));
         Ok(next)
     }
 

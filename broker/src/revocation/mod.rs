@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
-use crate::model::{EnvName, IdentityKey, IdentityName};
+use crate::model::{EnvName, IdentityKey};
 
 /// Buffered events per subscriber before it is told it lagged.
 const EVENT_BUFFER: usize = 4096;
@@ -66,15 +66,7 @@ impl Target {
             "serial" => Self::Serial(value.to_ascii_uppercase()),
             "owner" => Self::Owner(value.to_owned()),
             "env" => Self::Env(EnvName::new(value).map_err(|e| e.to_string())?),
-            "identity" => {
-                let (env, name) = value
-                    .split_once('/')
-                    .ok_or_else(|| format!("identity {value:?} is not ENV/NAME"))?;
-                Self::Identity(IdentityKey {
-                    env: EnvName::new(env).map_err(|e| e.to_string())?,
-                    name: IdentityName::new(name).map_err(|e| e.to_string())?,
-                })
-            }
+            "identity" => Self::Identity(IdentityKey::parse(value)?),
             other => return Err(format!("unknown revocation kind {other:?}")),
         })
     }
@@ -102,7 +94,8 @@ pub struct Revocation {
     /// When every covered credential has expired (unix seconds).
     pub covers_until: i64,
     /// For owner revocations: the owner's identities (`env/name`) at the
-    /// time, published so verifiers need no owner lookup.
+    /// time; for identity revocations of a node: the identities it serves.
+    /// Published so verifiers need no owner or parent lookup.
     pub identities: Vec<String>,
 }
 
@@ -200,7 +193,15 @@ impl RevocationList {
             Target::Serial(s) => {
                 self.by_serial.insert(s.clone(), Arc::clone(rev));
             }
-            Target::Identity(k) => keep_latest(&self.by_identity, k.clone(), rev),
+            Target::Identity(k) => {
+                keep_latest(&self.by_identity, k.clone(), rev);
+                // A node's revocation also covers the workloads it serves.
+                for child in &rev.identities {
+                    if let Ok(child) = IdentityKey::parse(child) {
+                        keep_latest(&self.by_identity, child, rev);
+                    }
+                }
+            }
             Target::Env(e) => keep_latest(&self.by_env, e.clone(), rev),
             Target::Owner(o) => keep_latest(&self.by_owner, o.clone(), rev),
         }
@@ -296,6 +297,7 @@ impl RevocationList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::IdentityName;
 
     fn key(name: &str) -> IdentityKey {
         IdentityKey {

@@ -9,6 +9,7 @@ pub use files::{OutputDir, audience_file_name, write_atomic};
 
 use crate::client::Client;
 use crate::error::ClientError;
+use crate::node::{NodeAgent, NodeConfig};
 use crate::request::{Evidence, JwtRequest};
 use crate::source::{CredentialSource, Credentials, RefreshPolicy, SourceConfig, SourceState};
 use crate::svid::{JwtSvid, TrustBundle, X509Svid};
@@ -184,6 +185,53 @@ async fn keep_files(config: &AgentConfig, source: &CredentialSource) -> Result<(
             return Err(AgentError::Unavailable(
                 "the credential source stopped".into(),
             ));
+        }
+    }
+}
+
+/// Node mode: attests the host to its node identity, then serves the
+/// SPIFFE Workload API on `socket` to every local workload registered with
+/// this node as parent, until the node's credentials cannot be had any more
+/// (revoked, or expired with evidence that cannot be reused).
+pub async fn run_node(
+    config: NodeConfig,
+    socket: &std::path::Path,
+    socket_options: &SocketOptions,
+    health_addr: Option<std::net::SocketAddr>,
+) -> Result<(), AgentError> {
+    // Bound first, so a bad path stops the agent before it attests.
+    let listener = crate::uds::bind(socket, socket_options).map_err(AgentError::Socket)?;
+    let agent = NodeAgent::start(config).await?;
+    if let Some(addr) = health_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(health::serve(listener, agent.node_source().watch()));
+    }
+    let mut state = agent.node_source().watch();
+    let gone = async move {
+        loop {
+            if let SourceState::Unavailable {
+                reason,
+                retrying: false,
+            } = &*state.borrow_and_update()
+            {
+                return reason.clone();
+            }
+            if state.changed().await.is_err() {
+                return "the node's credential source stopped".to_owned();
+            }
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = agent.serve(listener, async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(serve);
+    tokio::select! {
+        served = &mut serve => served.map_err(AgentError::Socket),
+        reason = gone => {
+            let _ = stop_tx.send(());
+            let _ = serve.await;
+            Err(AgentError::Unavailable(reason))
         }
     }
 }

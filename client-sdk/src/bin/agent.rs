@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use credbroker_client::Evidence;
-use credbroker_client::agent::{AgentConfig, OutputDir, run, run_once};
+use credbroker_client::agent::{AgentConfig, AgentError, OutputDir, run, run_node, run_once};
+use credbroker_client::node::NodeConfig;
 use credbroker_client::uds::{AllowedPeers, SocketOptions};
 use tracing_subscriber::EnvFilter;
 
@@ -28,9 +29,46 @@ struct Args {
     /// Join token from `credbroker token create`.
     #[arg(long, env = "CREDBROKER_JOIN_TOKEN", hide_env_values = true)]
     join_token: String,
-    /// Directory for svid.pem, svid_key.pem, bundle.pem and jwt/.
-    #[arg(long)]
-    out_dir: PathBuf,
+    /// Directory for svid.pem, svid_key.pem, bundle.pem and jwt/
+    /// (required unless --node).
+    #[arg(long, required_unless_present = "node")]
+    out_dir: Option<PathBuf>,
+    /// Node mode: attest this host to a node identity and serve, on
+    /// --workload-api-socket, every local workload registered with
+    /// `--parent ENV/NODE`, attested by its uid, gid, user, path, sha256.
+    #[arg(
+        long,
+        requires = "workload_api_socket",
+        conflicts_with_all = ["once", "out_dir", "jwt_audiences", "on_rotate"]
+    )]
+    node: bool,
+    /// Permission bits of the Workload API socket (octal).
+    #[arg(long, default_value = "0600", value_parser = parse_mode, requires = "workload_api_socket")]
+    socket_mode: u32,
+    /// Group owning the Workload API socket (name or gid), e.g. with
+    /// --socket-mode 0660 to let that group's members connect.
+    #[arg(long, requires = "workload_api_socket")]
+    socket_group: Option<String>,
+    /// Serve Workload API calls only from this uid (repeatable; with
+    /// --allow-gid, a caller matching either is served). Not with --node,
+    /// which attests every caller.
+    #[arg(
+        long = "allow-uid",
+        requires = "workload_api_socket",
+        conflicts_with = "node"
+    )]
+    allow_uids: Vec<u32>,
+    /// Serve Workload API calls only from this effective gid (repeatable).
+    #[arg(
+        long = "allow-gid",
+        requires = "workload_api_socket",
+        conflicts_with = "node"
+    )]
+    allow_gids: Vec<u32>,
+    /// Node mode: workload SVIDs held at most (least recently used are
+    /// dropped and minted again when asked for).
+    #[arg(long, default_value_t = credbroker_client::node::DEFAULT_MAX_SVIDS, requires = "node")]
+    svid_cache_size: usize,
     /// Keep a JWT for this audience in jwt/<audience>.token (repeatable).
     #[arg(long = "jwt-audience")]
     jwt_audiences: Vec<String>,
@@ -40,36 +78,12 @@ struct Args {
     /// Serve the SPIFFE Workload API on this Unix socket.
     #[arg(long, conflicts_with = "once")]
     workload_api_socket: Option<PathBuf>,
-    /// Permission bits of the Workload API socket, in octal.
-    #[arg(long, value_parser = parse_mode, default_value = "0600", requires = "workload_api_socket")]
-    socket_mode: u32,
-    /// Group owning the Workload API socket (name or gid), e.g. with
-    /// --socket-mode 0660 to let that group's members connect.
-    #[arg(long, requires = "workload_api_socket")]
-    socket_group: Option<String>,
-    /// Serve Workload API calls only from this uid (repeatable; with
-    /// --allow-gid, a caller matching either is served).
-    #[arg(long = "allow-uid", requires = "workload_api_socket")]
-    allow_uids: Vec<u32>,
-    /// Serve Workload API calls only from this effective gid (repeatable).
-    #[arg(long = "allow-gid", requires = "workload_api_socket")]
-    allow_gids: Vec<u32>,
     /// Serve GET /healthz on this address (e.g. 127.0.0.1:7090).
     #[arg(long, conflicts_with = "once")]
     health_addr: Option<std::net::SocketAddr>,
     /// Shell command to run after each rotation (e.g. "kill -HUP $(cat app.pid)").
     #[arg(long, conflicts_with = "once")]
     on_rotate: Option<String>,
-}
-
-/// An octal mode such as 0600, 660 or 0o660, at most 0777.
-fn parse_mode(s: &str) -> Result<u32, String> {
-    let digits = s.strip_prefix("0o").unwrap_or(s);
-    match u32::from_str_radix(digits, 8) {
-        Ok(mode) if mode <= 0o777 => Ok(mode),
-        Ok(_) => Err(format!("{s} has bits beyond 0777")),
-        Err(_) => Err(format!("{s} is not an octal mode like 0600")),
-    }
 }
 
 #[tokio::main]
@@ -89,17 +103,31 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let evidence = Evidence::JoinToken(args.join_token);
+    let socket_options = SocketOptions {
+        mode: args.socket_mode,
+        group: args.socket_group,
+    };
+    if args.node {
+        let socket = args
+            .workload_api_socket
+            .expect("clap requires --workload-api-socket with --node");
+        let config =
+            NodeConfig::new(args.broker, bundle_pem, evidence).max_svids(args.svid_cache_size);
+        return exit(run_node(config, &socket, &socket_options, args.health_addr).await);
+    }
+    let Some(out_dir) = args.out_dir else {
+        eprintln!("error: --out-dir is required");
+        return ExitCode::FAILURE;
+    };
     let config = AgentConfig {
         broker: args.broker,
         bundle_pem,
-        evidence: Evidence::JoinToken(args.join_token),
-        out_dir: OutputDir::new(args.out_dir),
+        evidence,
+        out_dir: OutputDir::new(out_dir),
         jwt_audiences: args.jwt_audiences,
         workload_api_socket: args.workload_api_socket,
-        socket_options: SocketOptions {
-            mode: args.socket_mode,
-            group: args.socket_group,
-        },
+        socket_options,
         allowed_peers: AllowedPeers {
             uids: args.allow_uids,
             gids: args.allow_gids,
@@ -112,6 +140,17 @@ async fn main() -> ExitCode {
     } else {
         run(&config).await
     };
+    exit(result)
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as 0600"))
+}
+
+fn exit(result: Result<(), AgentError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 mod revocation;
-mod timing;
+pub(crate) mod timing;
 
 use revocation::{Revocations, Verdict, check_revoked};
 use timing::{backoff, renew_after};

@@ -7,7 +7,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::RefreshPolicy;
 
 /// `base` spread by ±`spread` (a fraction).
-pub(super) fn jitter(base: Duration, spread: f64) -> Duration {
+pub(crate) fn jitter(base: Duration, spread: f64) -> Duration {
     let mut bytes = [0u8; 4];
     let _ = SystemRandom::new().fill(&mut bytes);
     let unit = f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX); // [0, 1]
@@ -15,11 +15,11 @@ pub(super) fn jitter(base: Duration, spread: f64) -> Duration {
 }
 
 /// When to renew something that has `remaining` lifetime now.
-pub(super) fn renew_after(remaining: Duration, policy: &RefreshPolicy) -> Duration {
+pub(crate) fn renew_after(remaining: Duration, policy: &RefreshPolicy) -> Duration {
     jitter(remaining.mul_f64(policy.fraction), policy.jitter)
 }
 
-pub(super) fn backoff(failures: u32, policy: &RefreshPolicy) -> Duration {
+pub(crate) fn backoff(failures: u32, policy: &RefreshPolicy) -> Duration {
     let exp = policy
         .min_backoff
         .saturating_mul(1u32 << failures.saturating_sub(1).min(16));

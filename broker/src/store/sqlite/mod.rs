@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_audit.sql"),
     include_str!("../../../migrations/sqlite/0003_revocations.sql"),
+    include_str!("../../../migrations/sqlite/0004_nodes.sql"),
 ];
 
 /// SQLite-backed [`Store`].
@@ -95,6 +96,11 @@ fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreErr
         owner: row.try_get("owner")?,
         purpose: row.try_get("purpose")?,
         selectors,
+        parent: row
+            .try_get::<Option<String>, _>("parent")?
+            .map(|p| IdentityKey::parse(&p))
+            .transpose()
+            .map_err(corrupt)?,
         audiences: audiences
             .iter()
             .map(|a| Audience::new(a))
@@ -179,8 +185,8 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "INSERT INTO identities (env, name, spiffe_id, owner, purpose, selectors, audiences,
                  scopes, jwt_ttl_seconds, x509_ttl_seconds, expires_at, enabled, retired_at,
-                 created_at, updated_at, last_issued_at, last_seen_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, last_issued_at, last_seen_at, parent)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
@@ -199,6 +205,7 @@ impl Store for SqliteStore {
         .bind(id.updated_at)
         .bind(id.last_issued_at)
         .bind(id.last_seen_at)
+        .bind(id.parent.as_ref().map(ToString::to_string))
         .execute(&self.pool)
         .await;
         match result {

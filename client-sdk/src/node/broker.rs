@@ -1,0 +1,84 @@
+//! The node-agent RPCs of the broker, on a connection authenticated with
+//! the node's own SVID.
+
+use credbroker_proto::v1::{
+    IdentityRef, MintWorkloadJwtRequest, MintWorkloadSvidRequest, NodeEntriesUpdate,
+    WatchNodeEntriesRequest,
+};
+use rustls_pki_types::CertificateDer;
+
+use super::entries::EntryKey;
+use crate::client::{WorkloadClient, new_key_and_csr};
+use crate::error::ClientError;
+use crate::request::JwtRequest;
+use crate::svid::{JwtSvid, TrustBundle, X509Svid};
+
+fn identity_ref(key: &EntryKey) -> IdentityRef {
+    IdentityRef {
+        env: key.env.clone(),
+        name: key.name.clone(),
+    }
+}
+
+impl WorkloadClient {
+    /// Streams the identities this node serves: a snapshot, then changes.
+    pub async fn watch_node_entries(
+        &self,
+    ) -> Result<tonic::Streaming<NodeEntriesUpdate>, ClientError> {
+        Ok(self
+            .grpc()
+            .watch_node_entries(WatchNodeEntriesRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// An X.509-SVID for a workload this node serves, for a key pair
+    /// generated here (only its CSR goes to the broker).
+    pub async fn mint_workload_svid(
+        &self,
+        workload: &EntryKey,
+    ) -> Result<(X509Svid, TrustBundle), ClientError> {
+        let (key, csr) = new_key_and_csr()?;
+        let response = self
+            .grpc()
+            .mint_workload_svid(MintWorkloadSvidRequest {
+                identity: Some(identity_ref(workload)),
+                csr,
+            })
+            .await?
+            .into_inner();
+        let svid = response
+            .svid
+            .ok_or_else(|| ClientError::InvalidResponse("mint returned no SVID".into()))?;
+        Ok((
+            X509Svid::from_proto(svid, key),
+            TrustBundle {
+                certs: response
+                    .trust_bundle
+                    .into_iter()
+                    .map(CertificateDer::from)
+                    .collect(),
+            },
+        ))
+    }
+
+    /// A JWT-SVID for a workload this node serves.
+    pub async fn mint_workload_jwt(
+        &self,
+        workload: &EntryKey,
+        request: &JwtRequest,
+    ) -> Result<JwtSvid, ClientError> {
+        let response = self
+            .grpc()
+            .mint_workload_jwt(MintWorkloadJwtRequest {
+                identity: Some(identity_ref(workload)),
+                jwt: Some(request.to_proto()),
+            })
+            .await?
+            .into_inner();
+        response
+            .jwt
+            .map(JwtSvid::from)
+            .ok_or_else(|| ClientError::InvalidResponse("mint returned no JWT".into()))
+    }
+}
