@@ -155,7 +155,9 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
             }
         }
         let _ = flusher.registry.flush_usage().await;
-        flusher.audit.flush().await;
+        if let Err(e) = flusher.audit.flush().await {
+            tracing::error!(error = %e, "audit log not flushed at shutdown");
+        }
         Ok(())
     });
 
@@ -186,7 +188,9 @@ impl RunningBroker {
             }
         }
         // In-flight calls have finished: commit what they audited.
-        self.broker.audit.flush().await;
+        if let Err(e) = self.broker.audit.flush().await {
+            tracing::error!(error = %e, "audit log not flushed at shutdown");
+        }
         tracing::info!("credbroker stopped");
         Ok(())
     }

@@ -137,6 +137,21 @@ impl TestBroker {
         }
     }
 
+    /// Kills the broker with SIGKILL (no chance to flush anything), then
+    /// starts it again on the same data directory and ports.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn().await;
+    }
+
+    /// The broker's SQLite database file.
+    pub fn database(&self) -> PathBuf {
+        self.data_dir().join("credbroker.db")
+    }
+
     /// Stops and starts the broker on the same data directory and ports.
     pub async fn restart(&mut self) {
         self.stop().await;

@@ -125,7 +125,7 @@ impl AdminService {
     /// Unexpired issued credentials per identity (`env/name`), from the
     /// audit log.
     async fn outstanding(&self) -> Result<std::collections::HashMap<String, u32>, Status> {
-        self.broker.audit.flush().await;
+        self.broker.audit.flush().await.map_err(status::audit)?;
         let counts = self
             .broker
             .store

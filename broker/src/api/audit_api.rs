@@ -70,7 +70,7 @@ pub(super) async fn query(
         limit: i64::from(limit),
     };
     // Read your writes: whatever was audited before this query is visible.
-    broker.audit.flush().await;
+    broker.audit.flush().await.map_err(status::audit)?;
     let entries = broker
         .store
         .query_audit(&filter)
@@ -83,7 +83,7 @@ pub(super) async fn query(
 
 /// Walks the whole chain from the first entry.
 pub(super) async fn verify(broker: &Broker) -> Result<VerifyAuditResponse, Status> {
-    broker.audit.flush().await;
+    broker.audit.flush().await.map_err(status::audit)?;
     let mut verifier = ChainVerifier::default();
     let mut after = 0;
     loop {

@@ -172,7 +172,7 @@ async fn crl(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Resp
 
 async fn build_crl(broker: &Broker, keys: &EnvironmentKeys, now: i64) -> Result<Vec<u8>, String> {
     // Certificates issued a moment ago are in the audit log once it flushes.
-    broker.audit.flush().await;
+    broker.audit.flush().await.map_err(|e| e.to_string())?;
     let issued = broker
         .store
         .issued_certificates(keys.env.name.as_str(), now)

@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::attest::AttestError;
+use crate::audit::AuditError;
 use crate::issue::CsrError;
 use crate::keys::KeyError;
 use crate::policy::{PolicyError, UpdateError};
@@ -26,6 +27,13 @@ pub(crate) fn attest(e: AttestError) -> Status {
         | AttestError::Spent { .. }) => Status::unauthenticated(e.to_string()),
         AttestError::Store(e) => store(e),
     }
+}
+
+pub(crate) fn audit(e: AuditError) -> Status {
+    tracing::error!(error = %e, "audit log unavailable");
+    Status::unavailable(format!(
+        "{e}: nothing was issued or changed that is not recorded; retry later"
+    ))
 }
 
 pub(crate) fn csr(e: CsrError) -> Status {

@@ -91,6 +91,7 @@ impl WorkloadService {
         now: i64,
         audit: &AuditRecord,
     ) -> Result<JwtSvid, Status> {
+        let _signing = self.issuable(identity)?;
         let issuer = self.broker.issuer(identity.key.env.as_str());
         let minted = mint(
             &env.jwt,
@@ -106,6 +107,7 @@ impl WorkloadService {
             now,
         )
         .map_err(status::key)?;
+        self.born_revoked(identity, Some(&minted.claims.jti), None, now)?;
         audit.issued_jwt(&minted.claims.jti, &minted.claims.aud, minted.claims.exp);
         Ok(JwtSvid {
             token: minted.token,
@@ -117,6 +119,51 @@ impl WorkloadService {
         })
     }
 
+    /// Enters the signing step for `identity`: refused while a revocation
+    /// covering it is being committed. Hold the guard until signed, so a
+    /// revocation's `revoked_at` is read only after this issuance.
+    fn issuable(
+        &self,
+        identity: &Identity,
+    ) -> Result<Option<crate::revocation::order::IssuanceGuard<'_>>, Status> {
+        let guard = self.broker.revocations.order.issuing();
+        if let Some(target) =
+            self.broker
+                .revocations
+                .order
+                .pending_for(&identity.key, Some(&identity.owner), None)
+        {
+            return Err(Status::unavailable(format!(
+                "a revocation of {target} is being committed; retry"
+            )));
+        }
+        Ok(guard)
+    }
+
+    /// Refuses to hand out a credential that a revocation in force already
+    /// covers (issued in the very second it took effect).
+    fn born_revoked(
+        &self,
+        identity: &Identity,
+        jti: Option<&str>,
+        serial: Option<&str>,
+        now: i64,
+    ) -> Result<(), Status> {
+        match self.broker.revocations.covers(&CredentialFacts {
+            jti,
+            serial,
+            identity: &identity.key,
+            owner: Some(&identity.owner),
+            issued_at: now,
+        }) {
+            Some(rev) => Err(Status::unavailable(format!(
+                "{} was revoked a moment ago ({}); retry",
+                rev.target, rev.reason
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn svid(
         &self,
         env: &EnvironmentKeys,
@@ -125,12 +172,14 @@ impl WorkloadService {
         now: i64,
         audit: &AuditRecord,
     ) -> Result<X509Svid, Status> {
+        let _signing = self.issuable(identity)?;
         let IssuedSvid {
             chain,
             serial,
             expires_at,
         } = issue_svid(&env.ca, csr, &identity.spiffe_id, identity.x509_ttl, now)
             .map_err(status::key)?;
+        self.born_revoked(identity, None, Some(&serial), now)?;
         audit.issued_x509(&serial, expires_at);
         Ok(X509Svid {
             spiffe_id: identity.spiffe_id.to_string(),
@@ -303,6 +352,20 @@ impl WorkloadService {
     }
 }
 
+/// Hands out what a request issued once its audit records are committed,
+/// or records the refusal.
+async fn deliver<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<T>, Status> {
+    let result = match result {
+        Ok(value) => audit
+            .commit_issued()
+            .await
+            .map(|()| value)
+            .map_err(status::audit),
+        Err(e) => Err(e),
+    };
+    finish(result, audit)
+}
+
 fn finish<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<T>, Status> {
     match result {
         Ok(value) => Ok(Response::new(value)),
@@ -401,7 +464,7 @@ impl Workload for WorkloadService {
             request.remote_addr(),
         );
         let result = self.mint_workload_svid_inner(request, &mut audit);
-        finish(result, &audit)
+        deliver(result, &audit).await
     }
 
     async fn mint_workload_jwt(
@@ -414,7 +477,7 @@ impl Workload for WorkloadService {
             request.remote_addr(),
         );
         let result = self.mint_workload_jwt_inner(request, &mut audit);
-        finish(result, &audit)
+        deliver(result, &audit).await
     }
 
     async fn watch_revocations(
@@ -471,7 +534,7 @@ impl Workload for WorkloadService {
     ) -> Result<Response<AttestResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "attest", request.remote_addr());
         let result = self.attest_inner(request, &mut audit).await;
-        finish(result, &audit)
+        deliver(result, &audit).await
     }
 
     async fn fetch_jwt(
@@ -480,7 +543,7 @@ impl Workload for WorkloadService {
     ) -> Result<Response<FetchJwtResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "fetch_jwt", request.remote_addr());
         let result = self.fetch_jwt_inner(request, &mut audit);
-        finish(result, &audit)
+        deliver(result, &audit).await
     }
 
     async fn renew_x509(
@@ -489,6 +552,6 @@ impl Workload for WorkloadService {
     ) -> Result<Response<RenewX509Response>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "renew_x509", request.remote_addr());
         let result = self.renew_inner(request, &mut audit);
-        finish(result, &audit)
+        deliver(result, &audit).await
     }
 }

@@ -1,6 +1,13 @@
-//! The durable audit log writer: entries are queued without waiting and
-//! committed in batches (group commit), each batch one transaction, chained
-//! in order by a single writer task.
+//! The durable audit log writer: entries are committed in batches (group
+//! commit), each batch one transaction, chained in order by a single writer
+//! task.
+//!
+//! Issuances wait for their batch: [`AuditLog::commit`] returns only once
+//! the entries are in the store, so no credential leaves the broker before
+//! its record is durable, and it gives up after [`COMMIT_TIMEOUT`] so a
+//! wedged store turns into UNAVAILABLE instead of a hang. Denials and admin
+//! changes are queued without waiting. The queue is bounded: when the store
+//! cannot keep up, callers are refused instead of memory growing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,24 +19,46 @@ use crate::store::{Store, StoreError};
 
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 1024;
+/// Commands (each one or more entries) waiting for the writer at most.
+pub const QUEUE_CAPACITY: usize = 16_384;
+/// Longest an issuance waits for its record to be committed.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Wait before retrying a failed commit.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// Why the audit log could not take or commit an entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    /// The queue is full: the store is not keeping up.
+    #[error(
+        "the audit log is full ({QUEUE_CAPACITY} batches waiting); the store is not keeping up"
+    )]
+    Full,
+    /// The commit did not finish in time.
+    #[error("the audit log did not commit within {}s", COMMIT_TIMEOUT.as_secs())]
+    Timeout,
+    /// The writer task is gone (shutting down).
+    #[error("the audit log writer has stopped")]
+    Stopped,
+}
 
 enum Command {
     Append(Box<AuditEntry>),
+    Commit(Vec<AuditEntry>, oneshot::Sender<()>),
     Flush(oneshot::Sender<()>),
 }
 
 /// Handle to the audit log.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::Sender<Command>,
 }
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Append(_) => "Append",
+            Self::Commit(..) => "Commit",
             Self::Flush(_) => "Flush",
         })
     }
@@ -39,30 +68,75 @@ impl AuditLog {
     /// Starts the writer, continuing the chain stored in `store`.
     pub async fn start(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let (seq, head) = store.audit_head().await?.unwrap_or((0, GENESIS));
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         tokio::spawn(write_loop(store, rx, seq, head));
         Ok(Self { tx })
     }
 
-    /// Queues `entry`; it is committed within milliseconds.
+    /// Queues `entry` without waiting; it is committed within
+    /// milliseconds. When the queue is full the entry goes to the log
+    /// stream only, with an error saying so.
     pub fn append(&self, entry: AuditEntry) {
-        if self.tx.send(Command::Append(Box::new(entry))).is_err() {
-            tracing::error!("audit writer has stopped; entry lost");
+        if let Err(e) = self.tx.try_send(Command::Append(Box::new(entry))) {
+            let (why, entry) = match e {
+                mpsc::error::TrySendError::Full(Command::Append(entry)) => ("full", entry),
+                mpsc::error::TrySendError::Closed(Command::Append(entry)) => ("stopped", entry),
+                _ => return,
+            };
+            tracing::error!(
+                target: super::TARGET,
+                why,
+                action = %entry.action,
+                decision = %entry.decision,
+                identity = entry.identity.as_deref(),
+                reason = entry.reason.as_deref(),
+                "audit log cannot take this entry; it is recorded in the log stream only"
+            );
         }
     }
 
-    /// Waits until every entry queued before this call is committed.
-    pub async fn flush(&self) {
+    /// Commits `entries` and waits until they are durable, at most
+    /// [`COMMIT_TIMEOUT`]. Only after `Ok` may what they record be handed
+    /// out.
+    pub async fn commit(&self, entries: Vec<AuditEntry>) -> Result<(), AuditError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Command::Flush(done)).is_ok() {
-            let _ = wait.await;
+        self.tx
+            .try_send(Command::Commit(entries, done))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => AuditError::Full,
+                mpsc::error::TrySendError::Closed(_) => AuditError::Stopped,
+            })?;
+        match tokio::time::timeout(COMMIT_TIMEOUT, wait).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(AuditError::Stopped),
+            Err(_) => Err(AuditError::Timeout),
+        }
+    }
+
+    /// Waits until every entry queued before this call is committed, at
+    /// most [`COMMIT_TIMEOUT`].
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (done, wait) = oneshot::channel();
+        let queued = tokio::time::timeout(COMMIT_TIMEOUT, self.tx.send(Command::Flush(done)));
+        match queued.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(AuditError::Stopped),
+            Err(_) => return Err(AuditError::Timeout),
+        }
+        match tokio::time::timeout(COMMIT_TIMEOUT, wait).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(AuditError::Stopped),
+            Err(_) => Err(AuditError::Timeout),
         }
     }
 }
 
 async fn write_loop(
     store: Arc<dyn Store>,
-    mut rx: mpsc::UnboundedReceiver<Command>,
+    mut rx: mpsc::Receiver<Command>,
     mut seq: i64,
     mut head: [u8; 32],
 ) {
@@ -73,6 +147,10 @@ async fn write_loop(
         while let Some(cmd) = next.take() {
             match cmd {
                 Command::Append(entry) => batch.push(*entry),
+                Command::Commit(entries, done) => {
+                    batch.extend(entries);
+                    waiters.push(done);
+                }
                 Command::Flush(done) => waiters.push(done),
             }
             if batch.len() < MAX_BATCH {
@@ -87,10 +165,19 @@ async fn write_loop(
                 prev = linked.hash;
                 chained.push(linked);
             }
-            // Nothing is dropped: a failing store is retried until it works.
+            // Nothing is dropped: a failing store is retried until it
+            // works. Waiters give up on their own after COMMIT_TIMEOUT, and
+            // the bounded queue refuses new work meanwhile.
+            let mut failures = 0u32;
             while let Err(e) = store.append_audit(&chained).await {
-                tracing::error!(error = %e, pending = chained.len(), "cannot write audit log; retrying");
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(25) {
+                    tracing::error!(error = %e, pending = chained.len(), failures, "cannot write audit log; retrying");
+                }
                 tokio::time::sleep(RETRY_AFTER).await;
+            }
+            if failures > 0 {
+                tracing::warn!(failures, "audit log writes recovered");
             }
             seq += chained.len() as i64;
             head = prev;

@@ -9,9 +9,10 @@ mod entry;
 mod log;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 pub use entry::{AuditEntry, ChainVerifier, ChainedEntry, GENESIS, VerifyReport, hex};
-pub use log::AuditLog;
+pub use log::{AuditError, AuditLog, COMMIT_TIMEOUT, QUEUE_CAPACITY};
 
 /// The `tracing` target of audit events.
 pub const TARGET: &str = "credbroker::audit";
@@ -55,10 +56,14 @@ macro_rules! audit_event {
 }
 
 /// One auditable request, filled in as it is processed; each outcome is
-/// logged and appended to the audit log.
+/// logged and appended to the audit log. Issuances are held until
+/// [`AuditRecord::commit_issued`], which the request must pass before it
+/// hands the credentials out.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
     log: AuditLog,
+    /// Issuance entries not committed yet.
+    issued: Arc<Mutex<Vec<AuditEntry>>>,
     /// What was attempted (`attest`, `fetch_jwt`, `identity.create`, …).
     pub action: &'static str,
     /// Who asked: `admin`, a SPIFFE ID, or `anonymous`.
@@ -85,6 +90,7 @@ impl AuditRecord {
     pub fn new(log: &AuditLog, action: &'static str, peer: Option<SocketAddr>) -> Self {
         Self {
             log: log.clone(),
+            issued: Arc::new(Mutex::new(Vec::new())),
             action,
             actor: None,
             peer,
@@ -108,6 +114,24 @@ impl AuditRecord {
         }
     }
 
+    fn hold(&self, entry: AuditEntry) {
+        if let Ok(mut issued) = self.issued.lock() {
+            issued.push(entry);
+        }
+    }
+
+    /// Commits every issuance recorded so far and waits until it is durable
+    /// (bounded by [`COMMIT_TIMEOUT`]). The credentials may leave the broker
+    /// only after `Ok`.
+    pub async fn commit_issued(&self) -> Result<(), AuditError> {
+        let entries = self
+            .issued
+            .lock()
+            .map(|mut issued| std::mem::take(&mut *issued))
+            .unwrap_or_default();
+        self.log.commit(entries).await
+    }
+
     /// Records that an X.509-SVID with `serial` was issued.
     pub fn issued_x509(&self, serial: &str, expires_at: i64) {
         audit_event!(
@@ -118,7 +142,7 @@ impl AuditRecord {
             serial,
             expires_at
         );
-        self.log.append(AuditEntry {
+        self.hold(AuditEntry {
             credential: Some("x509-svid".into()),
             serial: Some(serial.to_owned()),
             expires_at: Some(expires_at),
@@ -129,7 +153,7 @@ impl AuditRecord {
     /// Records that a JWT with `jti` was issued.
     pub fn issued_jwt(&self, jti: &str, audiences: &[String], expires_at: i64) {
         audit_event!(info, self, "issued", credential = "jwt-svid", jti, audiences = ?audiences, expires_at);
-        self.log.append(AuditEntry {
+        self.hold(AuditEntry {
             credential: Some("jwt-svid".into()),
             jti: Some(jti.to_owned()),
             expires_at: Some(expires_at),
