@@ -3,6 +3,7 @@
 //! SDK and agent.
 
 mod admin;
+mod agent_socket;
 mod attestation;
 mod audit;
 mod audit_durability;
@@ -10,6 +11,7 @@ mod audit_seal;
 mod happy_path;
 mod jwt;
 mod node_agent;
+mod python_clients;
 mod restart;
 mod revocation;
 mod revocation_race;
