@@ -15,6 +15,7 @@ mod python_clients;
 mod restart;
 mod revocation;
 mod revocation_race;
+mod scope;
 mod source;
 mod spiffe_api;
 mod tls;

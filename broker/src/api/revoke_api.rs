@@ -12,6 +12,32 @@ use crate::model::{EnvName, IdentityKey, IdentityName, unix_now};
 use crate::revocation::{Revocation, Target};
 use crate::store::NewRevocation;
 
+/// The stream form of `rev` for a subscriber that sees environment
+/// `scope` only (`None`: every environment), or `None` when it concerns
+/// only other environments. Owner revocations keep only the subscriber's
+/// identities. JWT ids and serials carry no environment and are random:
+/// they are sent to everyone, as a CRL would publish them.
+pub(super) fn visible_in(rev: &Revocation, scope: Option<&EnvName>) -> Option<pb::Revocation> {
+    let Some(env) = scope else {
+        return Some(to_proto(rev));
+    };
+    let in_env = |key: &str| key.split_once('/').is_some_and(|(e, _)| e == env.as_str());
+    let mut proto = to_proto(rev);
+    match &rev.target {
+        Target::Jti(_) | Target::Serial(_) => {}
+        Target::Env(e) if e != env => return None,
+        Target::Env(_) => {}
+        Target::Identity(key) if key.env != *env => return None,
+        Target::Identity(_) | Target::Owner(_) => {
+            proto.identities.retain(|k| in_env(k));
+            if matches!(rev.target, Target::Owner(_)) && proto.identities.is_empty() {
+                return None;
+            }
+        }
+    }
+    Some(proto)
+}
+
 /// The stream / API form of a revocation.
 pub(super) fn to_proto(r: &Revocation) -> pb::Revocation {
     pb::Revocation {

@@ -48,17 +48,42 @@ impl WorkloadService {
         &self.broker
     }
 
-    /// Callers of read-only revocation APIs: any valid SVID, or the admin.
-    fn require_authenticated<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    /// Callers of read-only revocation APIs: the admin (who sees every
+    /// environment, `None`), or a workload whose SVID is valid and not
+    /// revoked and whose identity is active (who sees its own environment).
+    fn require_authenticated<T>(&self, request: &Request<T>) -> Result<Option<EnvName>, Status> {
+        let now = unix_now();
         match self
             .broker
             .callers
-            .authenticate(request, &self.broker.keys, unix_now())?
+            .authenticate(request, &self.broker.keys, now)?
         {
             Caller::Anonymous => Err(Status::unauthenticated(
                 "this call needs a client certificate (an X.509-SVID)",
             )),
-            _ => Ok(()),
+            Caller::Admin => Ok(None),
+            Caller::Workload(peer) => {
+                let identity = self.broker.registry.get(&peer.identity).ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "identity {} no longer exists",
+                        peer.identity
+                    ))
+                })?;
+                if let Some(rev) = self.broker.revocations.covers(&CredentialFacts {
+                    jti: None,
+                    serial: Some(&peer.serial),
+                    identity: &peer.identity,
+                    owner: Some(&identity.owner),
+                    issued_at: peer.issued_at,
+                }) {
+                    return Err(Status::permission_denied(format!(
+                        "certificate {} was revoked: {}",
+                        peer.serial, rev.reason
+                    )));
+                }
+                check_active(&identity, now).map_err(status::policy)?;
+                Ok(Some(peer.identity.env.clone()))
+            }
         }
     }
 
@@ -382,9 +407,11 @@ fn finish<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<
 async fn stream_revocations(
     broker: Arc<Broker>,
     after: i64,
+    scope: Option<EnvName>,
     tx: mpsc::Sender<Result<ProtoRevocation, Status>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let visible = |rev: &crate::revocation::Revocation| revoke_api::visible_in(rev, scope.as_ref());
     // Subscribe before reading the backlog so nothing falls in between.
     let mut events = broker.revocations.subscribe();
     let mut last = after;
@@ -396,7 +423,8 @@ async fn stream_revocations(
         backlog
     };
     for rev in catch_up(&mut last) {
-        if tx.send(Ok(revoke_api::to_proto(&rev))).await.is_err() {
+        let Some(rev) = visible(&rev) else { continue };
+        if tx.send(Ok(rev)).await.is_err() {
             return;
         }
     }
@@ -416,7 +444,8 @@ async fn stream_revocations(
             Err(broadcast::error::RecvError::Closed) => return,
         };
         for rev in batch {
-            if tx.send(Ok(revoke_api::to_proto(&rev))).await.is_err() {
+            let Some(rev) = visible(&rev) else { continue };
+            if tx.send(Ok(rev)).await.is_err() {
                 return;
             }
         }
@@ -484,7 +513,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        self.require_authenticated(&request)?;
+        let scope = self.require_authenticated(&request)?;
         let after = request.into_inner().after_seq;
         if after < 0 {
             return Err(Status::invalid_argument("after_seq must not be negative"));
@@ -493,6 +522,7 @@ impl Workload for WorkloadService {
         tokio::spawn(stream_revocations(
             Arc::clone(&self.broker),
             after,
+            scope,
             tx,
             self.stop.clone(),
         ));
@@ -519,12 +549,13 @@ impl Workload for WorkloadService {
         &self,
         request: Request<IntrospectRequest>,
     ) -> Result<Response<IntrospectResponse>, Status> {
-        self.require_authenticated(&request)?;
+        let scope = self.require_authenticated(&request)?;
         let credential = request.into_inner().credential;
         Ok(Response::new(introspect::introspect(
             &self.broker,
             credential,
             unix_now(),
+            scope.as_ref(),
         )))
     }
 
