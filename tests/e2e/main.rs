@@ -4,6 +4,7 @@
 
 mod admin;
 mod agent_socket;
+mod attack_list;
 mod attestation;
 mod audit;
 mod audit_durability;
