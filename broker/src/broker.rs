@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use crate::api::peer::CallerCache;
 use crate::attest::AttestorRegistry;
-use crate::audit::AuditLog;
+use crate::audit::checkpoint::CheckpointFile;
+use crate::audit::{AuditLog, AuditSeal, ChainKey};
 use crate::config::{Config, Environment};
 use crate::keys::{Kek, KeyError, KeyRing};
 use crate::model::unix_now;
@@ -78,7 +79,15 @@ impl Broker {
         let store = store::open(&config.store_url()).await?;
         let keys = KeyRing::load_or_create(&config, store.as_ref(), &kek).await?;
         let registry = IdentityRegistry::load(Arc::clone(&store)).await?;
-        let audit = AuditLog::start(Arc::clone(&store)).await?;
+        let audit = AuditLog::start(
+            Arc::clone(&store),
+            AuditSeal {
+                chain: ChainKey::new(kek.audit_chain_key()),
+                signer: Arc::clone(keys.audit_signer()),
+                checkpoints: CheckpointFile::new(config.audit_checkpoint_file()),
+            },
+        )
+        .await?;
         let attestors = AttestorRegistry::build(&config.attestors, Arc::clone(&store)).await?;
         let revocations = RevocationList::default();
         revocations.load(store.live_revocations(unix_now()).await?);

@@ -321,6 +321,11 @@ impl Config {
         }
     }
 
+    /// Where the audit log's signed checkpoints are appended.
+    pub fn audit_checkpoint_file(&self) -> std::path::PathBuf {
+        self.data_dir.join("audit.checkpoints")
+    }
+
     /// The store URL, defaulting to SQLite under `data_dir`.
     pub fn store_url(&self) -> String {
         match &self.store_url {

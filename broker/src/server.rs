@@ -193,7 +193,7 @@ impl RunningBroker {
             }
         }
         // In-flight calls have finished: commit what they audited.
-        if let Err(e) = self.broker.audit.flush().await {
+        if let Err(e) = self.broker.audit.checkpoint().await {
             tracing::error!(error = %e, "audit log not flushed at shutdown");
         }
         tracing::info!("credbroker stopped");

@@ -38,6 +38,7 @@ pub mod revocations;
 pub mod source;
 mod svid;
 pub mod tls;
+pub mod uds;
 pub mod verifier;
 pub mod workload_api;
 

@@ -22,12 +22,13 @@ use credbroker_proto::spiffe::{
 };
 use credbroker_proto::v1::GetJwksRequest;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::client::{Client, WorkloadClient};
 use crate::request::JwtRequest;
 use crate::source::{CredentialSource, Credentials, SourceError, SourceState, usable};
+use crate::uds::{AllowedPeers, PeerCred, SocketOptions, UdsListener};
 use crate::verifier::JwtVerifier;
 
 /// Metadata every Workload API call must carry.
@@ -42,6 +43,7 @@ pub struct WorkloadApi {
     client: Client,
     session: Arc<Mutex<Option<(String, WorkloadClient)>>>,
     verifiers: Validators,
+    allowed: AllowedPeers,
 }
 
 /// ValidateJWTSVID: one verifier per audience, following revocations.
@@ -257,7 +259,22 @@ impl WorkloadApi {
             client,
             session: Arc::new(Mutex::new(None)),
             verifiers: Validators::default(),
+            allowed: AllowedPeers::default(),
         }
+    }
+
+    /// Serves only callers whose uid or gid `allowed` lists (when it lists
+    /// any); others get PermissionDenied on every call.
+    pub fn allow_peers(mut self, allowed: AllowedPeers) -> Self {
+        self.allowed = allowed;
+        self
+    }
+
+    /// The entry check of every call, streams included: the caller's peer
+    /// credentials must be admitted, and the security header present.
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.allowed.check(request.extensions().get::<PeerCred>())?;
+        check_header(request)
     }
 
     fn current(&self) -> Result<Arc<Credentials>, Status> {
@@ -282,24 +299,31 @@ impl WorkloadApi {
         Ok(session)
     }
 
-    /// Serves on the Unix socket `path` (replacing a stale socket file)
-    /// until `shutdown` completes.
+    /// Creates the Unix socket `path` with `options` (see
+    /// [`uds::bind`](crate::uds::bind)) and serves on it until `shutdown`
+    /// completes.
     pub async fn serve(
         self,
         path: &Path,
+        options: &SocketOptions,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), std::io::Error> {
-        if path.exists() {
-            std::fs::remove_file(path)?;
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let listener = tokio::net::UnixListener::bind(path)?;
-        tracing::info!(socket = %path.display(), "serving the SPIFFE Workload API");
+        let listener = crate::uds::bind(path, options)?;
+        self.serve_listener(listener, shutdown).await
+    }
+
+    /// Serves on an already bound socket until `shutdown` completes (bind
+    /// first to report a bad socket path before anything else starts).
+    /// Clients may send any `:authority`; see [`crate::uds::authority`].
+    pub async fn serve_listener(
+        self,
+        listener: UdsListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), std::io::Error> {
+        tracing::info!(socket = %listener.path().display(), "serving the SPIFFE Workload API");
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(self))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(listener.incoming(), shutdown)
             .await
             .map_err(std::io::Error::other)
     }
@@ -315,7 +339,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        check_header(&request)?;
+        self.admit(&request)?;
         Ok(Response::new(stream_changes(
             self.state.clone(),
             |c| c.svid.serial.clone(),
@@ -327,7 +351,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        check_header(&request)?;
+        self.admit(&request)?;
         Ok(Response::new(stream_changes(
             self.state.clone(),
             |c| c.bundle.to_pem(),
@@ -349,7 +373,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        check_header(&request)?;
+        self.admit(&request)?;
         let req = request.into_inner();
         if req.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -405,7 +429,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        check_header(&request)?;
+        self.admit(&request)?;
         let client = self.client.clone();
         Ok(Response::new(stream_changes(
             self.state.clone(),
@@ -421,7 +445,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        check_header(&request)?;
+        self.admit(&request)?;
         let creds = self.current()?;
         let answer = self
             .verifiers

@@ -3,18 +3,24 @@
 //! SDK and agent.
 
 mod admin;
+mod agent_socket;
+mod attack_list;
 mod attestation;
 mod audit;
 mod audit_durability;
+mod audit_seal;
 mod happy_path;
 mod jwt;
 mod node_agent;
 mod platform_agent;
 mod platform_attestation;
 mod platform_selectors;
+mod python_clients;
 mod request_context;
 mod restart;
 mod revocation;
+mod revocation_race;
+mod scope;
 mod source;
 mod spiffe_api;
 mod tls;

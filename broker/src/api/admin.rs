@@ -396,7 +396,8 @@ impl Admin for AdminService {
     ) -> Result<Response<VerifyAuditResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "audit.verify", request.remote_addr());
         self.require_admin(&request, &mut audit)?;
-        let report = audit_api::verify(&self.broker).await?;
+        let checkpoints = request.into_inner().checkpoints;
+        let report = audit_api::verify(&self.broker, checkpoints).await?;
         if report.intact {
             audit.changed(&format!(
                 "intact: {} entries, head {}",

@@ -6,6 +6,7 @@ use credbroker_proto::v1::{
 use tonic::Status;
 
 use super::status;
+use crate::audit::checkpoint::Checkpoint;
 use crate::audit::{AuditFilter, ChainVerifier, ChainedEntry, hex};
 use crate::broker::Broker;
 
@@ -81,10 +82,30 @@ pub(super) async fn query(
     })
 }
 
-/// Walks the whole chain from the first entry.
-pub(super) async fn verify(broker: &Broker) -> Result<VerifyAuditResponse, Status> {
+/// Walks the whole chain from the first entry and checks it against the
+/// newest signed checkpoint in `checkpoint_lines` (or the broker's own
+/// checkpoint file when empty).
+pub(super) async fn verify(
+    broker: &Broker,
+    checkpoint_lines: Vec<String>,
+) -> Result<VerifyAuditResponse, Status> {
     broker.audit.flush().await.map_err(status::audit)?;
-    let mut verifier = ChainVerifier::default();
+    let seal = broker.audit.seal();
+    let lines = if checkpoint_lines.is_empty() {
+        seal.checkpoints.lines().map_err(|e| {
+            Status::unavailable(format!(
+                "cannot read {}: {e}",
+                seal.checkpoints.path().display()
+            ))
+        })?
+    } else {
+        checkpoint_lines
+    };
+    let (checkpoint, unreadable) = Checkpoint::newest(lines.iter().map(String::as_str));
+    let mut verifier = ChainVerifier::new(seal.chain.clone());
+    if let Some(cp) = &checkpoint {
+        verifier.watch(cp.seq);
+    }
     let mut after = 0;
     loop {
         let page = broker
@@ -99,7 +120,44 @@ pub(super) async fn verify(broker: &Broker) -> Result<VerifyAuditResponse, Statu
             break;
         }
     }
-    let report = verifier.finish();
+    let sealed_hash = verifier.watched();
+    let mut report = verifier.finish();
+    if report.broken.is_none()
+        && let Some(cp) = &checkpoint
+    {
+        report.broken = if !cp.verify(&seal.signer) {
+            Some((
+                cp.seq,
+                "the newest checkpoint's signature is not the broker's (forged checkpoint file)"
+                    .to_owned(),
+            ))
+        } else if report.entries < cp.seq {
+            Some((
+                report.entries + 1,
+                format!(
+                    "the log ends at entry {} but a signed checkpoint sealed {} entries: entries {}..{} were removed (truncated)",
+                    report.entries,
+                    cp.seq,
+                    report.entries + 1,
+                    cp.seq
+                ),
+            ))
+        } else if sealed_hash != Some(cp.head) {
+            Some((
+                cp.seq,
+                "entry differs from what the signed checkpoint sealed: the chain was rewritten"
+                    .to_owned(),
+            ))
+        } else {
+            None
+        };
+    }
+    if unreadable > 0 {
+        tracing::warn!(
+            unreadable,
+            "checkpoint lines that could not be read were ignored"
+        );
+    }
     let (broken_at, problem) = report.broken.clone().unwrap_or((0, String::new()));
     Ok(VerifyAuditResponse {
         entries: report.entries,
@@ -107,5 +165,6 @@ pub(super) async fn verify(broker: &Broker) -> Result<VerifyAuditResponse, Statu
         intact: report.broken.is_none(),
         broken_at,
         problem,
+        checkpoint_seq: checkpoint.map(|c| c.seq).unwrap_or(0),
     })
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::peer::{issued_at, serial_hex, spiffe_id_of};
 use crate::broker::Broker;
-use crate::model::{IdentityKey, SpiffeId};
+use crate::model::{EnvName, IdentityKey, IdentityStatus, SpiffeId};
 use crate::revocation::CredentialFacts;
 
 fn inactive(reason: impl Into<String>) -> IntrospectResponse {
@@ -19,16 +19,37 @@ fn inactive(reason: impl Into<String>) -> IntrospectResponse {
     }
 }
 
-/// Answers for `credential` at unix time `now`.
+/// Answers for `credential` at unix time `now`, for a caller that may see
+/// credentials of `scope` only (`None`: the admin, who sees all).
 pub(super) fn introspect(
     broker: &Broker,
     credential: Option<introspect_request::Credential>,
     now: i64,
+    scope: Option<&EnvName>,
 ) -> IntrospectResponse {
-    match credential {
+    let answer = match credential {
         Some(introspect_request::Credential::Token(token)) => token_status(broker, &token, now),
         Some(introspect_request::Credential::Certificate(der)) => cert_status(broker, &der, now),
         None => inactive("no credential given"),
+    };
+    // A workload learns nothing about another environment's credentials,
+    // not even whether they exist.
+    match scope {
+        Some(env) if answer.active && answer.env != env.as_str() => {
+            inactive("not a credential of the caller's environment")
+        }
+        _ => answer,
+    }
+}
+
+/// Why the identity behind an otherwise valid credential is not in service.
+fn identity_inactive(broker: &Broker, identity: &IdentityKey, now: i64) -> Option<String> {
+    match broker.registry.get(identity) {
+        None => Some(format!("identity {identity} no longer exists")),
+        Some(id) => match id.status(now) {
+            IdentityStatus::Active => None,
+            status => Some(format!("identity {identity} is {status}")),
+        },
     }
 }
 
@@ -111,6 +132,9 @@ fn token_status(broker: &Broker, token: &str, now: i64) -> IntrospectResponse {
     ) {
         return inactive(reason);
     }
+    if let Some(reason) = identity_inactive(broker, &identity, now) {
+        return inactive(reason);
+    }
     let aud = match &claims["aud"] {
         Value::Array(a) => a
             .iter()
@@ -169,6 +193,9 @@ fn cert_status(broker: &Broker, der: &[u8], now: i64) -> IntrospectResponse {
             issued_at: issued_at(&cert),
         },
     ) {
+        return inactive(reason);
+    }
+    if let Some(reason) = identity_inactive(broker, &identity, now) {
         return inactive(reason);
     }
     IntrospectResponse {

@@ -12,6 +12,32 @@ use crate::model::{EnvName, IdentityKey, IdentityName, unix_now};
 use crate::revocation::{Revocation, Target};
 use crate::store::NewRevocation;
 
+/// The stream form of `rev` for a subscriber that sees environment
+/// `scope` only (`None`: every environment), or `None` when it concerns
+/// only other environments. Owner revocations keep only the subscriber's
+/// identities. JWT ids and serials carry no environment and are random:
+/// they are sent to everyone, as a CRL would publish them.
+pub(super) fn visible_in(rev: &Revocation, scope: Option<&EnvName>) -> Option<pb::Revocation> {
+    let Some(env) = scope else {
+        return Some(to_proto(rev));
+    };
+    let in_env = |key: &str| key.split_once('/').is_some_and(|(e, _)| e == env.as_str());
+    let mut proto = to_proto(rev);
+    match &rev.target {
+        Target::Jti(_) | Target::Serial(_) => {}
+        Target::Env(e) if e != env => return None,
+        Target::Env(_) => {}
+        Target::Identity(key) if key.env != *env => return None,
+        Target::Identity(_) | Target::Owner(_) => {
+            proto.identities.retain(|k| in_env(k));
+            if matches!(rev.target, Target::Owner(_)) && proto.identities.is_empty() {
+                return None;
+            }
+        }
+    }
+    Some(proto)
+}
+
 /// The stream / API form of a revocation.
 pub(super) fn to_proto(r: &Revocation) -> pb::Revocation {
     pb::Revocation {
@@ -52,6 +78,36 @@ async fn issued_expiry(broker: &Broker, filter: AuditFilter, what: &str) -> Resu
         })
 }
 
+/// The longest lifetime (seconds) of anything the target's identities can
+/// hold, from their stored TTLs — not today's configuration, which may have
+/// been lowered since they were issued.
+fn longest_lifetime(broker: &Broker, target: &Target, served: &[IdentityKey], now: i64) -> i64 {
+    let identities: Vec<_> = match target {
+        Target::Identity(key) => std::iter::once(key)
+            .chain(served)
+            .filter_map(|k| broker.registry.get(k))
+            .collect(),
+        Target::Env(env) => broker
+            .registry
+            .list(Some(env), None, now)
+            .into_iter()
+            .map(|v| std::sync::Arc::new(v.identity))
+            .collect(),
+        Target::Owner(owner) => broker
+            .registry
+            .list(None, Some(owner), now)
+            .into_iter()
+            .map(|v| std::sync::Arc::new(v.identity))
+            .collect(),
+        Target::Jti(_) | Target::Serial(_) => vec![],
+    };
+    identities
+        .iter()
+        .map(|id| id.jwt_ttl.max(id.x509_ttl).as_secs() as i64)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Revokes; the entry is committed before this returns. Revoking a JWT or
 /// certificate that is already revoked returns the existing entry.
 pub(super) async fn revoke(
@@ -69,10 +125,6 @@ pub(super) async fn revoke(
         ));
     }
     let now = unix_now();
-    // Group revocations cover everything issued so far; nothing issued before
-    // now can outlive the longest lifetime the configuration allows.
-    let ttl = &broker.config.ttl;
-    let group_until = now + ttl.jwt_ceiling.max(ttl.x509_ceiling).as_secs() as i64;
     let mut identities = Vec::new();
     let (target, covers_until) = match req.target {
         None => {
@@ -94,7 +146,7 @@ pub(super) async fn revoke(
                 &format!("jti {jti}"),
             )
             .await?;
-            (Target::Jti(jti), until)
+            (Target::Jti(jti), Some(until))
         }
         Some(revoke_request::Target::Serial(serial)) => {
             let serial = serial.trim().replace(':', "").to_ascii_uppercase();
@@ -110,7 +162,7 @@ pub(super) async fn revoke(
                 &format!("serial {serial}"),
             )
             .await?;
-            (Target::Serial(serial), until)
+            (Target::Serial(serial), Some(until))
         }
         Some(revoke_request::Target::Identity(r)) => {
             let key = IdentityKey {
@@ -129,7 +181,7 @@ pub(super) async fn revoke(
                 .iter()
                 .map(|c| c.key.to_string())
                 .collect();
-            (Target::Identity(key), group_until)
+            (Target::Identity(key), None)
         }
         Some(revoke_request::Target::Env(env)) => {
             let env = EnvName::new(&env).map_err(invalid)?;
@@ -138,7 +190,7 @@ pub(super) async fn revoke(
                     "environment {env} is not served here"
                 )));
             }
-            (Target::Env(env), group_until)
+            (Target::Env(env), None)
         }
         Some(revoke_request::Target::Owner(owner)) => {
             let owner = owner.trim().to_owned();
@@ -153,13 +205,30 @@ pub(super) async fn revoke(
                     "no identity is owned by {owner:?}"
                 )));
             }
-            (Target::Owner(owner), group_until)
+            (Target::Owner(owner), None)
         }
     };
     audit.identity = match &target {
         Target::Identity(key) => Some(key.to_string()),
         _ => None,
     };
+    // Order, not a clock's second, decides coverage: from here no
+    // credential of the target is issued until the revocation is in force,
+    // and `revoked_at` is read only once every issuance already signing
+    // has finished (see `revocation::order`).
+    let served: Vec<IdentityKey> = identities
+        .iter()
+        .filter_map(|k| IdentityKey::parse(k).ok())
+        .collect();
+    let pending = broker
+        .revocations
+        .order
+        .begin(target.clone(), served.clone());
+    let revoked_at = broker.revocations.order.fence();
+    // A group revocation covers everything its identities hold; nothing
+    // they were issued outlives their own stored lifetimes.
+    let covers_until = covers_until
+        .unwrap_or_else(|| revoked_at + longest_lifetime(broker, &target, &served, revoked_at));
     // One revocation at a time from here to the broadcast: sequence numbers
     // come from the store, and subscribers rely on receiving them in order.
     let writer = broker.revocations.writer().await;
@@ -171,7 +240,7 @@ pub(super) async fn revoke(
         target,
         reason,
         operator,
-        revoked_at: now,
+        revoked_at,
         covers_until,
         identities,
     };
@@ -192,7 +261,8 @@ pub(super) async fn revoke(
     drop(writer);
     if let Target::Identity(key) = &rev.target {
         // Covered credentials are already refused; this stops new ones
-        // until an operator re-enables the identity.
+        // until an operator re-enables the identity. The pending mark stays
+        // until then, so nothing slips in between.
         broker
             .registry
             .update(key, now, |id| {
@@ -202,6 +272,7 @@ pub(super) async fn revoke(
             .await
             .map_err(status::update)?;
     }
+    drop(pending);
     audit.changed(&format!(
         "revoked {} (seq {}): {}",
         rev.target, rev.seq, rev.reason

@@ -48,17 +48,42 @@ impl WorkloadService {
         &self.broker
     }
 
-    /// Callers of read-only revocation APIs: any valid SVID, or the admin.
-    fn require_authenticated<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    /// Callers of read-only revocation APIs: the admin (who sees every
+    /// environment, `None`), or a workload whose SVID is valid and not
+    /// revoked and whose identity is active (who sees its own environment).
+    fn require_authenticated<T>(&self, request: &Request<T>) -> Result<Option<EnvName>, Status> {
+        let now = unix_now();
         match self
             .broker
             .callers
-            .authenticate(request, &self.broker.keys, unix_now())?
+            .authenticate(request, &self.broker.keys, now)?
         {
             Caller::Anonymous => Err(Status::unauthenticated(
                 "this call needs a client certificate (an X.509-SVID)",
             )),
-            _ => Ok(()),
+            Caller::Admin => Ok(None),
+            Caller::Workload(peer) => {
+                let identity = self.broker.registry.get(&peer.identity).ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "identity {} no longer exists",
+                        peer.identity
+                    ))
+                })?;
+                if let Some(rev) = self.broker.revocations.covers(&CredentialFacts {
+                    jti: None,
+                    serial: Some(&peer.serial),
+                    identity: &peer.identity,
+                    owner: Some(&identity.owner),
+                    issued_at: peer.issued_at,
+                }) {
+                    return Err(Status::permission_denied(format!(
+                        "certificate {} was revoked: {}",
+                        peer.serial, rev.reason
+                    )));
+                }
+                check_active(&identity, now).map_err(status::policy)?;
+                Ok(Some(peer.identity.env.clone()))
+            }
         }
     }
 
@@ -91,6 +116,7 @@ impl WorkloadService {
         now: i64,
         audit: &AuditRecord,
     ) -> Result<JwtSvid, Status> {
+        let _signing = self.issuable(identity)?;
         let issuer = self.broker.issuer(identity.key.env.as_str());
         let minted = mint(
             &env.jwt,
@@ -106,6 +132,7 @@ impl WorkloadService {
             now,
         )
         .map_err(status::key)?;
+        self.born_revoked(identity, Some(&minted.claims.jti), None, now)?;
         audit.issued_jwt(&minted.claims.jti, &minted.claims.aud, minted.claims.exp);
         Ok(JwtSvid {
             token: minted.token,
@@ -117,6 +144,51 @@ impl WorkloadService {
         })
     }
 
+    /// Enters the signing step for `identity`: refused while a revocation
+    /// covering it is being committed. Hold the guard until signed, so a
+    /// revocation's `revoked_at` is read only after this issuance.
+    fn issuable(
+        &self,
+        identity: &Identity,
+    ) -> Result<Option<crate::revocation::order::IssuanceGuard<'_>>, Status> {
+        let guard = self.broker.revocations.order.issuing();
+        if let Some(target) =
+            self.broker
+                .revocations
+                .order
+                .pending_for(&identity.key, Some(&identity.owner), None)
+        {
+            return Err(Status::unavailable(format!(
+                "a revocation of {target} is being committed; retry"
+            )));
+        }
+        Ok(guard)
+    }
+
+    /// Refuses to hand out a credential that a revocation in force already
+    /// covers (issued in the very second it took effect).
+    fn born_revoked(
+        &self,
+        identity: &Identity,
+        jti: Option<&str>,
+        serial: Option<&str>,
+        now: i64,
+    ) -> Result<(), Status> {
+        match self.broker.revocations.covers(&CredentialFacts {
+            jti,
+            serial,
+            identity: &identity.key,
+            owner: Some(&identity.owner),
+            issued_at: now,
+        }) {
+            Some(rev) => Err(Status::unavailable(format!(
+                "{} was revoked a moment ago ({}); retry",
+                rev.target, rev.reason
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn svid(
         &self,
         env: &EnvironmentKeys,
@@ -125,12 +197,14 @@ impl WorkloadService {
         now: i64,
         audit: &AuditRecord,
     ) -> Result<X509Svid, Status> {
+        let _signing = self.issuable(identity)?;
         let IssuedSvid {
             chain,
             serial,
             expires_at,
         } = issue_svid(&env.ca, csr, &identity.spiffe_id, identity.x509_ttl, now)
             .map_err(status::key)?;
+        self.born_revoked(identity, None, Some(&serial), now)?;
         audit.issued_x509(&serial, expires_at);
         Ok(X509Svid {
             spiffe_id: identity.spiffe_id.to_string(),
@@ -265,9 +339,11 @@ fn finish<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<
 async fn stream_revocations(
     broker: Arc<Broker>,
     after: i64,
+    scope: Option<EnvName>,
     tx: mpsc::Sender<Result<ProtoRevocation, Status>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let visible = |rev: &crate::revocation::Revocation| revoke_api::visible_in(rev, scope.as_ref());
     // Subscribe before reading the backlog so nothing falls in between.
     let mut events = broker.revocations.subscribe();
     let mut last = after;
@@ -279,7 +355,8 @@ async fn stream_revocations(
         backlog
     };
     for rev in catch_up(&mut last) {
-        if tx.send(Ok(revoke_api::to_proto(&rev))).await.is_err() {
+        let Some(rev) = visible(&rev) else { continue };
+        if tx.send(Ok(rev)).await.is_err() {
             return;
         }
     }
@@ -299,7 +376,8 @@ async fn stream_revocations(
             Err(broadcast::error::RecvError::Closed) => return,
         };
         for rev in batch {
-            if tx.send(Ok(revoke_api::to_proto(&rev))).await.is_err() {
+            let Some(rev) = visible(&rev) else { continue };
+            if tx.send(Ok(rev)).await.is_err() {
                 return;
             }
         }
@@ -367,7 +445,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        self.require_authenticated(&request)?;
+        let scope = self.require_authenticated(&request)?;
         let after = request.into_inner().after_seq;
         if after < 0 {
             return Err(Status::invalid_argument("after_seq must not be negative"));
@@ -376,6 +454,7 @@ impl Workload for WorkloadService {
         tokio::spawn(stream_revocations(
             Arc::clone(&self.broker),
             after,
+            scope,
             tx,
             self.stop.clone(),
         ));
@@ -402,12 +481,13 @@ impl Workload for WorkloadService {
         &self,
         request: Request<IntrospectRequest>,
     ) -> Result<Response<IntrospectResponse>, Status> {
-        self.require_authenticated(&request)?;
+        let scope = self.require_authenticated(&request)?;
         let credential = request.into_inner().credential;
         Ok(Response::new(introspect::introspect(
             &self.broker,
             credential,
             unix_now(),
+            scope.as_ref(),
         )))
     }
 

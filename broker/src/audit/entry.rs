@@ -44,8 +44,33 @@ pub struct ChainedEntry {
     pub entry: AuditEntry,
     /// Hash of the previous entry (zeros for the first).
     pub prev_hash: [u8; 32],
-    /// SHA-256 over `prev_hash`, `seq` and the canonical JSON of `entry`.
+    /// HMAC-SHA256 (keyed by [`ChainKey`]) over `prev_hash`, `seq` and the
+    /// canonical JSON of `entry`.
     pub hash: [u8; 32],
+}
+
+/// The secret that keys the chain, derived from the KEK: without it, an
+/// entry cannot be altered and the chain re-linked so that it verifies.
+#[derive(Clone)]
+pub struct ChainKey(ring::hmac::Key);
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey(..)")
+    }
+}
+
+impl ChainKey {
+    /// Wraps an HMAC-SHA256 key (see `Kek::audit_chain_key`).
+    pub fn new(key: ring::hmac::Key) -> Self {
+        Self(key)
+    }
+
+    /// A fixed key for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]))
+    }
 }
 
 /// The hash before the first entry.
@@ -53,8 +78,8 @@ pub const GENESIS: [u8; 32] = [0; 32];
 
 impl ChainedEntry {
     /// Links `entry` after `prev_hash` at position `seq`.
-    pub fn link(seq: i64, entry: AuditEntry, prev_hash: [u8; 32]) -> Self {
-        let hash = chain_hash(seq, &entry, &prev_hash);
+    pub fn link(seq: i64, entry: AuditEntry, prev_hash: [u8; 32], key: &ChainKey) -> Self {
+        let hash = chain_hash(key, seq, &entry, &prev_hash);
         Self {
             seq,
             entry,
@@ -64,19 +89,19 @@ impl ChainedEntry {
     }
 
     /// Whether `hash` matches the content.
-    pub fn is_intact(&self) -> bool {
-        chain_hash(self.seq, &self.entry, &self.prev_hash) == self.hash
+    pub fn is_intact(&self, key: &ChainKey) -> bool {
+        chain_hash(key, self.seq, &self.entry, &self.prev_hash) == self.hash
     }
 }
 
-fn chain_hash(seq: i64, entry: &AuditEntry, prev_hash: &[u8; 32]) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+fn chain_hash(key: &ChainKey, seq: i64, entry: &AuditEntry, prev_hash: &[u8; 32]) -> [u8; 32] {
+    let mut ctx = ring::hmac::Context::with_key(&key.0);
     ctx.update(prev_hash);
     ctx.update(&seq.to_be_bytes());
     // Serializing a plain struct of strings and integers cannot fail.
     ctx.update(&serde_json::to_vec(entry).unwrap_or_default());
     let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
+    out.copy_from_slice(ctx.sign().as_ref());
     out
 }
 
@@ -98,13 +123,38 @@ pub struct VerifyReport {
 
 /// Checks entries page by page; call [`ChainVerifier::feed`] with entries in
 /// sequence order, then [`ChainVerifier::finish`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ChainVerifier {
+    key: ChainKey,
     report: VerifyReport,
     last_seq: i64,
+    /// A sequence number whose hash a checkpoint sealed, and that hash as
+    /// found in the log.
+    watched: Option<(i64, Option<[u8; 32]>)>,
 }
 
 impl ChainVerifier {
+    /// A verifier for a chain keyed with `key`.
+    pub fn new(key: ChainKey) -> Self {
+        Self {
+            key,
+            report: VerifyReport::default(),
+            last_seq: 0,
+            watched: None,
+        }
+    }
+
+    /// Also remembers the hash of entry `seq` (see [`ChainVerifier::watched`]).
+    pub fn watch(&mut self, seq: i64) {
+        self.watched = Some((seq, None));
+    }
+
+    /// The hash the log holds at the watched sequence number, if it got
+    /// there intact.
+    pub fn watched(&self) -> Option<[u8; 32]> {
+        self.watched.and_then(|(_, h)| h)
+    }
+
     /// Checks the next entries; stops recording at the first problem.
     pub fn feed(&mut self, entries: &[ChainedEntry]) {
         for e in entries {
@@ -119,7 +169,7 @@ impl ChainVerifier {
                 ))
             } else if e.prev_hash != expected_prev {
                 Some("does not link to the entry before it (an entry was altered, removed or inserted)".to_owned())
-            } else if !e.is_intact() {
+            } else if !e.is_intact(&self.key) {
                 Some("content does not match its hash (the entry was altered)".to_owned())
             } else {
                 None
@@ -130,6 +180,11 @@ impl ChainVerifier {
             }
             self.report.entries += 1;
             self.report.head = Some(e.hash);
+            if let Some((seq, found)) = &mut self.watched
+                && *seq == e.seq
+            {
+                *found = Some(e.hash);
+            }
             self.last_seq = e.seq;
         }
     }
@@ -158,6 +213,7 @@ mod tests {
                         ..Default::default()
                     },
                     prev,
+                    &ChainKey::for_tests(),
                 );
                 prev = e.hash;
                 e
@@ -166,7 +222,7 @@ mod tests {
     }
 
     fn verify(entries: &[ChainedEntry]) -> VerifyReport {
-        let mut v = ChainVerifier::default();
+        let mut v = ChainVerifier::new(ChainKey::for_tests());
         v.feed(entries);
         v.finish()
     }
@@ -193,7 +249,29 @@ mod tests {
         // Rehashing the altered entry itself is caught by the next link.
         let mut rehashed = chain(5);
         rehashed[2].entry.jti = Some("forged".into());
-        rehashed[2] = ChainedEntry::link(3, rehashed[2].entry.clone(), rehashed[2].prev_hash);
+        rehashed[2] = ChainedEntry::link(
+            3,
+            rehashed[2].entry.clone(),
+            rehashed[2].prev_hash,
+            &ChainKey::for_tests(),
+        );
         assert_eq!(verify(&rehashed).broken.unwrap().0, 4);
+    }
+
+    #[test]
+    fn a_chain_rebuilt_without_the_key_does_not_verify() {
+        // Someone with write access to the database but not the KEK
+        // re-links every entry with a key of their own.
+        let forged_key = ChainKey::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[9u8; 32]));
+        let mut prev = GENESIS;
+        let forged: Vec<ChainedEntry> = chain(3)
+            .into_iter()
+            .map(|e| {
+                let e = ChainedEntry::link(e.seq, e.entry, prev, &forged_key);
+                prev = e.hash;
+                e
+            })
+            .collect();
+        assert_eq!(verify(&forged).broken.unwrap().0, 1);
     }
 }

@@ -14,8 +14,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::entry::{AuditEntry, ChainedEntry, GENESIS};
+use super::checkpoint::{Checkpoint, CheckpointFile};
+use super::entry::{AuditEntry, ChainKey, ChainedEntry, GENESIS};
+use crate::keys::JwtSigningKey;
 use crate::store::{Store, StoreError};
+
+/// How often the writer seals a checkpoint of new entries.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -46,12 +51,25 @@ enum Command {
     Append(Box<AuditEntry>),
     Commit(Vec<AuditEntry>, oneshot::Sender<()>),
     Flush(oneshot::Sender<()>),
+    Checkpoint(oneshot::Sender<()>),
+}
+
+/// What keys and seals the chain.
+#[derive(Debug, Clone)]
+pub struct AuditSeal {
+    /// Keys the chain (derived from the KEK).
+    pub chain: ChainKey,
+    /// Signs checkpoints.
+    pub signer: Arc<JwtSigningKey>,
+    /// Where checkpoints are appended.
+    pub checkpoints: CheckpointFile,
 }
 
 /// Handle to the audit log.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Command>,
+    seal: AuditSeal,
 }
 
 impl std::fmt::Debug for Command {
@@ -60,17 +78,55 @@ impl std::fmt::Debug for Command {
             Self::Append(_) => "Append",
             Self::Commit(..) => "Commit",
             Self::Flush(_) => "Flush",
+            Self::Checkpoint(_) => "Checkpoint",
         })
     }
 }
 
 impl AuditLog {
-    /// Starts the writer, continuing the chain stored in `store`.
-    pub async fn start(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+    /// Starts the writer, continuing the chain stored in `store`. A log
+    /// that ends before the newest checkpoint is reported (it was
+    /// truncated); the broker still starts so that `audit verify` can say
+    /// exactly what is missing.
+    pub async fn start(store: Arc<dyn Store>, seal: AuditSeal) -> Result<Self, StoreError> {
         let (seq, head) = store.audit_head().await?.unwrap_or((0, GENESIS));
+        if let Ok(lines) = seal.checkpoints.lines()
+            && let (Some(cp), _) = Checkpoint::newest(lines.iter().map(String::as_str))
+            && cp.seq > seq
+        {
+            tracing::error!(
+                target: super::TARGET,
+                checkpoint_seq = cp.seq,
+                log_ends_at = seq,
+                file = %seal.checkpoints.path().display(),
+                "the audit log is TRUNCATED: entries {}..{} sealed by a checkpoint are gone; run `credbroker audit verify`",
+                seq + 1,
+                cp.seq
+            );
+        }
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_loop(store, rx, seq, head));
-        Ok(Self { tx })
+        tokio::spawn(write_loop(store, rx, seq, head, seal.clone()));
+        Ok(Self { tx, seal })
+    }
+
+    /// What keys and seals the chain.
+    pub fn seal(&self) -> &AuditSeal {
+        &self.seal
+    }
+
+    /// Commits what is queued and seals a checkpoint of it (at shutdown).
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        self.flush().await?;
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Checkpoint(done))
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        match tokio::time::timeout(COMMIT_TIMEOUT, wait).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(AuditError::Stopped),
+            Err(_) => Err(AuditError::Timeout),
+        }
     }
 
     /// Queues `entry` without waiting; it is committed within
@@ -134,15 +190,52 @@ impl AuditLog {
     }
 }
 
+/// Seals `seq`/`head` into the checkpoint file and the log stream.
+fn seal_checkpoint(seal: &AuditSeal, seq: i64, head: [u8; 32]) -> bool {
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let Some(cp) = Checkpoint::sign(&seal.signer, seq, head, at_ms) else {
+        tracing::error!("cannot sign an audit checkpoint");
+        return false;
+    };
+    tracing::info!(target: super::TARGET, checkpoint = %cp.to_line(), "audit checkpoint");
+    match seal.checkpoints.append(&cp) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, file = %seal.checkpoints.path().display(), "cannot write the audit checkpoint file");
+            false
+        }
+    }
+}
+
 async fn write_loop(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Command>,
     mut seq: i64,
     mut head: [u8; 32],
+    seal: AuditSeal,
 ) {
-    while let Some(first) = rx.recv().await {
+    let mut sealed = seq;
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => cmd,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if seq > sealed && seal_checkpoint(&seal, seq, head) {
+                    sealed = seq;
+                }
+                continue;
+            }
+        };
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
+        let mut checkpoint_waiters = Vec::new();
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
@@ -152,6 +245,7 @@ async fn write_loop(
                     waiters.push(done);
                 }
                 Command::Flush(done) => waiters.push(done),
+                Command::Checkpoint(done) => checkpoint_waiters.push(done),
             }
             if batch.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
@@ -161,7 +255,7 @@ async fn write_loop(
             let mut chained = Vec::with_capacity(batch.len());
             let mut prev = head;
             for (i, entry) in batch.into_iter().enumerate() {
-                let linked = ChainedEntry::link(seq + 1 + i as i64, entry, prev);
+                let linked = ChainedEntry::link(seq + 1 + i as i64, entry, prev, &seal.chain);
                 prev = linked.hash;
                 chained.push(linked);
             }
@@ -185,5 +279,16 @@ async fn write_loop(
         for done in waiters {
             let _ = done.send(());
         }
+        if !checkpoint_waiters.is_empty() {
+            if seq > sealed && seal_checkpoint(&seal, seq, head) {
+                sealed = seq;
+            }
+            for done in checkpoint_waiters {
+                let _ = done.send(());
+            }
+        }
+    }
+    if seq > sealed {
+        seal_checkpoint(&seal, seq, head);
     }
 }

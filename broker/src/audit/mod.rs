@@ -5,14 +5,15 @@
 //! `credbroker audit verify` checks. Secrets never go in: tokens appear as
 //! hash prefixes, credentials as `jti` or serial.
 
+pub mod checkpoint;
 mod entry;
 mod log;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-pub use entry::{AuditEntry, ChainVerifier, ChainedEntry, GENESIS, VerifyReport, hex};
-pub use log::{AuditError, AuditLog, COMMIT_TIMEOUT, QUEUE_CAPACITY};
+pub use entry::{AuditEntry, ChainKey, ChainVerifier, ChainedEntry, GENESIS, VerifyReport, hex};
+pub use log::{AuditError, AuditLog, AuditSeal, CHECKPOINT_EVERY, COMMIT_TIMEOUT, QUEUE_CAPACITY};
 
 /// The `tracing` target of audit events.
 pub const TARGET: &str = "credbroker::audit";

@@ -187,11 +187,24 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
             }
         },
         Command::Audit(AuditArgs {
-            command: Some(AuditCommand::Verify),
+            command: Some(AuditCommand::Verify { checkpoint }),
             ..
         }) => {
+            let checkpoints = match checkpoint {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        AdminError::Output(format!(
+                            "cannot read checkpoint file {}: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .lines()
+                    .map(str::to_owned)
+                    .collect(),
+                None => vec![],
+            };
             let report = client
-                .verify_audit(VerifyAuditRequest {})
+                .verify_audit(VerifyAuditRequest { checkpoints })
                 .await?
                 .into_inner();
             print_verification(&report, out)?;

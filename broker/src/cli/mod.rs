@@ -128,8 +128,15 @@ pub struct AuditArgs {
 /// `credbroker audit …` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Walk the hash chain and report the first altered or missing entry.
-    Verify,
+    /// Walk the hash chain and report the first altered or missing entry,
+    /// and check the newest signed checkpoint (a truncated or rewritten
+    /// log fails).
+    Verify {
+        /// Checkpoint file to check against (default: the broker's
+        /// DATA_DIR/audit.checkpoints).
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
+    },
 }
 
 /// Names one identity.
@@ -387,7 +394,7 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Audit(AuditArgs {
-                command: Some(AuditCommand::Verify),
+                command: Some(AuditCommand::Verify { checkpoint: None }),
                 ..
             })
         ));

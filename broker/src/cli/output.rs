@@ -277,11 +277,20 @@ pub fn print_verification(report: &VerifyAuditResponse, out: Output) -> Result<(
             "head": or_none(&report.head),
             "broken_at": (!report.intact).then_some(report.broken_at),
             "problem": or_none(&report.problem),
+            "checkpoint_seq": (report.checkpoint_seq != 0).then_some(report.checkpoint_seq),
         })));
     }
     if report.intact {
+        let sealed = if report.checkpoint_seq == 0 {
+            "no checkpoint yet".to_owned()
+        } else {
+            format!(
+                "matches the signed checkpoint at entry {}",
+                report.checkpoint_seq
+            )
+        };
         emit(&format!(
-            "audit log intact: {} entries, head {}",
+            "audit log intact: {} entries, head {}; {sealed}",
             report.entries,
             if report.head.is_empty() {
                 "-"

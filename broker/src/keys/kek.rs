@@ -18,6 +18,9 @@ const SEAL_VERSION: u8 = 1;
 pub struct Kek {
     key: LessSafeKey,
     rng: SystemRandom,
+    /// Key of the audit log's hash chain, derived from the KEK so that
+    /// whoever can write the database but lacks the KEK cannot re-chain it.
+    audit_chain: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for Kek {
@@ -78,9 +81,12 @@ impl Kek {
             path: PathBuf::new(),
             why: "must hold 32 bytes".into(),
         })?;
+        let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes);
+        let chain_key = ring::hmac::sign(&derive, b"credbroker/audit-chain/v1");
         Ok(Self {
             key: LessSafeKey::new(unbound),
             rng: SystemRandom::new(),
+            audit_chain: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, chain_key.as_ref()),
         })
     }
 
@@ -93,6 +99,12 @@ impl Kek {
             why: e.to_string(),
         })?;
         Self::from_bytes(&bytes)
+    }
+
+    /// The key of the audit log's hash chain (HMAC-SHA256), derived from
+    /// the KEK.
+    pub fn audit_chain_key(&self) -> ring::hmac::Key {
+        self.audit_chain.clone()
     }
 
     /// Encrypts `plaintext`; `label` is bound as associated data, so a blob

@@ -85,6 +85,7 @@ pub struct KeyRing {
     envs: BTreeMap<EnvName, Arc<EnvironmentKeys>>,
     admin_ca: CertificateAuthority,
     server_tls: ServerTls,
+    audit_signer: Arc<JwtSigningKey>,
 }
 
 impl KeyRing {
@@ -135,6 +136,8 @@ impl KeyRing {
             config,
         )
         .await?;
+        let audit_signer =
+            Arc::new(load_or_create_signing_key(store, kek, "", KeyKind::AuditSigning).await?);
         let server_tls = ServerTls::issue(&tls_ca, &config.tls_names)?;
         tls::write_broker_ca(&config.data_dir, &tls_ca)?;
         AdminFiles::ensure(&config.data_dir, &admin_ca)?;
@@ -142,7 +145,13 @@ impl KeyRing {
             envs,
             admin_ca,
             server_tls,
+            audit_signer,
         })
+    }
+
+    /// The key signing the audit log's checkpoints.
+    pub fn audit_signer(&self) -> &Arc<JwtSigningKey> {
+        &self.audit_signer
     }
 
     /// The keys of `env`, if it is served.
@@ -221,20 +230,30 @@ async fn load_or_create_jwt_key(
     kek: &Kek,
     env: &str,
 ) -> Result<JwtSigningKey, KeyError> {
-    let label = seal_label(env, KeyKind::JwtSigning);
-    if let Some(record) = store.latest_key(env, KeyKind::JwtSigning).await? {
+    load_or_create_signing_key(store, kek, env, KeyKind::JwtSigning).await
+}
+
+/// An ES256 key of `kind`, sealed under the KEK in the store.
+async fn load_or_create_signing_key(
+    store: &dyn Store,
+    kek: &Kek,
+    env: &str,
+    kind: KeyKind,
+) -> Result<JwtSigningKey, KeyError> {
+    let label = seal_label(env, kind);
+    if let Some(record) = store.latest_key(env, kind).await? {
         return JwtSigningKey::from_pkcs8(&kek.open(&label, &record.sealed_key)?);
     }
     let (key, pkcs8) = JwtSigningKey::generate()?;
     store
         .insert_key(&KeyRecord {
             env: env.to_owned(),
-            kind: KeyKind::JwtSigning,
+            kind,
             created_at: unix_now(),
             cert_der: None,
             sealed_key: kek.seal(&label, &pkcs8)?,
         })
         .await?;
-    tracing::info!(key = %label, kid = key.kid(), "generated JWT signing key");
+    tracing::info!(key = %label, kid = key.kid(), "generated signing key");
     Ok(key)
 }

@@ -9,6 +9,7 @@
 //! one credential lifetime's worth of revocations, however much is issued.
 
 pub mod crl;
+pub mod order;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -129,6 +130,8 @@ pub struct RevocationList {
     version: AtomicU64,
     /// Held from storing a revocation until it is broadcast.
     writer: tokio::sync::Mutex<()>,
+    /// Pending revocations and the issuance fence.
+    pub order: order::Ordering,
 }
 
 impl Default for RevocationList {
@@ -143,6 +146,7 @@ impl Default for RevocationList {
             events: broadcast::channel(EVENT_BUFFER).0,
             version: AtomicU64::new(0),
             writer: tokio::sync::Mutex::new(()),
+            order: order::Ordering::default(),
         }
     }
 }

@@ -34,6 +34,14 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database file could not be created or protected.
+    #[error("database file {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// The store URL names no supported database.
     #[error("unsupported store URL {0:?} (expected sqlite://PATH)")]
     UnsupportedUrl(String),
@@ -50,6 +58,8 @@ pub enum KeyKind {
     TlsCa,
     /// CA of admin client certificates.
     AdminCa,
+    /// ES256 key signing the audit log's checkpoints.
+    AuditSigning,
 }
 
 impl KeyKind {
@@ -60,6 +70,7 @@ impl KeyKind {
             Self::JwtSigning => "jwt-es256",
             Self::TlsCa => "tls-ca",
             Self::AdminCa => "admin-ca",
+            Self::AuditSigning => "audit-es256",
         }
     }
 }

@@ -1,6 +1,12 @@
 //! The agent's output directory. Every file is replaced atomically (write a
 //! temporary file in the same directory, fsync, rename), so a reader sees
 //! either the old or the new credential, never half of one.
+//!
+//! The temporary file has an unpredictable name and is created exclusively
+//! (`O_CREAT|O_EXCL`, which also refuses a symlink planted at that name), so
+//! a user who can write the output directory can neither own the file the
+//! key is written to nor redirect it elsewhere; the rename replaces a link
+//! at the final name instead of following it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,10 +26,14 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("credential");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut nonce = [0u8; 12];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| std::io::Error::other("no randomness for a temporary file name"))?;
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{name}.{nonce}.tmp"));
     let result = (|| {
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
         let mut file = options.open(&tmp)?;
@@ -173,5 +183,31 @@ mod tests {
         }
         let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(leftovers, 1);
+    }
+
+    #[test]
+    fn links_planted_in_the_output_directory_redirect_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        // Another user who can write `out` plants links at the final name
+        // and at the temporary name a predictable scheme would use.
+        let key = out.join("svid_key.pem");
+        std::os::unix::fs::symlink(&victim, &key).unwrap();
+        std::os::unix::fs::symlink(
+            &victim,
+            out.join(format!(".svid_key.pem.{}.tmp", std::process::id())),
+        )
+        .unwrap();
+        write_atomic(&key, b"secret key", PRIVATE).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        let meta = std::fs::symlink_metadata(&key).unwrap();
+        assert!(
+            meta.file_type().is_file(),
+            "the link was replaced, not followed"
+        );
+        assert_eq!(std::fs::read(&key).unwrap(), b"secret key");
     }
 }

@@ -14,6 +14,7 @@ use crate::node::{NodeAgent, NodeConfig};
 use crate::request::JwtRequest;
 use crate::source::{CredentialSource, Credentials, RefreshPolicy, SourceConfig, SourceState};
 use crate::svid::{JwtSvid, TrustBundle, X509Svid};
+use crate::uds::{AllowedPeers, SocketOptions};
 use crate::workload_api::WorkloadApi;
 
 /// What the agent needs to run.
@@ -31,6 +32,10 @@ pub struct AgentConfig {
     pub jwt_audiences: Vec<String>,
     /// Serve the SPIFFE Workload API on this Unix socket.
     pub workload_api_socket: Option<std::path::PathBuf>,
+    /// Mode and group of that socket.
+    pub socket_options: SocketOptions,
+    /// Callers admitted on that socket (everyone who can open it if empty).
+    pub allowed_peers: AllowedPeers,
     /// Serve `GET /healthz` (200 with valid credentials, 503 without) here.
     pub health_addr: Option<std::net::SocketAddr>,
     /// Shell command run (`sh -c`) after each new X.509-SVID is written.
@@ -46,6 +51,9 @@ pub enum AgentError {
     /// Writing output failed.
     #[error("cannot write credentials: {0}")]
     Io(#[from] std::io::Error),
+    /// The Workload API socket could not be created or stopped serving.
+    #[error("Workload API socket: {0}")]
+    Socket(std::io::Error),
     /// No valid credentials can be had any more (revoked, or expired with
     /// evidence that cannot be reused); the files were removed.
     #[error("{0}; credentials removed")]
@@ -114,20 +122,40 @@ pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
         jwt_audiences: config.jwt_audiences.clone(),
         policy: RefreshPolicy::default(),
     });
+    let mut api_stopped = None;
     if let Some(path) = &config.workload_api_socket {
+        // Bound here, so a bad path (say, a file that is not a socket)
+        // stops the agent with its name before anything is served.
+        let listener =
+            crate::uds::bind(path, &config.socket_options).map_err(AgentError::Socket)?;
         let client = Client::connect(&config.broker, &config.bundle_pem).await?;
-        let api = WorkloadApi::new(&source, client);
-        let path = path.clone();
-        tokio::spawn(async move {
-            if let Err(e) = api.serve(&path, std::future::pending()).await {
-                tracing::error!(error = %e, socket = %path.display(), "Workload API stopped");
-            }
-        });
+        let api = WorkloadApi::new(&source, client).allow_peers(config.allowed_peers.clone());
+        api_stopped = Some(tokio::spawn(
+            api.serve_listener(listener, std::future::pending()),
+        ));
     }
     if let Some(addr) = config.health_addr {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         tokio::spawn(health::serve(listener, source.watch()));
     }
+    let files = keep_files(config, &source);
+    match api_stopped {
+        None => files.await,
+        Some(api) => tokio::select! {
+            result = files => result,
+            // The socket server only returns on failure: without it the
+            // agent is not doing its job, so stop rather than linger.
+            stopped = api => Err(AgentError::Socket(match stopped {
+                Ok(Ok(())) => std::io::Error::other("the Workload API server stopped"),
+                Ok(Err(e)) => e,
+                Err(e) => std::io::Error::other(e),
+            })),
+        },
+    }
+}
+
+/// Writes every change the source publishes until it gives up.
+async fn keep_files(config: &AgentConfig, source: &CredentialSource) -> Result<(), AgentError> {
     let mut state = source.watch();
     let mut written: Option<Arc<Credentials>> = None;
     loop {
@@ -169,9 +197,11 @@ pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
 pub async fn run_node(
     config: NodeConfig,
     socket: &std::path::Path,
-    socket_mode: u32,
+    socket_options: &SocketOptions,
     health_addr: Option<std::net::SocketAddr>,
 ) -> Result<(), AgentError> {
+    // Bound first, so a bad path stops the agent before it attests.
+    let listener = crate::uds::bind(socket, socket_options).map_err(AgentError::Socket)?;
     let agent = NodeAgent::start(config).await?;
     if let Some(addr) = health_addr {
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -193,12 +223,12 @@ pub async fn run_node(
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = agent.serve(socket, socket_mode, async {
+    let serve = agent.serve(listener, async {
         let _ = stop_rx.await;
     });
     tokio::pin!(serve);
     tokio::select! {
-        served = &mut serve => served.map_err(AgentError::Io),
+        served = &mut serve => served.map_err(AgentError::Socket),
         reason = gone => {
             let _ = stop_tx.send(());
             let _ = serve.await;

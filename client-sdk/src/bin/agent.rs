@@ -7,6 +7,7 @@ use clap::Parser;
 use credbroker_client::Evidence;
 use credbroker_client::agent::{AgentConfig, AgentError, OutputDir, run, run_node, run_once};
 use credbroker_client::node::NodeConfig;
+use credbroker_client::uds::{AllowedPeers, SocketOptions};
 use tracing_subscriber::EnvFilter;
 
 /// Sidecar that obtains short-lived credentials from credbroker and keeps
@@ -62,8 +63,28 @@ struct Args {
     )]
     node: bool,
     /// Permission bits of the Workload API socket (octal).
-    #[arg(long, default_value = "0600", value_parser = parse_mode)]
+    #[arg(long, default_value = "0600", value_parser = parse_mode, requires = "workload_api_socket")]
     socket_mode: u32,
+    /// Group owning the Workload API socket (name or gid), e.g. with
+    /// --socket-mode 0660 to let that group's members connect.
+    #[arg(long, requires = "workload_api_socket")]
+    socket_group: Option<String>,
+    /// Serve Workload API calls only from this uid (repeatable; with
+    /// --allow-gid, a caller matching either is served). Not with --node,
+    /// which attests every caller.
+    #[arg(
+        long = "allow-uid",
+        requires = "workload_api_socket",
+        conflicts_with = "node"
+    )]
+    allow_uids: Vec<u32>,
+    /// Serve Workload API calls only from this effective gid (repeatable).
+    #[arg(
+        long = "allow-gid",
+        requires = "workload_api_socket",
+        conflicts_with = "node"
+    )]
+    allow_gids: Vec<u32>,
     /// Node mode: workload SVIDs held at most (least recently used are
     /// dropped and minted again when asked for).
     #[arg(long, default_value_t = credbroker_client::node::DEFAULT_MAX_SVIDS, requires = "node")]
@@ -122,13 +143,17 @@ async fn main() -> ExitCode {
         }
     };
     let evidence = evidence(&args);
+    let socket_options = SocketOptions {
+        mode: args.socket_mode,
+        group: args.socket_group,
+    };
     if args.node {
         let socket = args
             .workload_api_socket
             .expect("clap requires --workload-api-socket with --node");
         let config =
             NodeConfig::new(args.broker, bundle_pem, evidence).max_svids(args.svid_cache_size);
-        return exit(run_node(config, &socket, args.socket_mode, args.health_addr).await);
+        return exit(run_node(config, &socket, &socket_options, args.health_addr).await);
     }
     let Some(out_dir) = args.out_dir else {
         eprintln!("error: --out-dir is required");
@@ -141,6 +166,11 @@ async fn main() -> ExitCode {
         out_dir: OutputDir::new(out_dir),
         jwt_audiences: args.jwt_audiences,
         workload_api_socket: args.workload_api_socket,
+        socket_options,
+        allowed_peers: AllowedPeers {
+            uids: args.allow_uids,
+            gids: args.allow_gids,
+        },
         health_addr: args.health_addr,
         on_rotate: args.on_rotate,
     };

@@ -16,12 +16,10 @@ pub mod process;
 mod service;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use credbroker_proto::spiffe::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 
 pub use cache::{DEFAULT_MAX_SVIDS, SvidCache, SvidState, WorkloadSvid};
 pub use entries::{EntriesState, Entry, EntryKey, EntrySet};
@@ -32,6 +30,7 @@ use crate::client::Client;
 use crate::error::ClientError;
 use crate::evidence::Evidence;
 use crate::source::{CredentialSource, RefreshPolicy, SourceConfig, SourceError};
+use crate::uds::UdsListener;
 
 /// What a node agent needs.
 #[derive(Debug, Clone)]
@@ -159,29 +158,22 @@ impl NodeAgent {
         ))
     }
 
-    /// Serves the Workload API on the Unix socket `path`, with permission
-    /// bits `mode`, until `shutdown`.
+    /// Serves the Workload API on an already bound socket (see
+    /// [`uds::bind`](crate::uds::bind)) until `shutdown`. Clients may send
+    /// any `:authority` (see [`crate::uds::authority`]); each call's
+    /// process is attested from the connection's [`PeerCred`](crate::uds::PeerCred).
     pub async fn serve(
         &self,
-        path: &Path,
-        mode: u32,
+        listener: UdsListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), std::io::Error> {
         let api = self
             .workload_api()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        if path.exists() {
-            std::fs::remove_file(path)?;
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let listener = tokio::net::UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-        tracing::info!(socket = %path.display(), "serving the SPIFFE Workload API for this node's workloads");
+        tracing::info!(socket = %listener.path().display(), "serving the SPIFFE Workload API for this node's workloads");
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(api))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(listener.incoming(), shutdown)
             .await
             .map_err(std::io::Error::other)
     }

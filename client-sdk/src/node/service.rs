@@ -22,6 +22,7 @@ use super::entries::{EntriesState, Entry, EntrySet};
 use super::process::ProcessFacts;
 use crate::client::Client;
 use crate::source::{SourceState, usable};
+use crate::uds::PeerCred;
 use crate::workload_api::{Validators, check_header, concat_der, jwt_bundles, trust_domain};
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
@@ -57,10 +58,9 @@ struct Caller {
 fn peer_process<T>(request: &Request<T>) -> Result<Arc<ProcessFacts>, Status> {
     let cred = request
         .extensions()
-        .get::<tonic::transport::server::UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
+        .get::<PeerCred>()
         .ok_or_else(|| Status::permission_denied("the caller's credentials are unknown"))?;
-    ProcessFacts::attest(cred.pid(), cred.uid(), cred.gid())
+    ProcessFacts::attest(cred.pid, cred.uid, cred.gid)
         .map(Arc::new)
         .map_err(|e| Status::permission_denied(e.to_string()))
 }

@@ -31,6 +31,38 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0005_attestation.sql"),
 ];
 
+/// Creates the database file 0600 if it does not exist yet (so SQLite never
+/// creates it with the umask's mode), and tightens an existing one and its
+/// -wal/-shm files to 0600.
+fn make_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source: std::io::Error| StoreError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    if !path.exists() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
 /// SQLite-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -40,11 +72,19 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `url`
     /// (`sqlite://PATH`).
+    ///
+    /// Every commit is `synchronous = FULL`: a revocation, a spent join
+    /// token or an audit record the broker acknowledged survives power loss,
+    /// not only a crash. Group commit amortises the fsync over the audit
+    /// batch. The files are private to the broker's user (0600; SQLite
+    /// gives its -wal and -shm files the database file's mode).
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let options = SqliteConnectOptions::from_str(url)?;
+        make_private(options.get_filename())?;
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()

@@ -70,3 +70,23 @@ async fn join_tokens_are_consumed_once_and_purged_after_expiry() {
     assert_eq!(store.purge_join_tokens(201).await.unwrap(), 1);
     assert_eq!(store.find_join_token(&[7; 32]).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn the_database_is_private_and_every_commit_is_synchronous() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, store) = store().await;
+    store.insert_identity(&test_identity()).await.unwrap();
+    // FULL = 2: a commit is on disk (fsync) before it is acknowledged.
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(sync, 2);
+    for file in ["t.db", "t.db-wal", "t.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} is {:o}", mode & 0o777);
+    }
+}
