@@ -65,9 +65,17 @@ pub(super) enum Verdict {
 /// JWTs are withdrawn and made due for an immediate refetch.
 pub(super) async fn check_revoked(held: &mut Held) -> Result<Verdict, ClientError> {
     if let Some(leaf) = held.creds.svid.cert_chain.first() {
-        let answer = held.session.introspect_certificate(leaf).await?;
-        if !answer.active {
-            return Ok(Verdict::SvidRevoked(answer.reason));
+        match held.session.introspect_certificate(leaf).await {
+            Ok(answer) if !answer.active => return Ok(Verdict::SvidRevoked(answer.reason)),
+            Ok(_) => {}
+            // The broker refuses callers whose own SVID is revoked or whose
+            // identity is out of service: that is the answer.
+            Err(ClientError::Rejected(status))
+                if status.code() == tonic::Code::PermissionDenied =>
+            {
+                return Ok(Verdict::SvidRevoked(status.message().to_owned()));
+            }
+            Err(e) => return Err(e),
         }
     }
     let mut revoked = Vec::new();
