@@ -151,13 +151,7 @@ impl Client {
         Ok(Attestation {
             identity,
             svid: X509Svid::from_proto(svid, key),
-            bundle: TrustBundle {
-                certs: response
-                    .trust_bundle
-                    .into_iter()
-                    .map(CertificateDer::from)
-                    .collect(),
-            },
+            bundle: TrustBundle::from_der(response.trust_bundle),
             jwts: response.jwts.into_iter().map(JwtSvid::from).collect(),
         })
     }
@@ -233,13 +227,7 @@ impl WorkloadClient {
             .ok_or_else(|| ClientError::InvalidResponse("renewal returned no SVID".into()))?;
         Ok((
             X509Svid::from_proto(svid, key),
-            TrustBundle {
-                certs: response
-                    .trust_bundle
-                    .into_iter()
-                    .map(CertificateDer::from)
-                    .collect(),
-            },
+            TrustBundle::from_der(response.trust_bundle),
         ))
     }
 

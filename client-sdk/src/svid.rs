@@ -154,6 +154,13 @@ pub struct TrustBundle {
 }
 
 impl TrustBundle {
+    /// A bundle from the DER certificates of a broker response.
+    pub(crate) fn from_der(certs: Vec<Vec<u8>>) -> Self {
+        Self {
+            certs: certs.into_iter().map(CertificateDer::from).collect(),
+        }
+    }
+
     /// The bundle as PEM.
     pub fn to_pem(&self) -> String {
         self.certs

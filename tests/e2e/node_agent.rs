@@ -267,6 +267,24 @@ async fn each_caller_gets_exactly_the_identities_its_process_proves() {
     assert!(node.x509(1002).is_err());
 }
 
+async fn introspect_as_admin(
+    broker: &TestBroker,
+    cert_der: &[u8],
+) -> credbroker_proto::v1::IntrospectResponse {
+    let admin = broker.channel(Some(broker.admin_identity())).await.unwrap();
+    credbroker_proto::v1::workload_client::WorkloadClient::new(admin)
+        .introspect(credbroker_proto::v1::IntrospectRequest {
+            credential: Some(
+                credbroker_proto::v1::introspect_request::Credential::Certificate(
+                    cert_der.to_vec(),
+                ),
+            ),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[tokio::test]
 async fn the_broker_mints_only_for_the_callers_own_workloads() {
     let broker = TestBroker::start().await;
@@ -357,6 +375,24 @@ async fn the_broker_mints_only_for_the_callers_own_workloads() {
         "{audit}"
     );
 
+    let leaf = svid.cert_chain[0].to_vec();
+    assert!(introspect_as_admin(&broker, &leaf).await.active);
+
+    // Disabling the node kills what its agent holds.
+    broker.cli_ok(&["identity", "disable", "--env", "dev", "--name", "host-1"]);
+    let answer = introspect_as_admin(&broker, &leaf).await;
+    assert!(
+        !answer.active,
+        "workload SVID of a disabled node must be inactive"
+    );
+    assert!(
+        answer.reason.contains("its node dev/host-1 is disabled"),
+        "{}",
+        answer.reason
+    );
+    broker.cli_ok(&["identity", "enable", "--env", "dev", "--name", "host-1"]);
+    assert!(introspect_as_admin(&broker, &leaf).await.active);
+
     // Revoking the node revokes what was minted for its workloads.
     broker
         .revoke(
@@ -367,18 +403,7 @@ async fn the_broker_mints_only_for_the_callers_own_workloads() {
             "host compromised",
         )
         .await;
-    let admin = broker.channel(Some(broker.admin_identity())).await.unwrap();
-    let answer = credbroker_proto::v1::workload_client::WorkloadClient::new(admin)
-        .introspect(credbroker_proto::v1::IntrospectRequest {
-            credential: Some(
-                credbroker_proto::v1::introspect_request::Credential::Certificate(
-                    svid.cert_chain[0].to_vec(),
-                ),
-            ),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = introspect_as_admin(&broker, &leaf).await;
     assert!(
         !answer.active,
         "workload SVID of a revoked node must be inactive"

@@ -42,14 +42,24 @@ pub(super) fn introspect(
     }
 }
 
-/// Why the identity behind an otherwise valid credential is not in service.
+/// Why the identity behind an otherwise valid credential is not in service
+/// — including a workload whose node is out of service: what a disabled
+/// node's agent holds is dead too.
 fn identity_inactive(broker: &Broker, identity: &IdentityKey, now: i64) -> Option<String> {
-    match broker.registry.get(identity) {
-        None => Some(format!("identity {identity} no longer exists")),
-        Some(id) => match id.status(now) {
-            IdentityStatus::Active => None,
-            status => Some(format!("identity {identity} is {status}")),
-        },
+    let id = match broker.registry.get(identity) {
+        None => return Some(format!("identity {identity} no longer exists")),
+        Some(id) => id,
+    };
+    if let status @ (IdentityStatus::Disabled | IdentityStatus::Retired | IdentityStatus::Expired) =
+        id.status(now)
+    {
+        return Some(format!("identity {identity} is {status}"));
+    }
+    let node = id.parent.as_ref()?;
+    match broker.registry.get(node).map(|n| n.status(now)) {
+        Some(IdentityStatus::Active) => None,
+        Some(status) => Some(format!("its node {node} is {status}")),
+        None => Some(format!("its node {node} no longer exists")),
     }
 }
 

@@ -5,7 +5,6 @@ use credbroker_proto::v1::{
     IdentityRef, MintWorkloadJwtRequest, MintWorkloadSvidRequest, NodeEntriesUpdate,
     WatchNodeEntriesRequest,
 };
-use rustls_pki_types::CertificateDer;
 
 use super::entries::EntryKey;
 use crate::client::{WorkloadClient, new_key_and_csr};
@@ -52,13 +51,7 @@ impl WorkloadClient {
             .ok_or_else(|| ClientError::InvalidResponse("mint returned no SVID".into()))?;
         Ok((
             X509Svid::from_proto(svid, key),
-            TrustBundle {
-                certs: response
-                    .trust_bundle
-                    .into_iter()
-                    .map(CertificateDer::from)
-                    .collect(),
-            },
+            TrustBundle::from_der(response.trust_bundle),
         ))
     }
 
