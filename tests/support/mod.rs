@@ -285,12 +285,22 @@ impl TestBroker {
             .await
     }
 
-    /// Starts `credbroker-agent` in continuous mode with `token`, writing to
-    /// `out_dir` and keeping a JWT for each of `audiences`. Its stderr is
-    /// piped so a test can read why it stopped.
+    /// Starts `credbroker-agent` in continuous mode with `token` (given in
+    /// a file, as the README says to, never on the command line), writing
+    /// to `out_dir` and keeping a JWT for each of `audiences`. Its stderr
+    /// is piped so a test can read why it stopped.
     pub fn spawn_agent(&self, token: &str, out_dir: &std::path::Path, audiences: &[&str]) -> Child {
+        let token_file = self.scratch("tokens").join(format!(
+            "{}.token",
+            out_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("agent")
+        ));
+        std::fs::write(&token_file, token).expect("write the join token file");
         let mut cmd = Command::new(binary("credbroker-agent"));
-        cmd.args(["--broker", &self.url(), "--join-token", token])
+        cmd.args(["--broker", &self.url(), "--join-token-file"])
+            .arg(&token_file)
             .arg("--bundle")
             .arg(self.bundle_path())
             .arg("--out-dir")

@@ -15,7 +15,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "credbroker-agent", version, about)]
 #[command(group(clap::ArgGroup::new("evidence").required(true).multiple(false).args(
-    ["join_token", "k8s_token", "oidc_token", "github_actions_audience", "aws_iid"]
+    ["join_token", "join_token_file", "k8s_token", "oidc_token", "github_actions_audience", "aws_iid"]
 )))]
 struct Args {
     /// Broker gRPC URL.
@@ -29,9 +29,14 @@ struct Args {
     /// (the broker's DATA_DIR/broker-ca.pem).
     #[arg(long)]
     bundle: PathBuf,
-    /// Join token from `credbroker token create`.
+    /// Join token from `credbroker token create`. Prefer
+    /// --join-token-file or CREDBROKER_JOIN_TOKEN: a command line is
+    /// visible to every user of the host.
     #[arg(long, env = "CREDBROKER_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// File holding the join token (read once at start; delete it after).
+    #[arg(long, value_name = "FILE")]
+    join_token_file: Option<PathBuf>,
     /// Kubernetes projected service-account token file (re-read at every
     /// attestation; the kubelet rotates it).
     #[arg(long, value_name = "FILE")]
@@ -107,8 +112,16 @@ struct Args {
 }
 
 /// The one evidence source the group allows.
-fn evidence(args: &Args) -> Evidence {
-    if let Some(path) = &args.k8s_token {
+fn evidence(args: &Args) -> Result<Evidence, String> {
+    Ok(if let Some(path) = &args.join_token_file {
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --join-token-file {}: {e}", path.display()))?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(format!("--join-token-file {} is empty", path.display()));
+        }
+        Evidence::JoinToken(token.to_owned())
+    } else if let Some(path) = &args.k8s_token {
         Evidence::KubernetesTokenFile(path.clone())
     } else if let Some(path) = &args.oidc_token {
         Evidence::OidcTokenFile(path.clone())
@@ -122,7 +135,7 @@ fn evidence(args: &Args) -> Evidence {
         }
     } else {
         Evidence::JoinToken(args.join_token.clone().unwrap_or_default())
-    }
+    })
 }
 
 #[tokio::main]
@@ -142,7 +155,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let evidence = evidence(&args);
+    let evidence = match evidence(&args) {
+        Ok(evidence) => evidence,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let socket_options = SocketOptions {
         mode: args.socket_mode,
         group: args.socket_group,
