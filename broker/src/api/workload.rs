@@ -5,25 +5,26 @@ use std::sync::Arc;
 use credbroker_proto::v1::workload_server::Workload;
 use credbroker_proto::v1::{
     AttestRequest, AttestResponse, FetchJwtRequest, FetchJwtResponse, GetJwksRequest,
-    GetJwksResponse, IntrospectRequest, IntrospectResponse, JwtRequest, JwtSvid,
-    MintWorkloadJwtRequest, MintWorkloadJwtResponse, MintWorkloadSvidRequest,
-    MintWorkloadSvidResponse, NodeEntriesUpdate, RenewX509Request, RenewX509Response,
-    Revocation as ProtoRevocation, WatchNodeEntriesRequest, WatchRevocationsRequest, X509Svid,
+    GetJwksResponse, IntrospectRequest, IntrospectResponse, MintWorkloadJwtRequest,
+    MintWorkloadJwtResponse, MintWorkloadSvidRequest, MintWorkloadSvidResponse, NodeEntriesUpdate,
+    RenewX509Request, RenewX509Response, Revocation as ProtoRevocation, WatchNodeEntriesRequest,
+    WatchRevocationsRequest,
 };
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 mod attest;
+mod issuance;
+mod revocation_stream;
 
 use super::peer::{Caller, WorkloadPeer};
-use super::{introspect, node_api, revoke_api, status};
+use super::{introspect, node_api, status};
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
-use crate::issue::{Confirmation, IssuedSvid, JwtSpec, VerifiedCsr, issue_svid, mint};
-use crate::keys::EnvironmentKeys;
+use crate::issue::VerifiedCsr;
 use crate::model::{EnvName, Identity, unix_now};
-use crate::policy::{JwtGrant, check_active, check_peer, grant_jwt};
+use crate::policy::{check_active, check_peer};
 use crate::revocation::CredentialFacts;
 
 /// Revocation events buffered per subscriber stream.
@@ -85,133 +86,6 @@ impl WorkloadService {
                 Ok(Some(peer.identity.env.clone()))
             }
         }
-    }
-
-    pub(super) fn grants(
-        &self,
-        identity: &Identity,
-        requests: &[JwtRequest],
-    ) -> Result<Vec<JwtGrant>, Status> {
-        requests
-            .iter()
-            .map(|r| {
-                grant_jwt(
-                    identity,
-                    &r.audiences,
-                    &r.scopes,
-                    r.ttl_seconds,
-                    self.broker.limits.floor,
-                )
-                .map_err(status::policy)
-            })
-            .collect()
-    }
-
-    pub(super) fn mint_jwt(
-        &self,
-        env: &EnvironmentKeys,
-        identity: &Identity,
-        grant: &JwtGrant,
-        cnf: Option<Confirmation>,
-        now: i64,
-        audit: &AuditRecord,
-    ) -> Result<JwtSvid, Status> {
-        let _signing = self.issuable(identity)?;
-        let issuer = self.broker.issuer(identity.key.env.as_str());
-        let minted = mint(
-            &env.jwt,
-            JwtSpec {
-                issuer: &issuer,
-                spiffe_id: &identity.spiffe_id,
-                env: &identity.key.env,
-                audiences: &grant.audiences,
-                scopes: &grant.scopes,
-                ttl_seconds: grant.ttl_seconds,
-                cnf,
-            },
-            now,
-        )
-        .map_err(status::key)?;
-        self.born_revoked(identity, Some(&minted.claims.jti), None, now)?;
-        audit.issued_jwt(&minted.claims.jti, &minted.claims.aud, minted.claims.exp);
-        Ok(JwtSvid {
-            token: minted.token,
-            spiffe_id: minted.claims.sub,
-            jti: minted.claims.jti,
-            audiences: minted.claims.aud,
-            scopes: grant.scopes.iter().map(ToString::to_string).collect(),
-            expires_at: minted.claims.exp,
-        })
-    }
-
-    /// Enters the signing step for `identity`: refused while a revocation
-    /// covering it is being committed. Hold the guard until signed, so a
-    /// revocation's `revoked_at` is read only after this issuance.
-    fn issuable(
-        &self,
-        identity: &Identity,
-    ) -> Result<Option<crate::revocation::order::IssuanceGuard<'_>>, Status> {
-        let guard = self.broker.revocations.order.issuing();
-        if let Some(target) =
-            self.broker
-                .revocations
-                .order
-                .pending_for(&identity.key, Some(&identity.owner), None)
-        {
-            return Err(Status::unavailable(format!(
-                "a revocation of {target} is being committed; retry"
-            )));
-        }
-        Ok(guard)
-    }
-
-    /// Refuses to hand out a credential that a revocation in force already
-    /// covers (issued in the very second it took effect).
-    fn born_revoked(
-        &self,
-        identity: &Identity,
-        jti: Option<&str>,
-        serial: Option<&str>,
-        now: i64,
-    ) -> Result<(), Status> {
-        match self.broker.revocations.covers(&CredentialFacts {
-            jti,
-            serial,
-            identity: &identity.key,
-            owner: Some(&identity.owner),
-            issued_at: now,
-        }) {
-            Some(rev) => Err(Status::unavailable(format!(
-                "{} was revoked a moment ago ({}); retry",
-                rev.target, rev.reason
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    pub(super) fn svid(
-        &self,
-        env: &EnvironmentKeys,
-        identity: &Identity,
-        csr: &VerifiedCsr,
-        now: i64,
-        audit: &AuditRecord,
-    ) -> Result<X509Svid, Status> {
-        let _signing = self.issuable(identity)?;
-        let IssuedSvid {
-            chain,
-            serial,
-            expires_at,
-        } = issue_svid(&env.ca, csr, &identity.spiffe_id, identity.x509_ttl, now)
-            .map_err(status::key)?;
-        self.born_revoked(identity, None, Some(&serial), now)?;
-        audit.issued_x509(&serial, expires_at);
-        Ok(X509Svid {
-            spiffe_id: identity.spiffe_id.to_string(),
-            cert_chain: chain.into_iter().map(|c| c.to_vec()).collect(),
-            serial,
-            expires_at,
-        })
     }
 
     /// The caller, which must be a workload with a valid SVID, and its
@@ -333,57 +207,6 @@ fn finish<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<
     }
 }
 
-/// Sends every live revocation after `after`, then new ones as they come,
-/// until the client goes away or the broker stops. A subscriber that falls
-/// behind the event buffer is caught up from the list, so it misses nothing.
-async fn stream_revocations(
-    broker: Arc<Broker>,
-    after: i64,
-    scope: Option<EnvName>,
-    tx: mpsc::Sender<Result<ProtoRevocation, Status>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let visible = |rev: &crate::revocation::Revocation| revoke_api::visible_in(rev, scope.as_ref());
-    // Subscribe before reading the backlog so nothing falls in between.
-    let mut events = broker.revocations.subscribe();
-    let mut last = after;
-    let catch_up = |last: &mut i64| {
-        let backlog = broker.revocations.after(*last);
-        if let Some(r) = backlog.last() {
-            *last = r.seq;
-        }
-        backlog
-    };
-    for rev in catch_up(&mut last) {
-        let Some(rev) = visible(&rev) else { continue };
-        if tx.send(Ok(rev)).await.is_err() {
-            return;
-        }
-    }
-    loop {
-        let rev = tokio::select! {
-            event = events.recv() => event,
-            _ = stop.wait_for(|s| *s) => return,
-            () = tx.closed() => return,
-        };
-        let batch = match rev {
-            Ok(rev) if rev.seq > last => {
-                last = rev.seq;
-                vec![rev]
-            }
-            Ok(_) => continue,
-            Err(broadcast::error::RecvError::Lagged(_)) => catch_up(&mut last),
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        for rev in batch {
-            let Some(rev) = visible(&rev) else { continue };
-            if tx.send(Ok(rev)).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl Workload for WorkloadService {
     type WatchRevocationsStream = ReceiverStream<Result<ProtoRevocation, Status>>;
@@ -451,7 +274,7 @@ impl Workload for WorkloadService {
             return Err(Status::invalid_argument("after_seq must not be negative"));
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(stream_revocations(
+        tokio::spawn(revocation_stream::stream_revocations(
             Arc::clone(&self.broker),
             after,
             scope,
