@@ -8,6 +8,7 @@ use crate::attest::AttestorRegistry;
 use crate::audit::checkpoint::CheckpointFile;
 use crate::audit::{AuditLog, AuditSeal, ChainKey};
 use crate::config::{Config, Environment};
+use crate::data_dir::{DataDirLock, LockError};
 use crate::keys::{Kek, KeyError, KeyRing};
 use crate::model::unix_now;
 use crate::policy::{IdentityRegistry, TtlLimits};
@@ -35,6 +36,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Another broker runs on the data directory.
+    #[error(transparent)]
+    Locked(#[from] LockError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -65,6 +69,8 @@ pub struct Broker {
     pub revocations: RevocationList,
     /// CRLs per environment.
     pub crls: CrlCache,
+    /// Held while this broker runs on an embedded (SQLite) store.
+    _data_dir_lock: Option<DataDirLock>,
 }
 
 impl Broker {
@@ -75,6 +81,12 @@ impl Broker {
             what: format!("creating data directory {}", config.data_dir.display()),
             source,
         })?;
+        // An embedded store belongs to one broker; PostgreSQL serves many.
+        let data_dir_lock = if config.store_url().starts_with("sqlite:") {
+            Some(DataDirLock::acquire(&config.data_dir)?)
+        } else {
+            None
+        };
         let kek = Kek::load_or_generate(config.kek_file.as_deref(), &config.data_dir)?;
         let store = store::open(&config.store_url()).await?;
         let keys = KeyRing::load_or_create(&config, store.as_ref(), &kek).await?;
@@ -103,6 +115,7 @@ impl Broker {
             audit,
             revocations,
             crls: CrlCache::default(),
+            _data_dir_lock: data_dir_lock,
         }))
     }
 

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod issue;
 pub mod keys;
 pub mod model;

@@ -76,3 +76,23 @@ async fn a_wrong_key_encryption_key_stops_the_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("wrong key-encryption key"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_data_directory_refuses_to_start_naming_the_first() {
+    let broker = TestBroker::start().await;
+    let out = std::process::Command::new(credbroker_e2e::binary("credbroker"))
+        .args(["serve", "--config"])
+        .arg(broker.config_path())
+        .env_remove("CREDBROKER_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let pid = broker.pid().unwrap();
+    assert!(
+        stderr.contains("already running") && stderr.contains(&format!("pid {pid}")),
+        "{stderr}"
+    );
+    // The first one is undisturbed.
+    broker.create_identity("dev", "still-works", &[], &[]);
+}

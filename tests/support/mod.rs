@@ -164,6 +164,16 @@ impl TestBroker {
         std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
     }
 
+    /// The broker's configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.config.clone()
+    }
+
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The broker's data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
