@@ -59,6 +59,14 @@ pub struct Client {
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
+    if !url.starts_with("https://") {
+        return Err(ClientError::InvalidUrl {
+            url: url.to_owned(),
+            why: "the broker speaks gRPC over TLS only: use an https:// URL such as \
+                  https://127.0.0.1:7443"
+                .into(),
+        });
+    }
     Endpoint::from_shared(url.to_owned())
         .map(|e| e.connect_timeout(CONNECT_TIMEOUT).timeout(RPC_TIMEOUT))
         .map_err(|e| ClientError::InvalidUrl {

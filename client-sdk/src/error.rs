@@ -16,8 +16,9 @@ pub enum ClientError {
     /// The trust bundle holds no usable certificate.
     #[error("trust bundle: {0}")]
     Bundle(String),
-    /// TLS or connection failure.
-    #[error("cannot connect to {url}: {source}")]
+    /// TLS or connection failure (the message names the cause; see
+    /// [`crate::diagnose`]).
+    #[error("{}", crate::diagnose::explain_connect_error(.url, .source))]
     Connect {
         /// Broker URL.
         url: String,
@@ -25,7 +26,7 @@ pub enum ClientError {
         source: tonic::transport::Error,
     },
     /// The broker refused or failed the call.
-    #[error("broker refused: {code:?}: {message}", code = .0.code(), message = .0.message())]
+    #[error("{}", rejected(.0))]
     Rejected(#[from] tonic::Status),
     /// The broker's answer is unusable.
     #[error("invalid response from broker: {0}")]
@@ -37,6 +38,25 @@ pub enum ClientError {
     /// Key generation or CSR creation failed.
     #[error("key generation failed: {0}")]
     Key(#[from] rcgen::Error),
+}
+
+/// A refusal, or — when the status only wraps a transport failure of a
+/// lazily made connection — the connection failure explained.
+fn rejected(status: &tonic::Status) -> String {
+    let transport = std::error::Error::source(status).is_some()
+        && matches!(
+            status.code(),
+            tonic::Code::Unknown | tonic::Code::Unavailable
+        );
+    // An http:// URL: the TLS listener answers the cleartext HTTP/2 preface
+    // with a protocol error, which tonic reports as INTERNAL.
+    let cleartext =
+        status.code() == tonic::Code::Internal && status.message().starts_with("h2 protocol error");
+    if transport || cleartext {
+        crate::diagnose::explain_connect_error("the broker", status)
+    } else {
+        format!("broker refused: {:?}: {}", status.code(), status.message())
+    }
 }
 
 impl ClientError {

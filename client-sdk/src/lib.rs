@@ -28,6 +28,7 @@
 
 pub mod agent;
 mod client;
+pub mod diagnose;
 mod error;
 mod evidence;
 mod http;

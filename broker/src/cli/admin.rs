@@ -31,8 +31,8 @@ pub enum AdminError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Could not connect.
-    #[error("cannot connect to {url}: {source}")]
+    /// Could not connect (the message names the cause).
+    #[error("{}", credbroker_client::diagnose::explain_connect_error(.url, .source))]
     Connect {
         /// Broker URL.
         url: String,
@@ -71,6 +71,11 @@ async fn connect(url: &str, data_dir: &Path) -> Result<AdminClient<Channel>, Adm
         url: url.to_owned(),
         source,
     };
+    if !url.starts_with("https://") {
+        return Err(AdminError::Output(format!(
+            "invalid --broker URL {url:?}: the broker speaks gRPC over TLS only: use an https:// URL such as https://127.0.0.1:7443"
+        )));
+    }
     let channel = Channel::from_shared(url.to_owned())
         .map_err(|e| AdminError::Output(format!("invalid --broker URL {url:?}: {e}")))?
         .tls_config(tls)
