@@ -26,6 +26,9 @@ pub struct Ordering {
     /// Held (read) by every issuance from its final checks through signing.
     gate: RwLock<()>,
     pending: Mutex<Vec<(u64, Target, Vec<IdentityKey>)>>,
+    /// How many are pending: issuance skips the mutex while none is, so
+    /// the hot path pays one atomic load.
+    pending_count: std::sync::atomic::AtomicUsize,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -40,6 +43,9 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Ok(mut pending) = self.order.pending.lock() {
             pending.retain(|(id, ..)| *id != self.id);
+            self.order
+                .pending_count
+                .store(pending.len(), std::sync::atomic::Ordering::Release);
         }
     }
 }
@@ -56,6 +62,8 @@ impl Ordering {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut pending) = self.pending.lock() {
             pending.push((id, target, also));
+            self.pending_count
+                .store(pending.len(), std::sync::atomic::Ordering::Release);
         }
         Pending { order: self, id }
     }
@@ -80,6 +88,16 @@ impl Ordering {
         owner: Option<&str>,
         serial: Option<&str>,
     ) -> Option<Target> {
+        // `begin` stores the count before `fence` takes the gate, and the
+        // caller holds the gate's read side, so a revocation that chose its
+        // time is always seen here.
+        if self
+            .pending_count
+            .load(std::sync::atomic::Ordering::Acquire)
+            == 0
+        {
+            return None;
+        }
         let pending = self.pending.lock().ok()?;
         pending
             .iter()
