@@ -3,9 +3,9 @@
 //! time and size, `http://` or `https://` (rustls, trusting `ca_file` or
 //! the system bundle).
 //!
-//! The same file is used by the broker (`broker/src/attest/http_fetch.rs`) for
-//! OIDC discovery and JWKS; here it serves the GitHub Actions token endpoint
-//! and the EC2 metadata service. Keep the code of the two copies identical.
+//! One client for both sides: the broker fetches OIDC discovery and JWKS
+//! with it, the SDK the GitHub Actions token endpoint and the EC2 metadata
+//! service.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -127,7 +127,6 @@ impl HttpFetcher {
     }
 
     /// GETs `url`; the body of a 2xx answer.
-    #[allow(dead_code)] // the broker's copy uses it
     pub async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
         self.request("GET", url, &[]).await
     }

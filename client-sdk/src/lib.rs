@@ -31,7 +31,7 @@ mod client;
 pub mod diagnose;
 mod error;
 mod evidence;
-mod http;
+pub mod http;
 pub mod interceptor;
 pub mod node;
 mod request;

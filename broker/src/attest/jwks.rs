@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 use tokio::time::Instant;
 
-use super::http_fetch::{FetchError, HttpFetcher};
+use credbroker_client::http::{FetchError, HttpFetcher};
 
 /// Keys older than this are re-fetched before use (failures keep the old
 /// set), so a key the issuer withdrew stops being trusted within minutes.

@@ -12,10 +12,10 @@ use serde_json::{Map, Value};
 
 use super::AttestError;
 use super::config::{AttestorConfig, DEFAULT_JWKS_MIN_REFRESH, DEFAULT_MAX_TOKEN_LIFETIME};
-use super::http_fetch::HttpFetcher;
 use super::jwks::{Alg, JwksCache, JwksSource, KeyError};
 use crate::config::ConfigError;
 use crate::model::EnvName;
+use credbroker_client::http::HttpFetcher;
 
 /// Largest JWT accepted as evidence.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

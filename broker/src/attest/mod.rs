@@ -8,7 +8,6 @@
 
 mod aws_iid;
 mod config;
-mod http_fetch;
 mod join_token;
 mod jwks;
 mod jwt_evidence;
