@@ -9,6 +9,7 @@ mod attestation;
 mod audit;
 mod audit_durability;
 mod audit_seal;
+mod binding;
 mod connect_errors;
 mod happy_path;
 mod jwt;

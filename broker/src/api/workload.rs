@@ -154,14 +154,11 @@ impl WorkloadService {
         let grant = self
             .grants(&identity, std::slice::from_ref(&req))?
             .remove(0);
-        let jwt = self.mint_jwt(
-            &peer.env,
-            &identity,
-            &grant,
-            Some(peer.cnf.clone()),
-            now,
-            audit,
-        )?;
+        // Bound to the certificate that asked, when the identity says so;
+        // otherwise a bearer token (a `cnf` that nobody enforces would make
+        // RFC 8705 relying parties refuse it as a bearer token).
+        let cnf = identity.require_binding.then(|| peer.cnf.clone());
+        let jwt = self.mint_jwt(&peer.env, &identity, &grant, cnf, now, audit)?;
         self.broker.registry.record_issued(&identity.key, now);
         Ok(FetchJwtResponse { jwt: Some(jwt) })
     }
@@ -305,10 +302,12 @@ impl Workload for WorkloadService {
         request: Request<IntrospectRequest>,
     ) -> Result<Response<IntrospectResponse>, Status> {
         let scope = self.require_authenticated(&request)?;
-        let credential = request.into_inner().credential;
+        let request = request.into_inner();
         Ok(Response::new(introspect::introspect(
             &self.broker,
-            credential,
+            request.credential,
+            (!request.presented_certificate.is_empty())
+                .then_some(request.presented_certificate.as_slice()),
             unix_now(),
             scope.as_ref(),
         )))

@@ -12,7 +12,7 @@ use super::WorkloadService;
 use crate::api::status;
 use crate::attest::{Attested, Binding, Evidence, RequestFacts};
 use crate::audit::AuditRecord;
-use crate::issue::VerifiedCsr;
+use crate::issue::{Confirmation, VerifiedCsr};
 use crate::model::{Identity, IdentityKey, unix_now};
 use crate::policy::{check_active, check_peer, selectors};
 
@@ -78,9 +78,18 @@ impl WorkloadService {
             .await
             .map_err(status::attest)?;
         let svid = self.svid(env, &identity, &csr, now, audit)?;
+        // JWTs issued with the first SVID are bound to it when required.
+        let cnf = identity
+            .require_binding
+            .then(|| {
+                svid.cert_chain
+                    .first()
+                    .map(|leaf| Confirmation::for_certificate(leaf))
+            })
+            .flatten();
         let jwts = grants
             .iter()
-            .map(|g| self.mint_jwt(env, &identity, g, None, now, audit))
+            .map(|g| self.mint_jwt(env, &identity, g, cnf.clone(), now, audit))
             .collect::<Result<Vec<_>, _>>()?;
         self.broker.registry.record_issued(&identity.key, now);
         Ok(AttestResponse {

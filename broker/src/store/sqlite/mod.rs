@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0003_revocations.sql"),
     include_str!("../../../migrations/sqlite/0004_nodes.sql"),
     include_str!("../../../migrations/sqlite/0005_attestation.sql"),
+    include_str!("../../../migrations/sqlite/0006_binding.sql"),
 ];
 
 /// Creates the database file 0600 if it does not exist yet (so SQLite never
@@ -164,6 +165,7 @@ fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreErr
         x509_ttl: Duration::from_secs(row.try_get::<i64, _>("x509_ttl_seconds")? as u64),
         expires_at: row.try_get("expires_at")?,
         enabled: row.try_get::<i64, _>("enabled")? != 0,
+        require_binding: row.try_get::<i64, _>("require_binding")? != 0,
         retired_at: row.try_get("retired_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -238,8 +240,9 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "INSERT INTO identities (env, name, spiffe_id, owner, purpose, selectors, audiences,
                  scopes, jwt_ttl_seconds, x509_ttl_seconds, expires_at, enabled, retired_at,
-                 created_at, updated_at, last_issued_at, last_seen_at, parent, allow_cidrs)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, last_issued_at, last_seen_at, parent, allow_cidrs,
+                 require_binding)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
@@ -260,6 +263,7 @@ impl Store for SqliteStore {
         .bind(id.last_seen_at)
         .bind(id.parent.as_ref().map(ToString::to_string))
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
+        .bind(id.require_binding as i64)
         .execute(&self.pool)
         .await;
         match result {
@@ -275,7 +279,8 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "UPDATE identities SET owner = ?, purpose = ?, selectors = ?, audiences = ?,
                  scopes = ?, jwt_ttl_seconds = ?, x509_ttl_seconds = ?, expires_at = ?,
-                 enabled = ?, retired_at = ?, updated_at = ?, allow_cidrs = ?
+                 enabled = ?, retired_at = ?, updated_at = ?, allow_cidrs = ?,
+                 require_binding = ?
              WHERE env = ? AND name = ?",
         )
         .bind(&id.owner)
@@ -290,6 +295,7 @@ impl Store for SqliteStore {
         .bind(id.retired_at)
         .bind(id.updated_at)
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
+        .bind(id.require_binding as i64)
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
         .execute(&self.pool)
