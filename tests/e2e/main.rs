@@ -11,6 +11,7 @@ mod audit_durability;
 mod audit_seal;
 mod binding;
 mod connect_errors;
+mod cross_env;
 mod happy_path;
 mod jwt;
 mod node_agent;
