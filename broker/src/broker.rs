@@ -53,8 +53,8 @@ pub struct Broker {
     pub envs: Vec<Environment>,
     /// TTL bounds.
     pub limits: TtlLimits,
-    /// Keys and CAs.
-    pub keys: KeyRing,
+    /// Keys and CAs, as published now.
+    pub keys: Arc<KeyRing>,
     /// Identities.
     pub registry: IdentityRegistry,
     /// Every attestor: join tokens plus the configured `[[attestors]]`.
@@ -87,9 +87,12 @@ impl Broker {
         } else {
             None
         };
-        let kek = Kek::load_or_generate(config.kek_file.as_deref(), &config.data_dir)?;
+        let kek = Arc::new(Kek::load_or_generate(
+            config.kek_file.as_deref(),
+            &config.data_dir,
+        )?);
         let store = store::open(&config.store_url()).await?;
-        let keys = KeyRing::load_or_create(&config, store.as_ref(), &kek).await?;
+        let keys = KeyRing::load_or_create(&config, Arc::clone(&store), Arc::clone(&kek)).await?;
         let registry = IdentityRegistry::load(Arc::clone(&store)).await?;
         let audit = AuditLog::start(
             Arc::clone(&store),
@@ -106,7 +109,7 @@ impl Broker {
         Ok(Arc::new(Self {
             envs: config.environments()?,
             limits: TtlLimits::from(&config.ttl),
-            keys,
+            keys: Arc::new(keys),
             registry,
             attestors,
             store,

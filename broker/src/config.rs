@@ -10,6 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::attest::{AttestorConfig, validate_attestors};
+pub use crate::keys::KeysConfig;
 use crate::model::{EnvName, NameError, TrustDomain};
 
 /// Why the configuration could not be used.
@@ -82,9 +83,6 @@ pub struct TtlConfig {
     /// Longest join token lifetime.
     #[serde(with = "humantime_serde_compat")]
     pub join_token_ceiling: Duration,
-    /// Lifetime of each environment's CA certificate.
-    #[serde(with = "humantime_serde_compat")]
-    pub ca: Duration,
 }
 
 impl Default for TtlConfig {
@@ -97,7 +95,6 @@ impl Default for TtlConfig {
             x509_ceiling: Duration::from_secs(24 * 60 * 60),
             join_token_default: Duration::from_secs(10 * 60),
             join_token_ceiling: Duration::from_secs(7 * 24 * 60 * 60),
-            ca: Duration::from_secs(5 * 365 * 24 * 60 * 60),
         }
     }
 }
@@ -129,6 +126,8 @@ pub struct Config {
     pub store_url: Option<String>,
     /// Lifetimes.
     pub ttl: TtlConfig,
+    /// Rotation of each environment's CA and JWT signing key (`[keys]`).
+    pub keys: KeysConfig,
     /// Platform attestors (`[[attestors]]`); join tokens need none.
     pub attestors: Vec<AttestorConfig>,
 }
@@ -149,6 +148,7 @@ impl Default for Config {
             kek_file: None,
             store_url: None,
             ttl: TtlConfig::default(),
+            keys: KeysConfig::default(),
             attestors: Vec::new(),
         }
     }
@@ -279,11 +279,9 @@ impl Config {
             Duration::from_secs(1),
             t.join_token_ceiling,
         )?;
-        if t.ca < t.x509_ceiling * 2 {
-            return Err(ConfigError::Invalid(
-                "ttl.ca must be at least twice ttl.x509_ceiling".into(),
-            ));
-        }
+        self.keys
+            .validate(t)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -336,7 +334,7 @@ impl Config {
 }
 
 /// Serde adapter for humantime durations ("90s", "5m", "1h", "30d").
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

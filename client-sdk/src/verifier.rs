@@ -113,6 +113,9 @@ struct Keys {
     trust_domain: String,
     /// `kid` → uncompressed P-256 point.
     by_kid: HashMap<String, Vec<u8>>,
+    /// Re-read the set this often (the broker's advice), so a key prepared
+    /// for rotation is known before its first token arrives.
+    refresh_hint: Option<Duration>,
 }
 
 /// Verifies JWT-SVIDs of one environment for one audience.
@@ -204,6 +207,8 @@ impl JwtVerifier {
             by_kid: parse_keys(&answer.jwks),
             issuer: answer.issuer,
             trust_domain: answer.trust_domain,
+            refresh_hint: (answer.refresh_hint_seconds > 0)
+                .then(|| Duration::from_secs(answer.refresh_hint_seconds.into())),
         };
         if let Ok(mut slot) = self.inner.keys.write() {
             *slot = keys;
@@ -212,6 +217,18 @@ impl JwtVerifier {
             *at = Some(Instant::now());
         }
         Ok(())
+    }
+
+    /// Whether the broker's refresh hint has passed since the last read.
+    fn refresh_hinted(&self) -> bool {
+        let Some(hint) = self.inner.keys.read().ok().and_then(|k| k.refresh_hint) else {
+            return false;
+        };
+        self.inner
+            .last_refresh
+            .lock()
+            .map(|at| at.is_none_or(|t| t.elapsed() >= hint))
+            .unwrap_or(false)
     }
 
     fn key(&self, kid: &str) -> Option<Vec<u8>> {
@@ -278,6 +295,10 @@ impl JwtVerifier {
             return Err(VerifyError::Algorithm(alg.to_owned()));
         }
         let kid = header["kid"].as_str().unwrap_or_default().to_owned();
+        if self.refresh_hinted() {
+            // A failed refresh keeps the keys held; the broker may be away.
+            let _ = self.refresh_keys().await;
+        }
         let key = match self.key(&kid) {
             Some(key) => key,
             None => {

@@ -96,17 +96,21 @@ fn token_status(
     if header["alg"] != "ES256" {
         return inactive(format!("algorithm {} is not accepted", header["alg"]));
     }
-    let Some(env) = header["kid"]
-        .as_str()
-        .and_then(|kid| broker.keys.envs().find(|e| e.jwt.kid() == kid))
-    else {
+    let Some(env) = header["kid"].as_str().and_then(|kid| {
+        broker
+            .keys
+            .envs()
+            .into_iter()
+            .find_map(|e| e.jwt_key(kid).cloned().map(|key| (e, key)))
+    }) else {
         return inactive("unknown signing key");
     };
+    let (env, key) = env;
     let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
         return inactive("malformed signature");
     };
     let signed = &token[..token.len() - parts[2].len() - 1];
-    if !env.jwt.verify(signed.as_bytes(), &signature) {
+    if !key.verify(signed.as_bytes(), &signature) {
         return inactive("invalid signature");
     }
     let Some(claims) = decode_json(payload) else {
@@ -199,7 +203,7 @@ fn cert_status(broker: &Broker, der: &[u8], now: i64) -> IntrospectResponse {
     let Some(env) = broker.keys.env_for_trust_domain(spiffe_id.trust_domain()) else {
         return inactive("trust domain is not served here");
     };
-    if !env.ca.signed(&cert) {
+    if env.ca_that_signed(&cert).is_none() {
         return inactive("not issued by the environment's CA");
     }
     let validity = cert.validity();

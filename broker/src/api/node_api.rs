@@ -221,7 +221,7 @@ impl WorkloadService {
         self.broker().registry.record_issued(&workload.key, now);
         Ok(MintWorkloadSvidResponse {
             svid: Some(svid),
-            trust_bundle: vec![peer.env.ca.cert_der().to_vec()],
+            trust_bundle: peer.env.trust_bundle(),
         })
     }
 

@@ -175,7 +175,7 @@ impl WorkloadService {
         self.broker.registry.record_issued(&identity.key, now);
         Ok(RenewX509Response {
             svid: Some(svid),
-            trust_bundle: vec![peer.env.ca.cert_der().to_vec()],
+            trust_bundle: peer.env.trust_bundle(),
         })
     }
 }
@@ -293,7 +293,8 @@ impl Workload for WorkloadService {
         Ok(Response::new(GetJwksResponse {
             issuer: self.broker.issuer(&env),
             trust_domain: keys.env.trust_domain.to_string(),
-            jwks: serde_json::json!({ "keys": [keys.jwt.jwk("sig")] }).to_string(),
+            jwks: keys.jwks("sig").to_string(),
+            refresh_hint_seconds: keys.refresh_hint.as_secs() as u32,
         }))
     }
 

@@ -77,7 +77,7 @@ impl WorkloadService {
             .commit(&attested, now)
             .await
             .map_err(status::attest)?;
-        let svid = self.svid(env, &identity, &csr, now, audit)?;
+        let svid = self.svid(&env, &identity, &csr, now, audit)?;
         // JWTs issued with the first SVID are bound to it when required.
         let cnf = identity
             .require_binding
@@ -89,7 +89,7 @@ impl WorkloadService {
             .flatten();
         let jwts = grants
             .iter()
-            .map(|g| self.mint_jwt(env, &identity, g, cnf.clone(), now, audit))
+            .map(|g| self.mint_jwt(&env, &identity, g, cnf.clone(), now, audit))
             .collect::<Result<Vec<_>, _>>()?;
         self.broker.registry.record_issued(&identity.key, now);
         Ok(AttestResponse {
@@ -98,7 +98,7 @@ impl WorkloadService {
                 name: identity.key.name.to_string(),
             }),
             svid: Some(svid),
-            trust_bundle: vec![env.ca.cert_der().to_vec()],
+            trust_bundle: env.trust_bundle(),
             jwts,
         })
     }

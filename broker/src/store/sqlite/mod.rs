@@ -9,7 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, NewRevocation, Store, StoreError, UsageUpdate,
+    IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, KeyRetirement, NewRevocation, Store,
+    StoreError, UsageUpdate,
 };
 use crate::audit::{AuditFilter, ChainedEntry};
 use crate::model::{
@@ -20,6 +21,7 @@ use crate::revocation::Revocation;
 
 mod attestation;
 mod audit;
+mod keys;
 mod revocations;
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
@@ -30,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0004_nodes.sql"),
     include_str!("../../../migrations/sqlite/0005_attestation.sql"),
     include_str!("../../../migrations/sqlite/0006_binding.sql"),
+    include_str!("../../../migrations/sqlite/0008_key_lifecycle.sql"),
 ];
 
 /// Creates the database file 0600 if it does not exist yet (so SQLite never
@@ -194,39 +197,23 @@ impl Store for SqliteStore {
     }
 
     async fn latest_key(&self, env: &str, kind: KeyKind) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT created_at, cert_der, sealed_key FROM key_material
-             WHERE env = ? AND kind = ? ORDER BY id DESC LIMIT 1",
-        )
-        .bind(env)
-        .bind(kind.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(KeyRecord {
-                env: env.to_owned(),
-                kind,
-                created_at: row.try_get("created_at")?,
-                cert_der: row.try_get("cert_der")?,
-                sealed_key: row.try_get("sealed_key")?,
-            })
-        })
-        .transpose()
+        keys::latest_key(&self.pool, env, kind).await
     }
 
-    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO key_material (env, kind, created_at, cert_der, sealed_key)
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&key.env)
-        .bind(key.kind.as_str())
-        .bind(key.created_at)
-        .bind(&key.cert_der)
-        .bind(&key.sealed_key)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    async fn list_keys(&self, env: &str, kind: KeyKind) -> Result<Vec<KeyRecord>, StoreError> {
+        keys::list_keys(&self.pool, env, kind).await
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<i64, StoreError> {
+        keys::insert_key(&self.pool, key).await
+    }
+
+    async fn retire_key(&self, retirement: &KeyRetirement) -> Result<(), StoreError> {
+        keys::retire_key(&self.pool, retirement).await
+    }
+
+    async fn key_sequence(&self, env: &str, fingerprint: &str) -> Result<i64, StoreError> {
+        keys::key_sequence(&self.pool, env, fingerprint).await
     }
 
     async fn list_identities(&self) -> Result<Vec<Identity>, StoreError> {
