@@ -2,6 +2,7 @@
 //! to a running broker over gRPC with the admin client certificate.
 
 mod admin;
+mod keys;
 mod output;
 
 use std::path::PathBuf;
@@ -63,6 +64,9 @@ pub enum Command {
     Audit(AuditArgs),
     /// Revoke credentials at once (or `--list` what is revoked).
     Revoke(RevokeArgs),
+    /// Each environment's rotating CA and JWT keys: list, rotate, retire.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 /// `credbroker revoke (--jti J | --serial S | --identity E/N | --env E | --owner O) --reason R`
