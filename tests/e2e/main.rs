@@ -3,6 +3,7 @@
 //! SDK and agent.
 
 mod admin;
+mod agent_lifecycle;
 mod agent_socket;
 mod attack_list;
 mod attestation;
@@ -10,6 +11,8 @@ mod audit;
 mod audit_durability;
 mod audit_seal;
 mod connect_errors;
+mod day_two;
+mod first_hour;
 mod happy_path;
 mod jwt;
 mod node_agent;

@@ -7,6 +7,7 @@ pub mod http;
 mod introspect;
 mod join_token_api;
 mod node_api;
+mod outstanding;
 pub mod peer;
 mod revoke_api;
 mod status;

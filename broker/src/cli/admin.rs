@@ -114,7 +114,9 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
     let mut client = connect(&cli.broker, &data_dir).await?;
     let out = cli.output;
     match &cli.command {
-        Command::Serve { .. } => unreachable!("serve is not an admin command"),
+        Command::Serve { .. } | Command::Backup { .. } => Err(AdminError::Output(
+            "serve and backup run locally, not as admin commands".into(),
+        )),
         Command::Identity(cmd) => match cmd {
             IdentityCommand::Create {
                 id,
@@ -188,7 +190,13 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                     .retire_identity(change(id, reason))
                     .await?
                     .into_inner();
-                print_identity(&changed, out)
+                print_identity(&changed, out)?;
+                eprintln!(
+                    "identity {}/{} is retired for good: it cannot be re-enabled, and its name stays \
+                     reserved (identity create refuses it), so {} never names another workload",
+                    changed.env, changed.name, changed.spiffe_id
+                );
+                Ok(())
             }
         },
         Command::Audit(AuditArgs {
