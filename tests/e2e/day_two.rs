@@ -122,3 +122,36 @@ async fn a_database_from_a_newer_release_is_refused_and_left_alone() {
     set_version(current).await;
     broker.restart().await;
 }
+
+/// The README lists every `CREDBROKER_*` variable the code reads.
+#[test]
+fn every_environment_variable_is_in_the_readme() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut missing = Vec::new();
+    let mut dirs = vec![
+        root.join("broker/src"),
+        root.join("client-sdk/src"),
+        root.join("examples"),
+    ];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for (at, _) in text.match_indices("\"CREDBROKER_") {
+                let name: String = text[at + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                if !readme.contains(&format!("`{name}`")) && !missing.contains(&name) {
+                    missing.push(name);
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in README.md: {missing:?}");
+}

@@ -24,7 +24,7 @@ use crate::keys::AdminFiles;
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// A local file is missing or unreadable.
-    #[error("cannot read {path}: {source} (is --data-dir the broker's data directory?)")]
+    #[error("cannot read {path}: {source} ({})", file_hint(.source))]
     File {
         /// The file.
         path: String,
@@ -45,6 +45,16 @@ pub enum AdminError {
     /// Output could not be written.
     #[error("{0}")]
     Output(String),
+}
+
+/// What to try when the admin credentials cannot be read.
+fn file_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        // A systemd-installed broker's data directory belongs to its user.
+        "run the command as the broker's user, e.g. sudo -u credbroker credbroker --data-dir /var/lib/credbroker …"
+    } else {
+        "is --data-dir the broker's data directory?"
+    }
 }
 
 fn code_name(code: tonic::Code) -> String {
