@@ -106,13 +106,31 @@ async fn a_database_from_a_newer_release_is_refused_and_left_alone() {
         }
     };
     let current = set_version(1000).await;
-    let out = Command::new(binary("credbroker"))
+    let log = broker.scratch("newer").join("serve.log");
+    let mut serve = Command::new(binary("credbroker"))
         .args(["serve", "--config"])
         .arg(broker.config_path())
-        .output()
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    // It must stop by itself; one that serves is killed and fails the test.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            let _ = serve.wait();
+            break None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a broker started on a newer schema:\n{err}"
+    );
     assert!(
         err.contains("version 1000") && err.contains(&format!("(version {current})")),
         "{err}"
