@@ -171,3 +171,39 @@ fn each_command_has_its_own_help() {
         "{list}"
     );
 }
+
+#[tokio::test]
+async fn a_node_agent_waiting_for_its_broker_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start().await;
+    let token = dir.path().join("host.token");
+    std::fs::write(&token, "cbjt_not-a-real-token").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let socket = dir.path().join("node.sock");
+    let log = dir.path().join("agent.log");
+    let mut agent = spawn_agent(
+        &[
+            "--node",
+            "--broker",
+            &format!("https://127.0.0.1:{port}"),
+            "--bundle",
+            broker.bundle_path().to_str().unwrap(),
+            "--join-token-file",
+            token.to_str().unwrap(),
+            "--workload-api-socket",
+            socket.to_str().unwrap(),
+        ],
+        &log,
+    );
+    wait_for_log(&log, &["cannot reach the broker", "retrying in"]).await;
+    assert!(socket.exists());
+    let status = stop(&mut agent);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+    assert!(text.contains("removed the Workload API socket"), "{text}");
+    assert!(!socket.exists(), "the socket is gone");
+}

@@ -298,7 +298,17 @@ pub async fn run_node_until(
 ) -> Result<(), AgentError> {
     // Bound first, so a bad path stops the agent before it attests.
     let listener = crate::uds::bind(socket, socket_options).map_err(AgentError::Socket)?;
-    let agent = NodeAgent::start(config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Attesting waits for an unreachable broker: a signal meanwhile still
+    // stops the agent cleanly (the listener, dropped, removes the socket).
+    let agent = tokio::select! {
+        agent = NodeAgent::start(config) => agent?,
+        () = &mut shutdown => {
+            drop(listener);
+            tracing::info!(socket = %socket.display(), "stopping on signal; removed the Workload API socket");
+            return Ok(());
+        }
+    };
     if let Some(addr) = health_addr {
         serve_health(addr, agent.node_source().watch()).await?;
     }
@@ -329,7 +339,7 @@ pub async fn run_node_until(
             let _ = serve.await;
             Err(AgentError::Unavailable(reason))
         }
-        () = shutdown => {
+        () = &mut shutdown => {
             let _ = stop_tx.send(());
             let _ = serve.await;
             tracing::info!(socket = %socket.display(), "stopping on signal; removed the Workload API socket");
