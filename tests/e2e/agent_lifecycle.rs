@@ -207,3 +207,31 @@ async fn a_node_agent_waiting_for_its_broker_stops_cleanly_on_sigterm() {
     assert!(text.contains("removed the Workload API socket"), "{text}");
     assert!(!socket.exists(), "the socket is gone");
 }
+
+#[tokio::test]
+async fn a_health_address_in_use_is_named() {
+    let broker = TestBroker::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("join.token");
+    std::fs::write(&token, "cbjt_not-a-real-token").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = credbroker_e2e::agent(&[
+        "--broker",
+        &broker.url(),
+        "--bundle",
+        broker.bundle_path().to_str().unwrap(),
+        "--join-token-file",
+        token.to_str().unwrap(),
+        "--out-dir",
+        dir.path().join("svid").to_str().unwrap(),
+        "--health-addr",
+        &addr,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("cannot serve --health-addr {addr}")),
+        "{err}"
+    );
+}

@@ -54,6 +54,14 @@ pub enum AgentError {
     /// The Workload API socket could not be created or stopped serving.
     #[error("Workload API socket: {0}")]
     Socket(std::io::Error),
+    /// The `--health-addr` endpoint could not be bound.
+    #[error("cannot serve --health-addr {addr}: {source}")]
+    Health {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// No valid credentials can be had any more (revoked, or expired with
     /// evidence that cannot be reused); the files were removed.
     #[error("{0}; credentials removed")]
@@ -219,13 +227,9 @@ async fn serve_health(
     addr: std::net::SocketAddr,
     state: tokio::sync::watch::Receiver<SourceState>,
 ) -> Result<(), AgentError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        AgentError::Io(std::io::Error::new(
-            e.kind(),
-            format!("cannot bind --health-addr {addr}: {e}"),
-        ))
-    })?;
-    let bound = listener.local_addr()?;
+    let health = |source| AgentError::Health { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(health)?;
+    let bound = listener.local_addr().map_err(health)?;
     tracing::info!(addr = %bound, "serving GET /healthz on http://{bound}/healthz");
     tokio::spawn(health::serve(listener, state));
     Ok(())
