@@ -76,8 +76,8 @@ pub struct Broker {
     pub envs: Vec<Environment>,
     /// TTL bounds.
     pub limits: TtlLimits,
-    /// Keys and CAs.
-    pub keys: KeyRing,
+    /// Keys and CAs, as published now.
+    pub keys: Arc<KeyRing>,
     /// Identities.
     pub registry: IdentityRegistry,
     /// Every attestor: join tokens plus the configured `[[attestors]]`.
@@ -124,8 +124,11 @@ impl Broker {
                 generated,
             });
         }
-        let kek = Kek::load_or_generate(config.kek_file.as_deref(), &config.data_dir)?;
-        let keys = KeyRing::load_or_create(&config, store.as_ref(), &kek)
+        let kek = Arc::new(Kek::load_or_generate(
+            config.kek_file.as_deref(),
+            &config.data_dir,
+        )?);
+        let keys = KeyRing::load_or_create(&config, Arc::clone(&store), Arc::clone(&kek))
             .await
             .map_err(|e| match e {
                 KeyError::Unseal(_) => StartError::WrongKek {
@@ -150,7 +153,7 @@ impl Broker {
         Ok(Arc::new(Self {
             envs: config.environments()?,
             limits: TtlLimits::from(&config.ttl),
-            keys,
+            keys: Arc::new(keys),
             registry,
             attestors,
             store,

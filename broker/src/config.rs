@@ -10,6 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::attest::{AttestorConfig, validate_attestors};
+pub use crate::keys::KeysConfig;
 use crate::model::{EnvName, NameError, TrustDomain, format_duration};
 
 /// Why the configuration could not be used.
@@ -82,9 +83,6 @@ pub struct TtlConfig {
     /// Longest join token lifetime.
     #[serde(deserialize_with = "ttl_keys::join_token_ceiling")]
     pub join_token_ceiling: Duration,
-    /// Lifetime of each environment's CA certificate.
-    #[serde(deserialize_with = "ttl_keys::ca")]
-    pub ca: Duration,
 }
 
 impl Default for TtlConfig {
@@ -97,7 +95,6 @@ impl Default for TtlConfig {
             x509_ceiling: Duration::from_secs(24 * 60 * 60),
             join_token_default: Duration::from_secs(10 * 60),
             join_token_ceiling: Duration::from_secs(7 * 24 * 60 * 60),
-            ca: Duration::from_secs(5 * 365 * 24 * 60 * 60),
         }
     }
 }
@@ -129,6 +126,8 @@ pub struct Config {
     pub store_url: Option<String>,
     /// Lifetimes.
     pub ttl: TtlConfig,
+    /// Rotation of each environment's CA and JWT signing key (`[keys]`).
+    pub keys: KeysConfig,
     /// Platform attestors (`[[attestors]]`); join tokens need none.
     pub attestors: Vec<AttestorConfig>,
 }
@@ -149,6 +148,7 @@ impl Default for Config {
             kek_file: None,
             store_url: None,
             ttl: TtlConfig::default(),
+            keys: KeysConfig::default(),
             attestors: Vec::new(),
         }
     }
@@ -279,11 +279,9 @@ impl Config {
             Duration::from_secs(1),
             t.join_token_ceiling,
         )?;
-        if t.ca < t.x509_ceiling * 2 {
-            return Err(ConfigError::Invalid(
-                "ttl.ca must be at least twice ttl.x509_ceiling".into(),
-            ));
-        }
+        self.keys
+            .validate(t)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -335,6 +333,19 @@ impl Config {
     }
 }
 
+/// Serde adapter for durations ("90s", "5m", "1h", "30d") whose errors
+/// say which forms are accepted.
+pub(crate) mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::model::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// One deserializer per `[ttl]` key, so a bad value names its key and the
 /// accepted forms.
 mod ttl_keys {
@@ -354,8 +365,7 @@ mod ttl_keys {
         jwt_ceiling,
         x509_ceiling,
         join_token_default,
-        join_token_ceiling,
-        ca
+        join_token_ceiling
     );
 }
 
@@ -422,17 +432,18 @@ mod tests {
     #[test]
     fn duration_errors_name_the_key_and_the_accepted_forms() {
         for (text, shows) in [
-            ("[ttl]\nca = \"3 months-ish\"", "\"3 months-ish\""),
-            ("[ttl]\nca = 100", "100 has no unit"),
+            ("[ttl]\njoin_token_ceiling = \"a week\"", "\"a week\""),
+            ("[ttl]\njoin_token_ceiling = 7", "7 has no unit"),
         ] {
             let err = toml::from_str::<Config>(text).unwrap_err().to_string();
             assert!(
-                err.contains("ttl.ca") && err.contains(shows) && err.contains("\"30d\""),
+                err.contains("ttl.join_token_ceiling")
+                    && err.contains(shows)
+                    && err.contains("\"30d\""),
                 "{err}"
             );
         }
         let mut c = Config::default();
-        c.ttl.ca = Duration::from_secs(100 * 86_400);
         c.ttl.x509_ceiling = Duration::from_secs(60 * 86_400);
         c.ttl.default_x509 = Duration::from_secs(61 * 86_400);
         let err = c.validate().unwrap_err().to_string();

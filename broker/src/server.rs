@@ -11,13 +11,11 @@ use credbroker_proto::v1::workload_server::WorkloadServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
-use crate::api::{AdminService, WorkloadService, http};
+use crate::api::{AdminService, WorkloadService, grpc_tls, http};
 use crate::broker::{Broker, StartError};
 use crate::config::Config;
-use crate::keys::pem_encode;
 use crate::model::unix_now;
 
 /// How often usage times (last issued / last seen) reach the store.
@@ -31,6 +29,8 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 const EXPIRED_TOKEN_GRACE: i64 = 24 * 60 * 60;
 /// Longest time one RPC may take.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the key schedule sleeps: a clock that jumped is noticed.
+const KEY_SCHEDULE_MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Longest time a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,20 +79,14 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         })?;
     let (stop, stop_rx) = watch::channel(false);
 
-    let tls = broker.keys.server_tls();
-    let client_cas: String = broker
-        .keys
-        .client_ca_certs()
-        .iter()
-        .map(|c| pem_encode("CERTIFICATE", c))
-        .collect();
-    let tls_config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&tls.cert_chain_pem, &tls.key_pem))
-        .client_ca_root(Certificate::from_pem(client_cas))
-        .client_auth_optional(true)
-        .timeout(HANDSHAKE_TIMEOUT);
+    // TLS that follows the key ring: client CAs and the server certificate
+    // as published now, not as they were at start.
+    let tls_config =
+        grpc_tls::server_config(Arc::clone(&broker.keys)).map_err(|e| StartError::Io {
+            what: "configuring gRPC TLS".into(),
+            source: std::io::Error::other(e),
+        })?;
     let grpc_server = Server::builder()
-        .tls_config(tls_config)?
         .timeout(RPC_TIMEOUT)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(WorkloadServer::new(WorkloadService::new(
@@ -101,8 +95,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         )))
         .add_service(AdminServer::new(AdminService::new(Arc::clone(&broker))))
         .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY, Nagle plus delayed ACKs stall every response ~40 ms.
-            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            grpc_tls::incoming(grpc, Arc::new(tls_config), HANDSHAKE_TIMEOUT),
             stopped(stop_rx.clone()),
         );
     let grpc_task = tokio::spawn(async move { grpc_server.await.map_err(StartError::from) });
@@ -118,6 +111,8 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
                 source,
             })
     });
+
+    let rotation_task = tokio::spawn(rotate_keys(Arc::clone(&broker), stopped(stop_rx.clone())));
 
     let flusher = Arc::clone(&broker);
     let flush_stop = stopped(stop_rx);
@@ -172,8 +167,34 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         grpc_addr,
         http_addr,
         stop,
-        tasks: vec![grpc_task, http_task, flush_task],
+        tasks: vec![grpc_task, http_task, flush_task, rotation_task],
     })
+}
+
+/// Keeps the key rotation schedule: runs it whenever something is due, and
+/// at least every [`KEY_SCHEDULE_MAX_SLEEP`]. A failure (store busy) is
+/// logged and retried; the keys already published keep serving.
+async fn rotate_keys(
+    broker: Arc<Broker>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    tokio::pin!(stop);
+    loop {
+        let now = unix_now();
+        let next = match broker.keys.tick(now).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "key rotation failed; retrying");
+                now + 1
+            }
+        };
+        let sleep = Duration::from_secs(next.saturating_sub(unix_now()).max(0) as u64)
+            .min(KEY_SCHEDULE_MAX_SLEEP);
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            () = &mut stop => return Ok(()),
+        }
+    }
 }
 
 impl RunningBroker {

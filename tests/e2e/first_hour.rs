@@ -121,7 +121,7 @@ async fn mistakes_are_refused_with_what_was_wrong() {
 async fn config_duration_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("credbroker.toml");
-    std::fs::write(&config, "[ttl]\nca = 1825\n").unwrap();
+    std::fs::write(&config, "[ttl]\njoin_token_ceiling = 7\n").unwrap();
     let out = Command::new(binary("credbroker"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -131,7 +131,10 @@ async fn config_duration_errors_name_the_key() {
         .unwrap();
     let err = stderr(&out);
     assert!(!out.status.success());
-    assert!(err.contains("ttl.ca") && err.contains("\"30d\""), "{err}");
+    assert!(
+        err.contains("ttl.join_token_ceiling") && err.contains("\"30d\""),
+        "{err}"
+    );
     assert!(!dir.path().join("data").exists(), "nothing created");
 }
 

@@ -112,6 +112,7 @@ fn to_proto(view: &IdentityView, outstanding: u32, attestors: &[AttestorInfo]) -
             .map(ToString::to_string)
             .unwrap_or_default(),
         allow_cidrs: id.allow_cidrs.iter().map(ToString::to_string).collect(),
+        require_binding: id.require_binding,
         reachable_by: selectors::reachable_by(id, attestors),
     }
 }
@@ -217,6 +218,7 @@ impl Admin for AdminService {
             expires_at: (req.expires_at != 0).then_some(req.expires_at),
             parent: Some(req.parent),
             allow_cidrs: req.allow_cidrs,
+            require_binding: req.require_binding,
         };
         let result = async {
             check_selector_prefixes(&spec.env, &spec.selectors, self.broker.attestors.infos())

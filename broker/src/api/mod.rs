@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod audit_api;
+pub mod grpc_tls;
 pub mod http;
 mod introspect;
 mod join_token_api;

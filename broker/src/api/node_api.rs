@@ -221,12 +221,13 @@ impl WorkloadService {
         self.broker().registry.record_issued(&workload.key, now);
         Ok(MintWorkloadSvidResponse {
             svid: Some(svid),
-            trust_bundle: vec![peer.env.ca.cert_der().to_vec()],
+            trust_bundle: peer.env.trust_bundle(),
         })
     }
 
     /// `MintWorkloadJwt`: a JWT-SVID for a workload of the calling node. It
-    /// carries no `cnf`: the workload, not the node, presents it.
+    /// carries no `cnf`: the workload, not the node, presents it (identities
+    /// with a parent cannot require binding).
     pub(super) fn mint_workload_jwt_inner(
         &self,
         request: Request<MintWorkloadJwtRequest>,
@@ -236,6 +237,14 @@ impl WorkloadService {
         let (peer, node) = self.workload_caller(&request, audit, now)?;
         let req = request.into_inner();
         let workload = self.served_workload(&node.key, req.identity.as_ref(), audit, now)?;
+        if workload.require_binding {
+            // Refused at creation; a bearer token must never stand in for a
+            // bound one.
+            return Err(Status::failed_precondition(format!(
+                "identity {} requires bound JWTs, which a node agent cannot obtain",
+                workload.key
+            )));
+        }
         let jwt = req
             .jwt
             .ok_or_else(|| Status::invalid_argument("jwt request is required"))?;

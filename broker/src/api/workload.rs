@@ -154,14 +154,11 @@ impl WorkloadService {
         let grant = self
             .grants(&identity, std::slice::from_ref(&req))?
             .remove(0);
-        let jwt = self.mint_jwt(
-            &peer.env,
-            &identity,
-            &grant,
-            Some(peer.cnf.clone()),
-            now,
-            audit,
-        )?;
+        // Bound to the certificate that asked, when the identity says so;
+        // otherwise a bearer token (a `cnf` that nobody enforces would make
+        // RFC 8705 relying parties refuse it as a bearer token).
+        let cnf = identity.require_binding.then(|| peer.cnf.clone());
+        let jwt = self.mint_jwt(&peer.env, &identity, &grant, cnf, now, audit)?;
         self.broker.registry.record_issued(&identity.key, now);
         Ok(FetchJwtResponse { jwt: Some(jwt) })
     }
@@ -178,7 +175,7 @@ impl WorkloadService {
         self.broker.registry.record_issued(&identity.key, now);
         Ok(RenewX509Response {
             svid: Some(svid),
-            trust_bundle: vec![peer.env.ca.cert_der().to_vec()],
+            trust_bundle: peer.env.trust_bundle(),
         })
     }
 }
@@ -296,7 +293,8 @@ impl Workload for WorkloadService {
         Ok(Response::new(GetJwksResponse {
             issuer: self.broker.issuer(&env),
             trust_domain: keys.env.trust_domain.to_string(),
-            jwks: serde_json::json!({ "keys": [keys.jwt.jwk("sig")] }).to_string(),
+            jwks: keys.jwks("sig").to_string(),
+            refresh_hint_seconds: keys.refresh_hint.as_secs() as u32,
         }))
     }
 
@@ -305,10 +303,12 @@ impl Workload for WorkloadService {
         request: Request<IntrospectRequest>,
     ) -> Result<Response<IntrospectResponse>, Status> {
         let scope = self.require_authenticated(&request)?;
-        let credential = request.into_inner().credential;
+        let request = request.into_inner();
         Ok(Response::new(introspect::introspect(
             &self.broker,
-            credential,
+            request.credential,
+            (!request.presented_certificate.is_empty())
+                .then_some(request.presented_certificate.as_slice()),
             unix_now(),
             scope.as_ref(),
         )))

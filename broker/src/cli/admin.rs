@@ -137,6 +137,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                 selectors,
                 parent,
                 allow_cidrs,
+                require_binding,
                 jwt_ttl,
                 x509_ttl,
                 expires_at,
@@ -161,6 +162,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                         expires_at: expires_at.unwrap_or(0),
                         parent: parent.clone().unwrap_or_default(),
                         allow_cidrs: allow_cidrs.clone(),
+                        require_binding: *require_binding,
                     })
                     .await?
                     .into_inner();

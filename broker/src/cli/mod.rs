@@ -232,6 +232,11 @@ pub enum IdentityCommand {
         /// (repeatable); without any, every address is allowed.
         #[arg(long = "allow-cidr")]
         allow_cidrs: Vec<String>,
+        /// Bind its JWTs to the certificate they are issued to (RFC 8705
+        /// `cnf`): verifiers then refuse them unless presented over mTLS by
+        /// that certificate. Without it JWTs are bearer tokens.
+        #[arg(long)]
+        require_binding: bool,
         /// JWT lifetime, e.g. 5m.
         #[arg(long, value_parser = parse_duration)]
         jwt_ttl: Option<Duration>,

@@ -53,6 +53,7 @@ pub fn identity_json(id: &Identity) -> Value {
         "last_seen_at": time(id.last_seen_at),
         "outstanding_credentials": id.outstanding_credentials,
         "allow_cidrs": id.allow_cidrs,
+        "require_binding": id.require_binding,
         "reachable_by": id.reachable_by,
     })
 }
@@ -100,6 +101,15 @@ pub fn print_identity(id: &Identity, out: Output) -> Result<(), AdminError> {
         ),
         ("attested by", join(&id.reachable_by)),
         ("allow cidrs", join(&id.allow_cidrs)),
+        (
+            "jwt binding",
+            if id.require_binding {
+                "required (cnf: presented over mTLS by its certificate)"
+            } else {
+                "none (bearer)"
+            }
+            .to_owned(),
+        ),
         ("audiences", join(&id.audiences)),
         ("scopes", join(&id.scopes)),
         (

@@ -40,6 +40,16 @@ impl CertificateAuthority {
         uri_san: Option<&str>,
         ttl: Duration,
     ) -> Result<(Self, Vec<u8>), KeyError> {
+        let not_after = time::OffsetDateTime::now_utc() + ttl;
+        Self::generate_until(common_name, uri_san, not_after.unix_timestamp())
+    }
+
+    /// Creates a CA valid until `not_after` (unix seconds).
+    pub fn generate_until(
+        common_name: &str,
+        uri_san: Option<&str>,
+        not_after: i64,
+    ) -> Result<(Self, Vec<u8>), KeyError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -57,7 +67,8 @@ impl CertificateAuthority {
         ];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);
-        params.not_after = now + ttl;
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
+            .map_err(|e| KeyError::BadCertificate(format!("CA expiry {not_after}: {e}")))?;
         params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key)?;
         let pkcs8 = key.serialize_der();
@@ -87,6 +98,13 @@ impl CertificateAuthority {
             public_key,
             not_after,
         })
+    }
+
+    /// The CA's public id: its certificate's serial (upper-case hex).
+    pub fn id(&self) -> String {
+        x509_parser::parse_x509_certificate(&self.cert_der)
+            .map(|(_, c)| serial_of(&c))
+            .unwrap_or_default()
     }
 
     /// The CA certificate (DER).
@@ -143,6 +161,14 @@ fn cert_subject(der: &[u8]) -> Option<x509_parser::x509::X509Name<'_>> {
     x509_parser::parse_x509_certificate(der)
         .ok()
         .map(|(_, c)| c.tbs_certificate.subject)
+}
+
+/// A certificate's serial as the broker records it: upper-case hex.
+pub fn serial_of(cert: &X509Certificate<'_>) -> String {
+    cert.raw_serial()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
 }
 
 /// A random positive 126-bit serial whose first byte is never zero, so its

@@ -12,7 +12,7 @@ use super::WorkloadService;
 use crate::api::status;
 use crate::attest::{AttestError, Attested, Binding, Evidence, RequestFacts};
 use crate::audit::AuditRecord;
-use crate::issue::VerifiedCsr;
+use crate::issue::{Confirmation, VerifiedCsr};
 use crate::model::{Identity, IdentityKey, unix_now};
 use crate::policy::{check_active, check_peer, selectors};
 
@@ -104,10 +104,19 @@ impl WorkloadService {
             .commit(&attested, now)
             .await
             .map_err(|e| refused(audit, e))?;
-        let svid = self.svid(env, &identity, &csr, now, audit)?;
+        let svid = self.svid(&env, &identity, &csr, now, audit)?;
+        // JWTs issued with the first SVID are bound to it when required.
+        let cnf = identity
+            .require_binding
+            .then(|| {
+                svid.cert_chain
+                    .first()
+                    .map(|leaf| Confirmation::for_certificate(leaf))
+            })
+            .flatten();
         let jwts = grants
             .iter()
-            .map(|g| self.mint_jwt(env, &identity, g, None, now, audit))
+            .map(|g| self.mint_jwt(&env, &identity, g, cnf.clone(), now, audit))
             .collect::<Result<Vec<_>, _>>()?;
         self.broker.registry.record_issued(&identity.key, now);
         Ok(AttestResponse {
@@ -116,7 +125,7 @@ impl WorkloadService {
                 name: identity.key.name.to_string(),
             }),
             svid: Some(svid),
-            trust_bundle: vec![env.ca.cert_der().to_vec()],
+            trust_bundle: env.trust_bundle(),
             jwts,
         })
     }

@@ -47,7 +47,7 @@ impl WorkloadService {
         let _signing = self.issuable(identity)?;
         let issuer = self.broker.issuer(identity.key.env.as_str());
         let minted = mint(
-            &env.jwt,
+            env.signing_jwt(now).map_err(status::key)?,
             JwtSpec {
                 issuer: &issuer,
                 spiffe_id: &identity.spiffe_id,
@@ -130,8 +130,14 @@ impl WorkloadService {
             chain,
             serial,
             expires_at,
-        } = issue_svid(&env.ca, csr, &identity.spiffe_id, identity.x509_ttl, now)
-            .map_err(status::key)?;
+        } = issue_svid(
+            env.signing_ca(now).map_err(status::key)?,
+            csr,
+            &identity.spiffe_id,
+            identity.x509_ttl,
+            now,
+        )
+        .map_err(status::key)?;
         self.born_revoked(identity, None, Some(&serial), now)?;
         audit.issued_x509(&serial, expires_at);
         Ok(X509Svid {
