@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::attest::{AttestorConfig, validate_attestors};
 pub use crate::keys::KeysConfig;
-use crate::model::{EnvName, NameError, TrustDomain};
+use crate::model::{EnvName, NameError, TrustDomain, format_duration};
 
 /// Why the configuration could not be used.
 #[derive(Debug, Error)]
@@ -63,25 +63,25 @@ pub struct EnvironmentConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TtlConfig {
     /// JWT lifetime of a new identity when none is given.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::default_jwt")]
     pub default_jwt: Duration,
     /// X.509 lifetime of a new identity when none is given.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::default_x509")]
     pub default_x509: Duration,
     /// No identity TTL may be shorter.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::floor")]
     pub floor: Duration,
     /// No identity JWT TTL may be longer.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::jwt_ceiling")]
     pub jwt_ceiling: Duration,
     /// No identity X.509 TTL may be longer.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::x509_ceiling")]
     pub x509_ceiling: Duration,
     /// Join token lifetime when none is given.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::join_token_default")]
     pub join_token_default: Duration,
     /// Longest join token lifetime.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::join_token_ceiling")]
     pub join_token_ceiling: Duration,
 }
 
@@ -260,9 +260,9 @@ impl Config {
             if value < min || value > max {
                 Err(ConfigError::Invalid(format!(
                     "ttl.{name} = {} must lie within [{}, {}]",
-                    humantime::format_duration(value),
-                    humantime::format_duration(min),
-                    humantime::format_duration(max)
+                    format_duration(value),
+                    format_duration(min),
+                    format_duration(max)
                 )))
             } else {
                 Ok(())
@@ -333,7 +333,8 @@ impl Config {
     }
 }
 
-/// Serde adapter for humantime durations ("90s", "5m", "1h", "30d").
+/// Serde adapter for durations ("90s", "5m", "1h", "30d") whose errors
+/// say which forms are accepted.
 pub(crate) mod humantime_serde_compat {
     use std::time::Duration;
 
@@ -341,8 +342,31 @@ pub(crate) mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+        crate::model::parse_duration(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// One deserializer per `[ttl]` key, so a bad value names its key and the
+/// accepted forms.
+mod ttl_keys {
+    macro_rules! keys {
+        ($($field:ident),*) => {$(
+            pub fn $field<'de, D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> Result<std::time::Duration, D::Error> {
+                crate::model::deserialize_duration(d, concat!("ttl.", stringify!($field)))
+            }
+        )*};
+    }
+    keys!(
+        default_jwt,
+        default_x509,
+        floor,
+        jwt_ceiling,
+        x509_ceiling,
+        join_token_default,
+        join_token_ceiling
+    );
 }
 
 #[cfg(test)]
@@ -403,6 +427,27 @@ mod tests {
         let with_aws: Config = toml::from_str(&format!("{text}\n{aws}")).unwrap();
         with_aws.validate().unwrap();
         assert_eq!(with_aws.attestors.len(), 3);
+    }
+
+    #[test]
+    fn duration_errors_name_the_key_and_the_accepted_forms() {
+        for (text, shows) in [
+            ("[ttl]\njoin_token_ceiling = \"a week\"", "\"a week\""),
+            ("[ttl]\njoin_token_ceiling = 7", "7 has no unit"),
+        ] {
+            let err = toml::from_str::<Config>(text).unwrap_err().to_string();
+            assert!(
+                err.contains("ttl.join_token_ceiling")
+                    && err.contains(shows)
+                    && err.contains("\"30d\""),
+                "{err}"
+            );
+        }
+        let mut c = Config::default();
+        c.ttl.x509_ceiling = Duration::from_secs(60 * 86_400);
+        c.ttl.default_x509 = Duration::from_secs(61 * 86_400);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("= 61d must lie within [1m, 60d]"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! SDK and agent.
 
 mod admin;
+mod agent_lifecycle;
 mod agent_socket;
 mod attack_list;
 mod attestation;
@@ -12,6 +13,8 @@ mod audit_seal;
 mod binding;
 mod connect_errors;
 mod cross_env;
+mod day_two;
+mod first_hour;
 mod happy_path;
 mod jwt;
 mod node_agent;

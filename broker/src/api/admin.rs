@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::peer::Caller;
 use super::status;
-use super::{audit_api, join_token_api, keys_api, revoke_api};
+use super::{audit_api, join_token_api, keys_api, outstanding, revoke_api};
 use crate::attest::AttestorInfo;
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -130,20 +130,9 @@ pub(super) fn nonzero_secs(v: u32) -> Option<Duration> {
 }
 
 impl AdminService {
-    /// Unexpired issued credentials per identity (`env/name`), from the
-    /// audit log.
+    /// Unexpired, unrevoked issued credentials per identity (`env/name`).
     async fn outstanding(&self) -> Result<std::collections::HashMap<String, u32>, Status> {
-        self.broker.audit.flush().await.map_err(status::audit)?;
-        let counts = self
-            .broker
-            .store
-            .outstanding_credentials(unix_now())
-            .await
-            .map_err(status::store)?;
-        Ok(counts
-            .into_iter()
-            .map(|(id, n)| (id, n.clamp(0, i64::from(u32::MAX)) as u32))
-            .collect())
+        outstanding::count(&self.broker).await
     }
 
     async fn proto_with_count(&self, view: &IdentityView) -> Result<pb::Identity, Status> {
@@ -243,6 +232,23 @@ impl Admin for AdminService {
                 .as_ref()
                 .and_then(|p| self.broker.registry.get(p));
             check_node_rules(&identity, parent.as_deref()).map_err(status::policy)?;
+            if let Some(retired_at) = self
+                .broker
+                .registry
+                .get(&identity.key)
+                .and_then(|old| old.retired_at)
+            {
+                // Relying parties authorize by SPIFFE ID: a new workload
+                // under a retired name would inherit what they granted the
+                // old one, so a retired name is never handed out again.
+                return Err(Status::already_exists(format!(
+                    "identity {} was retired at {}; a retired name stays reserved so that {} never \
+                     names another workload: choose another name",
+                    identity.key,
+                    crate::model::rfc3339(retired_at),
+                    identity.spiffe_id
+                )));
+            }
             let created = self
                 .broker
                 .registry

@@ -9,6 +9,7 @@ mod introspect;
 mod join_token_api;
 mod keys_api;
 mod node_api;
+mod outstanding;
 pub mod peer;
 mod revoke_api;
 mod status;

@@ -114,11 +114,11 @@ pub fn print_identity(id: &Identity, out: Output) -> Result<(), AdminError> {
         ("scopes", join(&id.scopes)),
         (
             "jwt ttl",
-            humantime::format_duration(Duration::from_secs(id.jwt_ttl_seconds.into())).to_string(),
+            crate::model::format_duration(Duration::from_secs(id.jwt_ttl_seconds.into())),
         ),
         (
             "x509 ttl",
-            humantime::format_duration(Duration::from_secs(id.x509_ttl_seconds.into())).to_string(),
+            crate::model::format_duration(Duration::from_secs(id.x509_ttl_seconds.into())),
         ),
         ("expires at", time_text(id.expires_at)),
         ("created", time_text(id.created_at)),
@@ -240,10 +240,11 @@ pub fn print_audit(events: &[AuditEvent], out: Output) -> Result<(), AdminError>
         "DECISION",
         "IDENTITY",
         "ACTOR",
+        "PEER",
         "CREDENTIAL",
         "REASON / DETAIL",
     ];
-    let rows: Vec<[String; 8]> = events
+    let rows: Vec<[String; 9]> = events
         .iter()
         .map(|e| {
             let credential = match (e.jti.is_empty(), e.serial.is_empty()) {
@@ -270,6 +271,7 @@ pub fn print_audit(events: &[AuditEvent], out: Output) -> Result<(), AdminError>
                 e.decision.clone(),
                 dash(&e.identity),
                 dash(&e.actor),
+                dash(&e.peer),
                 credential,
                 dash(why),
             ]

@@ -47,8 +47,8 @@ impl KeysConfig {
             if value < MIN_LIFETIME {
                 return Err(format!(
                     "keys.{name} = {} must be at least {}",
-                    humantime::format_duration(value),
-                    humantime::format_duration(MIN_LIFETIME)
+                    crate::model::format_duration(value),
+                    crate::model::format_duration(MIN_LIFETIME)
                 ));
             }
         }
@@ -58,8 +58,8 @@ impl KeysConfig {
             return Err(format!(
                 "keys.ca_lifetime = {} must be at least 6 x ttl.x509_ceiling ({}), so that no \\
                  X.509-SVID is cut short by its CA's expiry",
-                humantime::format_duration(self.ca_lifetime),
-                humantime::format_duration(ttl.x509_ceiling)
+                crate::model::format_duration(self.ca_lifetime),
+                crate::model::format_duration(ttl.x509_ceiling)
             ));
         }
         Ok(())

@@ -74,9 +74,9 @@ fn ttl(
     if value < floor || value > ceiling {
         return Err(invalid(format!(
             "{field} {} must lie within [{}, {}]",
-            humantime::format_duration(value),
-            humantime::format_duration(floor),
-            humantime::format_duration(ceiling)
+            crate::model::format_duration(value),
+            crate::model::format_duration(floor),
+            crate::model::format_duration(ceiling)
         )));
     }
     Ok(value)

@@ -42,6 +42,18 @@ pub enum StoreError {
         /// What failed.
         source: std::io::Error,
     },
+    /// The database was migrated by a newer credbroker than this one.
+    #[error(
+        "the database schema is at version {found}, newer than this credbroker knows (version {known}): \
+         a newer credbroker upgraded it; run that release or a later one, or restore the backup \
+         taken before the upgrade (nothing was changed)"
+    )]
+    SchemaTooNew {
+        /// The database's schema version.
+        found: i64,
+        /// The newest version this binary knows.
+        known: i64,
+    },
     /// The store URL names no supported database.
     #[error("unsupported store URL {0:?} (expected sqlite://PATH)")]
     UnsupportedUrl(String),
@@ -220,8 +232,12 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<ChainedEntry>, StoreError>;
     /// Entries matching `filter`, newest first.
     async fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError>;
-    /// Per identity (`env/name`), how many issued credentials are unexpired at `now`.
-    async fn outstanding_credentials(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Every issued credential unexpired at `now` (from the audit log);
+    /// whether one is revoked is the caller's to judge.
+    async fn outstanding_credentials(
+        &self,
+        now: i64,
+    ) -> Result<Vec<OutstandingCredential>, StoreError>;
     /// X.509-SVIDs issued in `env` that are unexpired at `now` (from the audit log).
     async fn issued_certificates(&self, env: &str, now: i64)
     -> Result<Vec<IssuedCert>, StoreError>;
@@ -249,6 +265,19 @@ pub struct NewRevocation {
     pub covers_until: i64,
     /// For owner revocations: the owner's identities at the time.
     pub identities: Vec<String>,
+}
+
+/// An issued, unexpired credential as the audit log remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutstandingCredential {
+    /// `env/name`.
+    pub identity: String,
+    /// JWT id, for JWTs.
+    pub jti: Option<String>,
+    /// Upper-case hex serial, for certificates.
+    pub serial: Option<String>,
+    /// Issue time (unix seconds).
+    pub issued_at: i64,
 }
 
 /// An issued certificate as the audit log remembers it.

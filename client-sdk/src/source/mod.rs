@@ -286,11 +286,21 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
             Ok(client) => break client,
             Err(e) => {
                 failures += 1;
+                let delay = backoff(failures, &policy);
+                // Said at every attempt: an agent that waits in silence
+                // looks hung to whoever started it.
+                tracing::warn!(
+                    broker = %config.broker,
+                    attempt = failures,
+                    retry_in = ?delay,
+                    "cannot reach the broker ({e}); retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
                 let _ = tx.send(SourceState::Unavailable {
                     reason: format!("cannot reach the broker: {e}"),
                     retrying: true,
                 });
-                tokio::time::sleep(backoff(failures, &policy)).await;
+                tokio::time::sleep(delay).await;
             }
         }
     };
@@ -325,8 +335,15 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                             retrying: true,
                         });
                     }
-                    tracing::warn!(error = %e, "attestation failed; retrying");
-                    tokio::time::sleep(backoff(failures, &policy)).await;
+                    let delay = backoff(failures, &policy);
+                    tracing::warn!(
+                        error = %e,
+                        attempt = failures,
+                        retry_in = ?delay,
+                        "attestation failed; retrying in {:.1}s",
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(delay).await;
                 }
             }
             continue;

@@ -9,8 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, KeyRetirement, NewRevocation, Store,
-    StoreError, UsageUpdate,
+    IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, KeyRetirement, NewRevocation,
+    OutstandingCredential, Store, StoreError, UsageUpdate,
 };
 use crate::audit::{AuditFilter, ChainedEntry};
 use crate::model::{
@@ -105,6 +105,15 @@ impl SqliteStore {
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&mut *tx)
             .await?;
+        // Older binaries must not run on a newer schema: they would write
+        // rows the newer one does not expect, or miss columns it relies on.
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known,
+            });
+        }
         for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             // Both strings are compile-time constants or a formatted integer.
             sqlx::raw_sql(sqlx::AssertSqlSafe(*step))
@@ -436,7 +445,10 @@ impl Store for SqliteStore {
         audit::query_audit(&self.pool, f).await
     }
 
-    async fn outstanding_credentials(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn outstanding_credentials(
+        &self,
+        now: i64,
+    ) -> Result<Vec<OutstandingCredential>, StoreError> {
         audit::outstanding_credentials(&self.pool, now).await
     }
 
