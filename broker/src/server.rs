@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::api::{AdminService, WorkloadService, http};
+use crate::api::{AdminService, WorkloadService, http, limits};
 use crate::broker::{Broker, StartError};
 use crate::config::Config;
 use crate::keys::pem_encode;
@@ -95,11 +95,14 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         .tls_config(tls_config)?
         .timeout(RPC_TIMEOUT)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(WorkloadServer::new(WorkloadService::new(
-            Arc::clone(&broker),
-            stop_rx.clone(),
-        )))
-        .add_service(AdminServer::new(AdminService::new(Arc::clone(&broker))))
+        .add_service(
+            WorkloadServer::new(WorkloadService::new(Arc::clone(&broker), stop_rx.clone()))
+                .max_decoding_message_size(limits::MAX_WORKLOAD_MESSAGE),
+        )
+        .add_service(
+            AdminServer::new(AdminService::new(Arc::clone(&broker)))
+                .max_decoding_message_size(limits::MAX_ADMIN_MESSAGE),
+        )
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle plus delayed ACKs stall every response ~40 ms.
             TcpIncoming::from(grpc).with_nodelay(Some(true)),

@@ -58,7 +58,7 @@ fn env_keys<'a>(broker: &'a Broker, env: &str) -> Option<&'a Arc<EnvironmentKeys
 fn unknown_env(env: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({"error": format!("environment {env:?} is not served here")})),
+        Json(json!({"error": format!("environment {} is not served here", super::limits::quote(env))})),
     )
         .into_response()
 }

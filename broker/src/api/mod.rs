@@ -6,6 +6,7 @@ mod audit_api;
 pub mod http;
 mod introspect;
 mod join_token_api;
+pub mod limits;
 mod node_api;
 pub mod peer;
 mod revoke_api;

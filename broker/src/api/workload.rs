@@ -292,7 +292,12 @@ impl Workload for WorkloadService {
         let keys = EnvName::new(&env)
             .ok()
             .and_then(|name| self.broker.keys.env(&name))
-            .ok_or_else(|| Status::not_found(format!("environment {env:?} is not served here")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "environment {} is not served here",
+                    super::limits::quote(&env)
+                ))
+            })?;
         Ok(Response::new(GetJwksResponse {
             issuer: self.broker.issuer(&env),
             trust_domain: keys.env.trust_domain.to_string(),

@@ -9,7 +9,7 @@ use credbroker_proto::v1::{AttestRequest, AttestResponse, IdentityRef};
 use tonic::{Request, Status};
 
 use super::WorkloadService;
-use crate::api::status;
+use crate::api::{limits, status};
 use crate::attest::{Attested, Binding, Evidence, RequestFacts};
 use crate::audit::AuditRecord;
 use crate::issue::VerifiedCsr;
@@ -22,6 +22,8 @@ impl WorkloadService {
         request: Request<AttestRequest>,
         audit: &mut AuditRecord,
     ) -> Result<AttestResponse, Status> {
+        // Counted before the CSR or the evidence costs anything.
+        limits::attest_jwts(&request.get_ref().jwts)?;
         let now = unix_now();
         audit.actor = Some("anonymous".into());
         let peer = request.remote_addr();
