@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::attest::{AttestorConfig, validate_attestors};
 use crate::model::{EnvName, NameError, TrustDomain};
+pub use crate::policy::rate_limit::RateLimitsConfig;
 
 /// Why the configuration could not be used.
 #[derive(Debug, Error)]
@@ -131,6 +132,8 @@ pub struct Config {
     pub ttl: TtlConfig,
     /// Platform attestors (`[[attestors]]`); join tokens need none.
     pub attestors: Vec<AttestorConfig>,
+    /// Per-peer and per-identity request rates (`[rate_limits]`).
+    pub rate_limits: RateLimitsConfig,
 }
 
 impl Default for Config {
@@ -150,6 +153,7 @@ impl Default for Config {
             store_url: None,
             ttl: TtlConfig::default(),
             attestors: Vec::new(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
 }
@@ -393,6 +397,7 @@ mod tests {
         sample.validate().unwrap();
         assert_eq!(sample.environments().unwrap().len(), 3);
         assert_eq!(sample.ttl, TtlConfig::default());
+        assert_eq!(sample.rate_limits, RateLimitsConfig::default());
         assert_eq!(sample.attestors.len(), 2);
         // The commented aws_iid table parses too, once uncommented.
         let text = include_str!("../../deploy/credbroker.toml");

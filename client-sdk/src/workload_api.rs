@@ -33,6 +33,9 @@ use crate::verifier::JwtVerifier;
 
 /// Metadata every Workload API call must carry.
 const SECURITY_HEADER: &str = "workload.spiffe.io";
+/// Largest Workload API request accepted (tonic's default is 4 MiB; the
+/// biggest real one, ValidateJWTSVID, carries one JWT of a few KiB).
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
 
@@ -322,7 +325,9 @@ impl WorkloadApi {
     ) -> Result<(), std::io::Error> {
         tracing::info!(socket = %listener.path().display(), "serving the SPIFFE Workload API");
         tonic::transport::Server::builder()
-            .add_service(SpiffeWorkloadApiServer::new(self))
+            .add_service(
+                SpiffeWorkloadApiServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(listener.incoming(), shutdown)
             .await
             .map_err(std::io::Error::other)

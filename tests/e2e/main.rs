@@ -17,6 +17,7 @@ mod platform_agent;
 mod platform_attestation;
 mod platform_selectors;
 mod python_clients;
+mod rate_limits;
 mod request_caps;
 mod request_context;
 mod restart;

@@ -9,6 +9,7 @@ mod join_token_api;
 pub mod limits;
 mod node_api;
 pub mod peer;
+pub mod rate;
 mod revoke_api;
 mod status;
 pub mod workload;

@@ -19,6 +19,7 @@ mod issuance;
 mod revocation_stream;
 
 use super::peer::{Caller, WorkloadPeer};
+use super::rate::RateLimits;
 use super::{introspect, node_api, status};
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -36,12 +37,18 @@ pub struct WorkloadService {
     broker: Arc<Broker>,
     /// Turns true when the broker shuts down, to end open streams.
     stop: watch::Receiver<bool>,
+    pub(super) rates: Arc<RateLimits>,
 }
 
 impl WorkloadService {
     /// A service over `broker`; streams end when `stop` turns true.
     pub fn new(broker: Arc<Broker>, stop: watch::Receiver<bool>) -> Self {
-        Self { broker, stop }
+        let rates = Arc::new(RateLimits::new(&broker.config.rate_limits));
+        Self {
+            broker,
+            stop,
+            rates,
+        }
     }
 
     /// The shared broker state.
@@ -147,6 +154,7 @@ impl WorkloadService {
     ) -> Result<FetchJwtResponse, Status> {
         let now = unix_now();
         let (peer, identity) = self.workload_caller(&request, audit, now)?;
+        self.rates.sign_identity(&identity.key)?;
         let req = request
             .into_inner()
             .jwt
@@ -173,6 +181,7 @@ impl WorkloadService {
     ) -> Result<RenewX509Response, Status> {
         let now = unix_now();
         let (peer, identity) = self.workload_caller(&request, audit, now)?;
+        self.rates.sign_identity(&identity.key)?;
         let csr = VerifiedCsr::parse(&request.into_inner().csr).map_err(status::csr)?;
         let svid = self.svid(&peer.env, &identity, &csr, now, audit)?;
         self.broker.registry.record_issued(&identity.key, now);
@@ -242,6 +251,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<MintWorkloadSvidRequest>,
     ) -> Result<Response<MintWorkloadSvidResponse>, Status> {
+        self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(
             &self.broker.audit,
             "mint_workload_svid",
@@ -255,6 +265,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<MintWorkloadJwtRequest>,
     ) -> Result<Response<MintWorkloadJwtResponse>, Status> {
+        self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(
             &self.broker.audit,
             "mint_workload_jwt",
@@ -323,6 +334,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<AttestRequest>,
     ) -> Result<Response<AttestResponse>, Status> {
+        self.rates.attest(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "attest", request.remote_addr());
         let result = self.attest_inner(request, &mut audit).await;
         deliver(result, &audit).await
@@ -332,6 +344,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<FetchJwtRequest>,
     ) -> Result<Response<FetchJwtResponse>, Status> {
+        self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "fetch_jwt", request.remote_addr());
         let result = self.fetch_jwt_inner(request, &mut audit);
         deliver(result, &audit).await
@@ -341,6 +354,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<RenewX509Request>,
     ) -> Result<Response<RenewX509Response>, Status> {
+        self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "renew_x509", request.remote_addr());
         let result = self.renew_inner(request, &mut audit);
         deliver(result, &audit).await

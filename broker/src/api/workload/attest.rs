@@ -66,6 +66,7 @@ impl WorkloadService {
         let identity = self.resolve(&attested, req.expected_identity.as_ref(), audit)?;
         audit.identity = Some(identity.key.to_string());
         audit.env = Some(identity.key.env.to_string());
+        self.rates.sign_identity(&identity.key)?;
         check_active(&identity, now).map_err(status::policy)?;
         check_peer(&identity, peer).map_err(status::policy)?;
         let grants = self.grants(&identity, &req.jwts)?;
