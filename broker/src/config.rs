@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::api::bounded::ConnectionsConfig;
 use crate::attest::{AttestorConfig, validate_attestors};
 use crate::model::{EnvName, NameError, TrustDomain};
 pub use crate::policy::rate_limit::RateLimitsConfig;
@@ -134,6 +135,8 @@ pub struct Config {
     pub attestors: Vec<AttestorConfig>,
     /// Per-peer and per-identity request rates (`[rate_limits]`).
     pub rate_limits: RateLimitsConfig,
+    /// Connection and stream bounds (`[connections]`).
+    pub connections: ConnectionsConfig,
 }
 
 impl Default for Config {
@@ -154,6 +157,7 @@ impl Default for Config {
             ttl: TtlConfig::default(),
             attestors: Vec::new(),
             rate_limits: RateLimitsConfig::default(),
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -295,6 +299,7 @@ impl Config {
                 "public_url {url:?} must start with http:// or https://"
             )));
         }
+        self.connections.validate().map_err(ConfigError::Invalid)?;
         validate_attestors(&self.attestors, &envs)?;
         Ok(())
     }
@@ -340,11 +345,12 @@ impl Config {
 }
 
 /// Serde adapter for humantime durations ("90s", "5m", "1h", "30d").
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
+    /// Parses a humantime duration string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(serde::de::Error::custom)
@@ -398,6 +404,7 @@ mod tests {
         assert_eq!(sample.environments().unwrap().len(), 3);
         assert_eq!(sample.ttl, TtlConfig::default());
         assert_eq!(sample.rate_limits, RateLimitsConfig::default());
+        assert_eq!(sample.connections, ConnectionsConfig::default());
         assert_eq!(sample.attestors.len(), 2);
         // The commented aws_iid table parses too, once uncommented.
         let text = include_str!("../../deploy/credbroker.toml");

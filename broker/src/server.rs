@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use credbroker_proto::v1::admin_server::AdminServer;
 use credbroker_proto::v1::workload_server::WorkloadServer;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::api::{AdminService, WorkloadService, http, limits};
+use crate::api::bounded::{BoundedListener, IdleIo};
+use crate::api::{AdminService, WorkloadService, http, http_serve, limits};
 use crate::broker::{Broker, StartError};
 use crate::config::Config;
 use crate::keys::pem_encode;
@@ -54,6 +55,32 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
             what: format!("binding {what} listener on {addr}"),
             source,
         })
+}
+
+/// gRPC connections, at most `max` open at once (tonic has no cap of its
+/// own): each carries its permit until closed.
+fn bounded_incoming(
+    listener: TcpListener,
+    max: usize,
+) -> ReceiverStream<Result<IdleIo<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(1);
+    let mut listener = BoundedListener::new(listener, max, "gRPC");
+    tokio::spawn(async move {
+        loop {
+            let (stream, _peer, permit) = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            if tx
+                .send(Ok(IdleIo::new(stream, None, permit)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {
@@ -104,22 +131,17 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
                 .max_decoding_message_size(limits::MAX_ADMIN_MESSAGE),
         )
         .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY, Nagle plus delayed ACKs stall every response ~40 ms.
-            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            bounded_incoming(grpc, broker.config.connections.grpc_max_connections),
             stopped(stop_rx.clone()),
         );
     let grpc_task = tokio::spawn(async move { grpc_server.await.map_err(StartError::from) });
 
     let router = http::router(Arc::clone(&broker));
     let http_stop = stopped(stop_rx.clone());
+    let bounds = broker.config.connections.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http_listener, router)
-            .with_graceful_shutdown(http_stop)
-            .await
-            .map_err(|source| StartError::Io {
-                what: "HTTP server".into(),
-                source,
-            })
+        http_serve::serve(http_listener, router, &bounds, http_stop).await;
+        Ok(())
     });
 
     let flusher = Arc::clone(&broker);

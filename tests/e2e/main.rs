@@ -10,6 +10,7 @@ mod audit;
 mod audit_durability;
 mod audit_seal;
 mod connect_errors;
+mod connection_bounds;
 mod happy_path;
 mod jwt;
 mod node_agent;

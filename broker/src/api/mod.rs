@@ -3,7 +3,9 @@
 
 pub mod admin;
 mod audit_api;
+pub mod bounded;
 pub mod http;
+pub mod http_serve;
 mod introspect;
 mod join_token_api;
 pub mod limits;

@@ -38,16 +38,21 @@ pub struct WorkloadService {
     /// Turns true when the broker shuts down, to end open streams.
     stop: watch::Receiver<bool>,
     pub(super) rates: Arc<RateLimits>,
+    streams: Arc<revocation_stream::StreamSlots>,
 }
 
 impl WorkloadService {
     /// A service over `broker`; streams end when `stop` turns true.
     pub fn new(broker: Arc<Broker>, stop: watch::Receiver<bool>) -> Self {
         let rates = Arc::new(RateLimits::new(&broker.config.rate_limits));
+        let streams = Arc::new(revocation_stream::StreamSlots::new(
+            broker.config.connections.revocation_streams_per_caller,
+        ));
         Self {
             broker,
             stop,
             rates,
+            streams,
         }
     }
 
@@ -60,6 +65,15 @@ impl WorkloadService {
     /// environment, `None`), or a workload whose SVID is valid and not
     /// revoked and whose identity is active (who sees its own environment).
     fn require_authenticated<T>(&self, request: &Request<T>) -> Result<Option<EnvName>, Status> {
+        self.authenticated_caller(request).map(|(scope, _)| scope)
+    }
+
+    /// [`Self::require_authenticated`], and who the caller is (`admin` or
+    /// the workload's `env/name`).
+    fn authenticated_caller<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Option<EnvName>, String), Status> {
         let now = unix_now();
         match self
             .broker
@@ -69,7 +83,7 @@ impl WorkloadService {
             Caller::Anonymous => Err(Status::unauthenticated(
                 "this call needs a client certificate (an X.509-SVID)",
             )),
-            Caller::Admin => Ok(None),
+            Caller::Admin => Ok((None, "admin".to_owned())),
             Caller::Workload(peer) => {
                 let identity = self.broker.registry.get(&peer.identity).ok_or_else(|| {
                     Status::permission_denied(format!(
@@ -90,7 +104,7 @@ impl WorkloadService {
                     )));
                 }
                 check_active(&identity, now).map_err(status::policy)?;
-                Ok(Some(peer.identity.env.clone()))
+                Ok((Some(peer.identity.env.clone()), peer.identity.to_string()))
             }
         }
     }
@@ -279,19 +293,32 @@ impl Workload for WorkloadService {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let scope = self.require_authenticated(&request)?;
+        let (scope, caller) = self.authenticated_caller(&request)?;
         let after = request.into_inner().after_seq;
         if after < 0 {
             return Err(Status::invalid_argument("after_seq must not be negative"));
         }
+        let latest = self.broker.revocations.latest_seq();
+        if after > latest {
+            // Accepted, it would wait for an entry numbered past one that
+            // was never assigned: silence, forever.
+            return Err(Status::out_of_range(format!(
+                "after_seq {after} is beyond the latest revocation sequence {latest}; resume from {latest} or below"
+            )));
+        }
+        let slot = self.streams.open(caller)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(revocation_stream::stream_revocations(
+        let stream = revocation_stream::stream_revocations(
             Arc::clone(&self.broker),
             after,
             scope,
             tx,
             self.stop.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            stream.await;
+            drop(slot);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

@@ -197,6 +197,9 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn live_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError>;
     /// Deletes revocations that cover nothing any more at `now`.
     async fn purge_revocations(&self, now: i64) -> Result<u64, StoreError>;
+    /// The highest revocation sequence number ever assigned (0 if none),
+    /// purged entries included: the end of the WatchRevocations stream.
+    async fn latest_revocation_seq(&self) -> Result<i64, StoreError>;
 }
 
 /// A revocation before it is stored (no sequence number yet).

@@ -466,6 +466,10 @@ impl Store for SqliteStore {
     async fn purge_revocations(&self, now: i64) -> Result<u64, StoreError> {
         revocations::purge_revocations(&self.pool, now).await
     }
+
+    async fn latest_revocation_seq(&self) -> Result<i64, StoreError> {
+        revocations::latest_seq(&self.pool).await
+    }
 }
 
 #[cfg(test)]
