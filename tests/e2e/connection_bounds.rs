@@ -56,10 +56,13 @@ async fn answers_again(broker: &TestBroker) -> Duration {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let client = broker.client().await;
-    client
-        .attest(&Evidence::JoinToken(broker.join_token("dev", "api")), &[])
-        .await
-        .expect("Attest answers");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        client.attest(&Evidence::JoinToken(broker.join_token("dev", "api")), &[]),
+    )
+    .await
+    .expect("Attest answers in time")
+    .expect("Attest answers");
     broker.cli_ok(&["identity", "list"]);
     start.elapsed()
 }
@@ -78,20 +81,30 @@ async fn idle_http_connections_cannot_silence_the_broker() {
     // Short timeouts so the test is quick; the defaults are 10 s and 60 s.
     let broker = TestBroker::start_with(
         &["dev"],
-        "[connections]\nhttp_header_timeout = \"2s\"\nhttp_idle_timeout = \"3s\"\n",
+        "[connections]\nhttp_header_timeout = \"8s\"\nhttp_idle_timeout = \"8s\"\n",
     )
     .await;
     broker.create_identity("dev", "api", &["billing"], &[]);
     limit_fds(&broker);
+    let flood = Instant::now();
     let held = idle_flood(broker.http_port(), IDLE_FLOOD).await;
-    println!("holding {} idle HTTP connections", held.len());
+    println!(
+        "holding {} idle HTTP connections, opened in {:?}",
+        held.len(),
+        flood.elapsed()
+    );
     // The cap (256) keeps HTTP below the descriptor limit: gRPC answers
     // even while the flood is held.
-    let client = broker.client().await;
-    client
-        .attest(&Evidence::JoinToken(broker.join_token("dev", "api")), &[])
+    let client = tokio::time::timeout(Duration::from_secs(10), broker.client())
         .await
-        .expect("Attest answers during the flood");
+        .expect("gRPC connects during the flood");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.attest(&Evidence::JoinToken(broker.join_token("dev", "api")), &[]),
+    )
+    .await
+    .expect("Attest answers during the flood, in time")
+    .expect("Attest answers during the flood");
     let took = answers_again(&broker).await;
     println!("healthz, Attest and an admin call answered {took:?} into the flood");
     drop(held);
