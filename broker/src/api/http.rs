@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 use crate::broker::Broker;
 use crate::keys::EnvironmentKeys;
 use crate::model::{EnvName, unix_now};
-use crate::revocation::crl::{self, RevokedCert};
-use crate::revocation::{CredentialFacts, Target};
+use crate::revocation::crl;
 
 /// How long relying parties may cache key material (seconds).
 const CACHE_SECONDS: u32 = 300;
@@ -152,20 +151,29 @@ async fn crl(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Resp
     let version = broker.revocations.version();
     let der = match broker.crls.current(&env, version, now) {
         Some(der) => der,
-        None => match build_crl(&broker, keys, now).await {
-            Ok(der) => broker.crls.store(&env, version, now, der),
-            Err(e) => {
-                tracing::error!(error = %e, env, "cannot build CRL");
-                return (StatusCode::SERVICE_UNAVAILABLE, "CRL unavailable\n").into_response();
+        None => {
+            // One build at a time; whoever waited finds it in the cache.
+            let _building = broker.crls.building.lock().await;
+            match broker.crls.current(&env, version, now) {
+                Some(der) => der,
+                None => match build_crl(&broker, keys, now).await {
+                    Ok(der) => broker.crls.store(&env, version, now, der),
+                    Err(e) => {
+                        tracing::error!(error = %e, env, "cannot build CRL");
+                        return (StatusCode::SERVICE_UNAVAILABLE, "CRL unavailable\n")
+                            .into_response();
+                    }
+                },
             }
-        },
+        }
     };
     (
         [
             (header::CONTENT_TYPE, "application/pkix-crl"),
             (header::CACHE_CONTROL, "public, max-age=60"),
         ],
-        der.as_ref().clone(),
+        // Shared, not copied: the cached CRL can be megabytes.
+        der,
     )
         .into_response()
 }
@@ -173,31 +181,13 @@ async fn crl(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Resp
 async fn build_crl(broker: &Broker, keys: &EnvironmentKeys, now: i64) -> Result<Vec<u8>, String> {
     // Certificates issued a moment ago are in the audit log once it flushes.
     broker.audit.flush().await.map_err(|e| e.to_string())?;
-    let issued = broker
-        .store
-        .issued_certificates(keys.env.name.as_str(), now)
+    let live = broker.revocations.after(0);
+    let revoked = broker
+        .crls
+        .covered
+        .revoked_in(broker.store.as_ref(), &live, keys.env.name.as_str(), now)
         .await
         .map_err(|e| e.to_string())?;
-    let revoked: Vec<RevokedCert> = issued
-        .iter()
-        .filter_map(|cert| {
-            let Ok(Target::Identity(identity)) = Target::parse("identity", &cert.identity) else {
-                return None;
-            };
-            let owner = broker.registry.get(&identity).map(|i| i.owner.clone());
-            let rev = broker.revocations.covers(&CredentialFacts {
-                jti: None,
-                serial: Some(&cert.serial),
-                identity: &identity,
-                owner: owner.as_deref(),
-                issued_at: cert.issued_at,
-            })?;
-            Some(RevokedCert {
-                serial: cert.serial.clone(),
-                revoked_at: rev.revoked_at,
-            })
-        })
-        .collect();
     let number = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -8,6 +8,7 @@
 //! anything issued before it — has passed. The list therefore holds at most
 //! one credential lifetime's worth of revocations, however much is issued.
 
+mod covered;
 pub mod crl;
 pub mod order;
 

@@ -187,9 +187,13 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError>;
     /// Per identity (`env/name`), how many issued credentials are unexpired at `now`.
     async fn outstanding_credentials(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
-    /// X.509-SVIDs issued in `env` that are unexpired at `now` (from the audit log).
-    async fn issued_certificates(&self, env: &str, now: i64)
-    -> Result<Vec<IssuedCert>, StoreError>;
+    /// X.509-SVIDs matching `query`, issued at or before `query.until`
+    /// and unexpired at `now` (from the audit log, by an index).
+    async fn issued_certificates(
+        &self,
+        query: &CertQuery<'_>,
+        now: i64,
+    ) -> Result<Vec<IssuedCert>, StoreError>;
 
     /// Stores a revocation and returns its stream sequence number.
     async fn insert_revocation(&self, rev: &NewRevocation) -> Result<i64, StoreError>;
@@ -217,6 +221,28 @@ pub struct NewRevocation {
     pub covers_until: i64,
     /// For owner revocations: the owner's identities at the time.
     pub identities: Vec<String>,
+}
+
+/// Which issued certificates a revocation covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertQuery<'a> {
+    /// The audit column matched: `serial`, `identity` (`env/name`) or `env`.
+    pub by: CertKey,
+    /// Its value.
+    pub value: &'a str,
+    /// Only certificates issued at or before this (unix seconds).
+    pub until: i64,
+}
+
+/// The audit column a [`CertQuery`] matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertKey {
+    /// One serial.
+    Serial,
+    /// One identity, `env/name`.
+    Identity,
+    /// A whole environment.
+    Env,
 }
 
 /// An issued certificate as the audit log remembers it.

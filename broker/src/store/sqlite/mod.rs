@@ -9,7 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, NewRevocation, Store, StoreError, UsageUpdate,
+    CertQuery, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, NewRevocation, Store, StoreError,
+    UsageUpdate,
 };
 use crate::audit::{AuditFilter, ChainedEntry};
 use crate::model::{
@@ -449,10 +450,10 @@ impl Store for SqliteStore {
 
     async fn issued_certificates(
         &self,
-        env: &str,
+        query: &CertQuery<'_>,
         now: i64,
     ) -> Result<Vec<IssuedCert>, StoreError> {
-        audit::issued_certificates(&self.pool, env, now).await
+        audit::issued_certificates(&self.pool, query, now).await
     }
 
     async fn insert_revocation(&self, rev: &NewRevocation) -> Result<i64, StoreError> {
