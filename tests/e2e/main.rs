@@ -27,6 +27,7 @@ mod revocation_race;
 mod scope;
 mod source;
 mod spiffe_api;
+mod store_faults;
 mod tls;
 mod verifier;
 mod x509;

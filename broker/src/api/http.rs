@@ -38,12 +38,42 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// A readiness probe commits a write; it may take this long.
+const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// One probe's verdict answers every `/readyz` for this long, so polling
+/// the endpoint cannot turn into a stream of fsyncs.
+const READY_PROBE_REUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The last probe (when, verdict); the lock also makes concurrent
+/// requests wait for one probe instead of each running their own.
+static LAST_PROBE: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>> =
+    tokio::sync::Mutex::const_new(None);
+
+/// Ready when the store can commit a write within [`READY_PROBE_TIMEOUT`].
 async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
-    match broker.store.ping().await {
+    let mut last = LAST_PROBE.lock().await;
+    let verdict = match last.as_ref() {
+        Some((at, verdict)) if at.elapsed() < READY_PROBE_REUSE => verdict.clone(),
+        _ => {
+            let verdict = match tokio::time::timeout(READY_PROBE_TIMEOUT, broker.store.ping()).await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "no commit within {}",
+                    humantime::format_duration(READY_PROBE_TIMEOUT)
+                )),
+            };
+            *last = Some((std::time::Instant::now(), verdict.clone()));
+            verdict
+        }
+    };
+    drop(last);
+    match verdict {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+            tracing::warn!(error = %e, "readiness check failed: the store cannot commit");
+            (StatusCode::SERVICE_UNAVAILABLE, "store cannot commit\n").into_response()
         }
     }
 }

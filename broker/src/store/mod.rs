@@ -119,7 +119,7 @@ pub struct UsageUpdate {
 /// Durable storage for keys, identities and join tokens.
 #[async_trait]
 pub trait Store: std::fmt::Debug + Send + Sync + 'static {
-    /// Whether the database answers (for `/readyz`).
+    /// Whether the database answers (for `/readyz`): commits a tiny write: the store is ready only if it can commit.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// The newest key of `kind` for `env`, if any.
