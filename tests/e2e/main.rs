@@ -3,6 +3,7 @@
 //! SDK and agent.
 
 mod admin;
+mod agent_bounds;
 mod agent_socket;
 mod attack_list;
 mod attestation;
