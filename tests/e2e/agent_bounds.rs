@@ -38,10 +38,17 @@ async fn new_audiences_in_validate_do_not_open_broker_streams() {
     let agent = SocketAgent::start(&broker, "dev", "api", &socket, &[]).await;
     let endpoint = format!("unix:{}", socket.display());
     let client = WorkloadApiClient::connect_to(&endpoint).await.unwrap();
-    let token = client
-        .fetch_jwt_svid(&["billing"], None)
-        .await
-        .expect("JWT-SVID");
+    // The socket may be up a moment before the first credentials.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let token = loop {
+        match client.fetch_jwt_svid(&["billing"], None).await {
+            Ok(token) => break token,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no JWT-SVID: {e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     for i in 0..40 {
         let r = client
             .validate_jwt_token(&format!("aud-{i}"), token.token())
