@@ -150,6 +150,7 @@ impl Broker {
         let attestors = AttestorRegistry::build(&config.attestors, Arc::clone(&store)).await?;
         let revocations = RevocationList::default();
         revocations.load(store.live_revocations(unix_now()).await?);
+        revocations.saw_seq(store.latest_revocation_seq().await?);
         Ok(Arc::new(Self {
             envs: config.environments()?,
             limits: TtlLimits::from(&config.ttl),

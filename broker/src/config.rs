@@ -9,9 +9,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::api::bounded::ConnectionsConfig;
 use crate::attest::{AttestorConfig, validate_attestors};
 pub use crate::keys::KeysConfig;
 use crate::model::{EnvName, NameError, TrustDomain, format_duration};
+pub use crate::policy::rate_limit::RateLimitsConfig;
 
 /// Why the configuration could not be used.
 #[derive(Debug, Error)]
@@ -130,6 +132,10 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Platform attestors (`[[attestors]]`); join tokens need none.
     pub attestors: Vec<AttestorConfig>,
+    /// Per-peer and per-identity request rates (`[rate_limits]`).
+    pub rate_limits: RateLimitsConfig,
+    /// Connection and stream bounds (`[connections]`).
+    pub connections: ConnectionsConfig,
 }
 
 impl Default for Config {
@@ -150,6 +156,8 @@ impl Default for Config {
             ttl: TtlConfig::default(),
             keys: KeysConfig::default(),
             attestors: Vec::new(),
+            rate_limits: RateLimitsConfig::default(),
+            connections: ConnectionsConfig::default(),
         }
     }
 }
@@ -289,6 +297,7 @@ impl Config {
                 "public_url {url:?} must start with http:// or https://"
             )));
         }
+        self.connections.validate().map_err(ConfigError::Invalid)?;
         validate_attestors(&self.attestors, &envs)?;
         Ok(())
     }
@@ -340,6 +349,7 @@ pub(crate) mod humantime_serde_compat {
 
     use serde::{Deserialize, Deserializer};
 
+    /// Parses a humantime duration string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         crate::model::parse_duration(&s).map_err(serde::de::Error::custom)
@@ -415,6 +425,8 @@ mod tests {
         sample.validate().unwrap();
         assert_eq!(sample.environments().unwrap().len(), 3);
         assert_eq!(sample.ttl, TtlConfig::default());
+        assert_eq!(sample.rate_limits, RateLimitsConfig::default());
+        assert_eq!(sample.connections, ConnectionsConfig::default());
         assert_eq!(sample.attestors.len(), 2);
         // The commented aws_iid table parses too, once uncommented.
         let text = include_str!("../../deploy/credbroker.toml");

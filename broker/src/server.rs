@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 
-use crate::api::{AdminService, WorkloadService, grpc_tls, http};
+use crate::api::bounded::BoundedListener;
+use crate::api::{AdminService, WorkloadService, grpc_tls, http, http_serve, limits};
 use crate::broker::{Broker, StartError};
 use crate::config::Config;
 use crate::model::unix_now;
@@ -89,27 +90,30 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let grpc_server = Server::builder()
         .timeout(RPC_TIMEOUT)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(WorkloadServer::new(WorkloadService::new(
-            Arc::clone(&broker),
-            stop_rx.clone(),
-        )))
-        .add_service(AdminServer::new(AdminService::new(Arc::clone(&broker))))
+        .add_service(
+            WorkloadServer::new(WorkloadService::new(Arc::clone(&broker), stop_rx.clone()))
+                .max_decoding_message_size(limits::MAX_WORKLOAD_MESSAGE),
+        )
+        .add_service(
+            AdminServer::new(AdminService::new(Arc::clone(&broker)))
+                .max_decoding_message_size(limits::MAX_ADMIN_MESSAGE),
+        )
         .serve_with_incoming_shutdown(
-            grpc_tls::incoming(grpc, Arc::new(tls_config), HANDSHAKE_TIMEOUT),
+            grpc_tls::incoming(
+                BoundedListener::new(grpc, broker.config.connections.grpc_max_connections, "gRPC"),
+                Arc::new(tls_config),
+                HANDSHAKE_TIMEOUT,
+            ),
             stopped(stop_rx.clone()),
         );
     let grpc_task = tokio::spawn(async move { grpc_server.await.map_err(StartError::from) });
 
     let router = http::router(Arc::clone(&broker));
     let http_stop = stopped(stop_rx.clone());
+    let bounds = broker.config.connections.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http_listener, router)
-            .with_graceful_shutdown(http_stop)
-            .await
-            .map_err(|source| StartError::Io {
-                what: "HTTP server".into(),
-                source,
-            })
+        http_serve::serve(http_listener, router, &bounds, http_stop).await;
+        Ok(())
     });
 
     let rotation_task = tokio::spawn(rotate_keys(Arc::clone(&broker), stopped(stop_rx.clone())));

@@ -59,7 +59,27 @@ fn rejected(status: &tonic::Status) -> String {
     }
 }
 
+/// Metadata key of the broker's retry hint on RESOURCE_EXHAUSTED.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
 impl ClientError {
+    /// How long the broker asked the caller to wait before retrying (a
+    /// rate limit's RESOURCE_EXHAUSTED carries `retry-after-ms`), capped at
+    /// a minute so a bad hint cannot park a client.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let Self::Rejected(status) = self else {
+            return None;
+        };
+        let ms: u64 = status
+            .metadata()
+            .get(RETRY_AFTER_MS)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(std::time::Duration::from_millis(ms.min(60_000)))
+    }
+
     /// The gRPC code when the broker answered with an error.
     pub fn code(&self) -> Option<tonic::Code> {
         match self {

@@ -198,6 +198,14 @@ impl RevocationWatcher {
                             watcher.apply(&event);
                         }
                     }
+                    Err(e) if e.code() == Some(tonic::Code::OutOfRange) => {
+                        // The broker's sequence is behind our cursor (a new
+                        // database): start again from the whole live list.
+                        tracing::warn!(error = %e, "revocation cursor past the broker's end; resubscribing from the start");
+                        if let Ok(mut s) = watcher.state.write() {
+                            s.last_seq = 0;
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "revocation stream unavailable; retrying"),
                 }
                 tokio::time::sleep(delay).await;

@@ -33,6 +33,9 @@ use crate::verifier::JwtVerifier;
 
 /// Metadata every Workload API call must carry.
 const SECURITY_HEADER: &str = "workload.spiffe.io";
+/// Largest Workload API request accepted (tonic's default is 4 MiB; the
+/// biggest real one, ValidateJWTSVID, carries one JWT of a few KiB).
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
 
@@ -46,10 +49,19 @@ pub struct WorkloadApi {
     allowed: AllowedPeers,
 }
 
-/// ValidateJWTSVID: one verifier per audience, following revocations.
+/// Audiences ValidateJWTSVID keeps a verifier for; past this, one is
+/// dropped for each new one (callers name audiences, so they are bounded
+/// here, not by them).
+const MAX_AUDIENCES: usize = 256;
+
+/// ValidateJWTSVID: one verifier per audience (at most [`MAX_AUDIENCES`]);
+/// only the first follows the broker's revocation stream, and every answer
+/// is checked against it, so new audiences never open new broker streams.
 #[derive(Clone, Default)]
 pub(crate) struct Validators {
     by_audience: Arc<tokio::sync::Mutex<HashMap<String, JwtVerifier>>>,
+    /// The verifier whose revocation list follows the broker.
+    following: Arc<tokio::sync::Mutex<Option<JwtVerifier>>>,
 }
 
 impl Validators {
@@ -80,9 +92,20 @@ impl Validators {
                     let v = JwtVerifier::new(client, env, &req.audience)
                         .await
                         .map_err(|e| Status::unavailable(e.to_string()))?;
-                    if let Some(session) = session().await {
-                        // Validation honours revocations as they happen.
+                    let mut following = self.following.lock().await;
+                    if following.is_none()
+                        && let Some(session) = session().await
+                    {
+                        // Validation honours revocations as they happen:
+                        // one stream for every audience.
                         std::mem::drop(v.follow_revocations(session));
+                        *following = Some(v.clone());
+                    }
+                    drop(following);
+                    if verifiers.len() >= MAX_AUDIENCES
+                        && let Some(old) = verifiers.keys().next().cloned()
+                    {
+                        verifiers.remove(&old);
                     }
                     verifiers.insert(req.audience.clone(), v.clone());
                     v
@@ -93,6 +116,11 @@ impl Validators {
             .verify(&req.svid)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(reason) = self.revoked(env, &verified).await {
+            return Err(Status::invalid_argument(format!(
+                "the JWT-SVID was revoked: {reason}"
+            )));
+        }
         let claims = match json_to_prost(&verified.claims).kind {
             Some(prost_types::value::Kind::StructValue(s)) => Some(s),
             _ => None,
@@ -101,6 +129,20 @@ impl Validators {
             spiffe_id: verified.spiffe_id,
             claims,
         })
+    }
+}
+
+impl Validators {
+    /// Why the following verifier's revocation list refuses `jwt`, if it
+    /// does (the verifier that checked it may not follow revocations).
+    async fn revoked(&self, env: &str, jwt: &crate::verifier::VerifiedJwt) -> Option<String> {
+        let following = self.following.lock().await;
+        let name = jwt.spiffe_id.strip_prefix("spiffe://")?.split_once('/')?.1;
+        let iat = jwt.claims["iat"].as_i64()?;
+        following
+            .as_ref()?
+            .revocations()
+            .jwt_revoked(&jwt.jti, &format!("{env}/{name}"), env, iat)
     }
 }
 
@@ -322,7 +364,9 @@ impl WorkloadApi {
     ) -> Result<(), std::io::Error> {
         tracing::info!(socket = %listener.path().display(), "serving the SPIFFE Workload API");
         tonic::transport::Server::builder()
-            .add_service(SpiffeWorkloadApiServer::new(self))
+            .add_service(
+                SpiffeWorkloadApiServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(listener.incoming(), shutdown)
             .await
             .map_err(std::io::Error::other)

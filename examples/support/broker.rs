@@ -51,6 +51,13 @@ impl InProcessBroker {
             data_dir: data_dir.path().to_path_buf(),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            // All load comes from one address: per-peer limits would
+            // measure the limiter, not the broker.
+            rate_limits: credbroker::config::RateLimitsConfig {
+                attest_per_second_per_peer: 0,
+                sign_per_second_per_peer: 0,
+                sign_per_second_per_identity: 0,
+            },
             ..credbroker::Config::default()
         };
         let running = runtime

@@ -4,6 +4,8 @@
 //! prost generate from them, so the broker, the SDK and third-party clients
 //! share one definition.
 
+pub mod codec;
+
 /// `credbroker.v1`: the Workload and Admin services.
 pub mod v1 {
     #![allow(missing_docs, clippy::all)]

@@ -3,6 +3,7 @@
 //! SDK and agent.
 
 mod admin;
+mod agent_bounds;
 mod agent_lifecycle;
 mod agent_socket;
 mod attack_list;
@@ -12,6 +13,7 @@ mod audit_durability;
 mod audit_seal;
 mod binding;
 mod connect_errors;
+mod connection_bounds;
 mod cross_env;
 mod day_two;
 mod first_hour;
@@ -22,6 +24,8 @@ mod platform_agent;
 mod platform_attestation;
 mod platform_selectors;
 mod python_clients;
+mod rate_limits;
+mod request_caps;
 mod request_context;
 mod restart;
 mod revocation;
@@ -30,6 +34,7 @@ mod rotation;
 mod scope;
 mod source;
 mod spiffe_api;
+mod store_faults;
 mod tls;
 mod verifier;
 mod x509;

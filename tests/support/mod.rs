@@ -61,7 +61,18 @@ impl TestBroker {
     /// A broker serving `envs`, with `extra` TOML appended to its config
     /// (e.g. a `[ttl]` table).
     pub async fn start_with(envs: &[&str], extra: &str) -> Self {
+        Self::start_prepared(envs, extra, |_| {}).await
+    }
+
+    /// [`TestBroker::start_with`], after `prepare` has run on the data
+    /// directory's path (e.g. to mount a small file system there).
+    pub async fn start_prepared(
+        envs: &[&str],
+        extra: &str,
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        prepare(&dir.path().join("data"));
         let grpc_port = free_port();
         let http_port = free_port();
         let mut toml = format!(

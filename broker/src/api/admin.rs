@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::peer::Caller;
 use super::status;
-use super::{audit_api, join_token_api, keys_api, outstanding, revoke_api};
+use super::{audit_api, join_token_api, keys_api, limits, outstanding, revoke_api};
 use crate::attest::AttestorInfo;
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -199,6 +199,10 @@ impl Admin for AdminService {
             AuditRecord::new(&self.broker.audit, "identity.create", request.remote_addr());
         self.require_admin(&request, &mut audit)?;
         let req = request.into_inner();
+        if let Err(e) = limits::create_identity(&req) {
+            audit.denied(&status::reason(&e));
+            return Err(e);
+        }
         audit.identity = Some(format!("{}/{}", req.env, req.name));
         audit.env = Some(req.env.clone());
         let now = unix_now();

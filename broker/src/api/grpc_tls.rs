@@ -20,12 +20,13 @@ use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::bounded::{BoundedListener, IdleIo};
 use crate::keys::{KeyRing, ServerTls};
 
 /// Handshakes waiting to be served, at most.
@@ -45,37 +46,28 @@ pub fn server_config(keys: Arc<KeyRing>) -> Result<ServerConfig, rustls::Error> 
     Ok(config)
 }
 
-/// Accepts TCP connections on `listener` and completes their TLS
-/// handshakes concurrently (each bounded by `handshake_timeout`), yielding
-/// the established streams for `Server::serve_with_incoming`.
+/// Accepts TCP connections on `listener` (which caps how many are open)
+/// and completes their TLS handshakes concurrently, each bounded by
+/// `handshake_timeout`, yielding the established streams for
+/// `Server::serve_with_incoming`.
 pub fn incoming(
-    listener: TcpListener,
+    mut listener: BoundedListener,
     config: Arc<ServerConfig>,
     handshake_timeout: Duration,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+) -> ReceiverStream<Result<TlsStream<IdleIo<TcpStream>>, io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, mostly: say so, pause, go on.
-                    tracing::warn!(error = %e, "gRPC accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            let (tcp, peer, permit) = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
             };
-            if tx.is_closed() {
-                return;
-            }
-            // Without TCP_NODELAY, Nagle plus delayed ACKs stall every
-            // response ~40 ms.
-            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                let io = IdleIo::new(tcp, None, permit);
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }

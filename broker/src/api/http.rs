@@ -14,8 +14,7 @@ use serde_json::{Value, json};
 use crate::broker::Broker;
 use crate::keys::EnvironmentKeys;
 use crate::model::{EnvName, unix_now};
-use crate::revocation::crl::{self, RevokedCert};
-use crate::revocation::{CredentialFacts, Target};
+use crate::revocation::crl;
 
 /// The HTTP router.
 pub fn router(broker: Arc<Broker>) -> Router {
@@ -33,12 +32,42 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// A readiness probe commits a write; it may take this long.
+const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// One probe's verdict answers every `/readyz` for this long, so polling
+/// the endpoint cannot turn into a stream of fsyncs.
+const READY_PROBE_REUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The last probe (when, verdict); the lock also makes concurrent
+/// requests wait for one probe instead of each running their own.
+static LAST_PROBE: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>> =
+    tokio::sync::Mutex::const_new(None);
+
+/// Ready when the store can commit a write within [`READY_PROBE_TIMEOUT`].
 async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
-    match broker.store.ping().await {
+    let mut last = LAST_PROBE.lock().await;
+    let verdict = match last.as_ref() {
+        Some((at, verdict)) if at.elapsed() < READY_PROBE_REUSE => verdict.clone(),
+        _ => {
+            let verdict = match tokio::time::timeout(READY_PROBE_TIMEOUT, broker.store.ping()).await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "no commit within {}",
+                    humantime::format_duration(READY_PROBE_TIMEOUT)
+                )),
+            };
+            *last = Some((std::time::Instant::now(), verdict.clone()));
+            verdict
+        }
+    };
+    drop(last);
+    match verdict {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+            tracing::warn!(error = %e, "readiness check failed: the store cannot commit");
+            (StatusCode::SERVICE_UNAVAILABLE, "store cannot commit\n").into_response()
         }
     }
 }
@@ -52,7 +81,7 @@ fn env_keys(broker: &Broker, env: &str) -> Option<Arc<EnvironmentKeys>> {
 fn unknown_env(env: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({"error": format!("environment {env:?} is not served here")})),
+        Json(json!({"error": format!("environment {} is not served here", super::limits::quote(env))})),
     )
         .into_response()
 }
@@ -114,20 +143,29 @@ async fn crl(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Resp
     let version = broker.revocations.version();
     let der = match broker.crls.current(&env, version, now) {
         Some(der) => der,
-        None => match build_crl(&broker, &keys, now).await {
-            Ok(der) => broker.crls.store(&env, version, now, der),
-            Err(e) => {
-                tracing::error!(error = %e, env, "cannot build CRL");
-                return (StatusCode::SERVICE_UNAVAILABLE, "CRL unavailable\n").into_response();
+        None => {
+            // One build at a time; whoever waited finds it in the cache.
+            let _building = broker.crls.building.lock().await;
+            match broker.crls.current(&env, version, now) {
+                Some(der) => der,
+                None => match build_crl(&broker, &keys, now).await {
+                    Ok(der) => broker.crls.store(&env, version, now, der),
+                    Err(e) => {
+                        tracing::error!(error = %e, env, "cannot build CRL");
+                        return (StatusCode::SERVICE_UNAVAILABLE, "CRL unavailable\n")
+                            .into_response();
+                    }
+                },
             }
-        },
+        }
     };
     (
         [
             (header::CONTENT_TYPE, "application/pkix-crl"),
             (header::CACHE_CONTROL, "public, max-age=60"),
         ],
-        der.as_ref().clone(),
+        // Shared, not copied: the cached CRL can be megabytes.
+        der,
     )
         .into_response()
 }
@@ -135,32 +173,13 @@ async fn crl(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Resp
 async fn build_crl(broker: &Broker, keys: &EnvironmentKeys, now: i64) -> Result<Vec<u8>, String> {
     // Certificates issued a moment ago are in the audit log once it flushes.
     broker.audit.flush().await.map_err(|e| e.to_string())?;
-    let issued = broker
-        .store
-        .issued_certificates(keys.env.name.as_str(), now)
+    let live = broker.revocations.after(0);
+    let revoked = broker
+        .crls
+        .covered
+        .revoked_in(broker.store.as_ref(), &live, keys.env.name.as_str(), now)
         .await
         .map_err(|e| e.to_string())?;
-    let revoked: Vec<RevokedCert> = issued
-        .iter()
-        .filter_map(|cert| {
-            let Ok(Target::Identity(identity)) = Target::parse("identity", &cert.identity) else {
-                return None;
-            };
-            let owner = broker.registry.get(&identity).map(|i| i.owner.clone());
-            let rev = broker.revocations.covers(&CredentialFacts {
-                jti: None,
-                serial: Some(&cert.serial),
-                identity: &identity,
-                owner: owner.as_deref(),
-                issued_at: cert.issued_at,
-                signed_by: None,
-            })?;
-            Some(RevokedCert {
-                serial: cert.serial.clone(),
-                revoked_at: rev.revoked_at,
-            })
-        })
-        .collect();
     let number = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -3,14 +3,18 @@
 
 pub mod admin;
 mod audit_api;
+pub mod bounded;
 pub mod grpc_tls;
 pub mod http;
+pub mod http_serve;
 mod introspect;
 mod join_token_api;
 mod keys_api;
+pub mod limits;
 mod node_api;
 mod outstanding;
 pub mod peer;
+pub mod rate;
 mod revoke_api;
 mod status;
 pub mod workload;

@@ -196,6 +196,7 @@ impl WorkloadService {
                 Status::permission_denied(format!("identity {key} is not served by node {node}"))
             })?;
         check_active(&workload, now).map_err(status::policy)?;
+        self.rates.sign_identity(&workload.key)?;
         Ok(workload)
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use credbroker_proto::v1::{self as pb, RevokeRequest, revoke_request};
 use tonic::Status;
 
-use super::status;
+use super::{limits, status};
 use crate::audit::{AuditFilter, AuditRecord};
 use crate::broker::Broker;
 use crate::model::{EnvName, IdentityKey, IdentityName, unix_now};
@@ -148,6 +148,12 @@ pub(super) async fn revoke(
     req: RevokeRequest,
     audit: &mut AuditRecord,
 ) -> Result<pb::Revocation, Status> {
+    // Sizes first: nothing below quotes an unbounded value.
+    use revoke_request::Target as T;
+    if let Some(T::Jti(v) | T::Serial(v) | T::Owner(v) | T::Env(v)) = &req.target {
+        limits::length("revocation target", v, limits::MAX_FIELD)?;
+    }
+    limits::length("reason", &req.reason, limits::MAX_TEXT)?;
     let reason = req.reason.trim().to_owned();
     if reason.is_empty() {
         return Err(Status::invalid_argument("a reason is required"));

@@ -19,6 +19,7 @@ mod issuance;
 mod revocation_stream;
 
 use super::peer::{Caller, WorkloadPeer};
+use super::rate::RateLimits;
 use super::{introspect, node_api, status};
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -35,12 +36,23 @@ pub struct WorkloadService {
     broker: Arc<Broker>,
     /// Turns true when the broker shuts down, to end open streams.
     stop: watch::Receiver<bool>,
+    pub(super) rates: Arc<RateLimits>,
+    streams: Arc<revocation_stream::StreamSlots>,
 }
 
 impl WorkloadService {
     /// A service over `broker`; streams end when `stop` turns true.
     pub fn new(broker: Arc<Broker>, stop: watch::Receiver<bool>) -> Self {
-        Self { broker, stop }
+        let rates = Arc::new(RateLimits::new(&broker.config.rate_limits));
+        let streams = Arc::new(revocation_stream::StreamSlots::new(
+            broker.config.connections.revocation_streams_per_caller,
+        ));
+        Self {
+            broker,
+            stop,
+            rates,
+            streams,
+        }
     }
 
     /// The shared broker state.
@@ -52,6 +64,15 @@ impl WorkloadService {
     /// environment, `None`), or a workload whose SVID is valid and not
     /// revoked and whose identity is active (who sees its own environment).
     fn require_authenticated<T>(&self, request: &Request<T>) -> Result<Option<EnvName>, Status> {
+        self.authenticated_caller(request).map(|(scope, _)| scope)
+    }
+
+    /// [`Self::require_authenticated`], and who the caller is (`admin` or
+    /// the workload's `env/name`).
+    fn authenticated_caller<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Option<EnvName>, String), Status> {
         let now = unix_now();
         match self
             .broker
@@ -61,7 +82,7 @@ impl WorkloadService {
             Caller::Anonymous => Err(Status::unauthenticated(
                 "this call needs a client certificate (an X.509-SVID)",
             )),
-            Caller::Admin => Ok(None),
+            Caller::Admin => Ok((None, "admin".to_owned())),
             Caller::Workload(peer) => {
                 let identity = self.broker.registry.get(&peer.identity).ok_or_else(|| {
                     Status::permission_denied(format!(
@@ -80,7 +101,7 @@ impl WorkloadService {
                     )));
                 }
                 check_active(&identity, now).map_err(status::policy)?;
-                Ok(Some(peer.identity.env.clone()))
+                Ok((Some(peer.identity.env.clone()), peer.identity.to_string()))
             }
         }
     }
@@ -144,6 +165,7 @@ impl WorkloadService {
     ) -> Result<FetchJwtResponse, Status> {
         let now = unix_now();
         let (peer, identity) = self.workload_caller(&request, audit, now)?;
+        self.rates.sign_identity(&identity.key)?;
         let req = request
             .into_inner()
             .jwt
@@ -167,6 +189,7 @@ impl WorkloadService {
     ) -> Result<RenewX509Response, Status> {
         let now = unix_now();
         let (peer, identity) = self.workload_caller(&request, audit, now)?;
+        self.rates.sign_identity(&identity.key)?;
         let csr = VerifiedCsr::parse(&request.into_inner().csr).map_err(status::csr)?;
         let svid = self.svid(&peer.env, &identity, &csr, now, audit)?;
         self.broker.registry.record_issued(&identity.key, now);
@@ -287,6 +310,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<MintWorkloadSvidRequest>,
     ) -> Result<Response<MintWorkloadSvidResponse>, Status> {
+        self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(
             &self.broker.audit,
             "mint_workload_svid",
@@ -300,6 +324,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<MintWorkloadJwtRequest>,
     ) -> Result<Response<MintWorkloadJwtResponse>, Status> {
+        self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(
             &self.broker.audit,
             "mint_workload_jwt",
@@ -313,19 +338,32 @@ impl Workload for WorkloadService {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let scope = self.require_authenticated(&request)?;
+        let (scope, caller) = self.authenticated_caller(&request)?;
         let after = request.into_inner().after_seq;
         if after < 0 {
             return Err(Status::invalid_argument("after_seq must not be negative"));
         }
+        let latest = self.broker.revocations.latest_seq();
+        if after > latest {
+            // Accepted, it would wait for an entry numbered past one that
+            // was never assigned: silence, forever.
+            return Err(Status::out_of_range(format!(
+                "after_seq {after} is beyond the latest revocation sequence {latest}; resume from {latest} or below"
+            )));
+        }
+        let slot = self.streams.open(caller)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(revocation_stream::stream_revocations(
+        let stream = revocation_stream::stream_revocations(
             Arc::clone(&self.broker),
             after,
             scope,
             tx,
             self.stop.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            stream.await;
+            drop(slot);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -337,7 +375,12 @@ impl Workload for WorkloadService {
         let keys = EnvName::new(&env)
             .ok()
             .and_then(|name| self.broker.keys.env(&name))
-            .ok_or_else(|| Status::not_found(format!("environment {env:?} is not served here")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "environment {} is not served here",
+                    super::limits::quote(&env)
+                ))
+            })?;
         Ok(Response::new(GetJwksResponse {
             issuer: self.broker.issuer(&env),
             trust_domain: keys.env.trust_domain.to_string(),
@@ -366,6 +409,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<AttestRequest>,
     ) -> Result<Response<AttestResponse>, Status> {
+        self.rates.attest(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "attest", request.remote_addr());
         let result = self.attest_inner(request, &mut audit).await;
         deliver(result, &audit).await
@@ -375,6 +419,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<FetchJwtRequest>,
     ) -> Result<Response<FetchJwtResponse>, Status> {
+        self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "fetch_jwt", request.remote_addr());
         let result = self.fetch_jwt_inner(request, &mut audit);
         deliver(result, &audit).await
@@ -384,6 +429,7 @@ impl Workload for WorkloadService {
         &self,
         mut request: Request<RenewX509Request>,
     ) -> Result<Response<RenewX509Response>, Status> {
+        self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "renew_x509", request.remote_addr());
         if self.retired_ca_renewal(&request).await {
             request.extensions_mut().insert(RetiredCaRenewal);

@@ -6,6 +6,7 @@ mod context;
 mod grant;
 mod new_identity;
 pub mod node;
+pub mod rate_limit;
 mod registry;
 pub mod selectors;
 

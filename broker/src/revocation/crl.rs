@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use axum::body::Bytes;
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 
 use crate::keys::{CertificateAuthority, KeyError};
@@ -19,7 +20,7 @@ pub const CRL_VALIDITY: Duration = Duration::from_secs(5 * 60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedCert {
     /// Upper-case hex serial.
-    pub serial: String,
+    pub serial: Box<str>,
     /// When it was revoked (unix seconds).
     pub revoked_at: i64,
 }
@@ -67,10 +68,16 @@ pub fn build(
 }
 
 /// The last CRL built per environment, rebuilt when the revocation list
-/// changes or the CRL is older than [`REBUILD_AFTER`].
+/// changes or the CRL is older than [`REBUILD_AFTER`], from the
+/// certificates each revocation covers (looked up once per revocation).
 #[derive(Debug, Default)]
 pub struct CrlCache {
     built: std::sync::Mutex<std::collections::HashMap<String, Built>>,
+    /// Certificates covered per live revocation.
+    pub covered: super::covered::CoveredCerts,
+    /// Held while building, so concurrent requests wait for one build and
+    /// share it instead of each building their own.
+    pub building: tokio::sync::Mutex<()>,
 }
 
 /// Rebuild at least this often so nextUpdate never lapses.
@@ -80,34 +87,27 @@ pub const REBUILD_AFTER: Duration = Duration::from_secs(60);
 struct Built {
     version: u64,
     at: i64,
-    der: std::sync::Arc<Vec<u8>>,
+    der: Bytes,
 }
 
 impl CrlCache {
     /// The cached CRL of `env` if it is still current for `version` at `now`.
-    pub fn current(&self, env: &str, version: u64, now: i64) -> Option<std::sync::Arc<Vec<u8>>> {
+    pub fn current(&self, env: &str, version: u64, now: i64) -> Option<Bytes> {
         let built = self.built.lock().ok()?;
         let b = built.get(env)?;
-        (b.version == version && now - b.at < REBUILD_AFTER.as_secs() as i64)
-            .then(|| std::sync::Arc::clone(&b.der))
+        (b.version == version && now - b.at < REBUILD_AFTER.as_secs() as i64).then(|| b.der.clone())
     }
 
     /// Remembers a freshly built CRL.
-    pub fn store(
-        &self,
-        env: &str,
-        version: u64,
-        now: i64,
-        der: Vec<u8>,
-    ) -> std::sync::Arc<Vec<u8>> {
-        let der = std::sync::Arc::new(der);
+    pub fn store(&self, env: &str, version: u64, now: i64, der: Vec<u8>) -> Bytes {
+        let der = Bytes::from(der);
         if let Ok(mut built) = self.built.lock() {
             built.insert(
                 env.to_owned(),
                 Built {
                     version,
                     at: now,
-                    der: std::sync::Arc::clone(&der),
+                    der: der.clone(),
                 },
             );
         }

@@ -8,12 +8,13 @@
 //! anything issued before it — has passed. The list therefore holds at most
 //! one credential lifetime's worth of revocations, however much is issued.
 
+mod covered;
 pub mod crl;
 pub mod order;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -137,6 +138,8 @@ pub struct RevocationList {
     events: broadcast::Sender<Arc<Revocation>>,
     /// Bumped on every change, so derived data (CRLs) knows when to rebuild.
     version: AtomicU64,
+    /// The highest sequence number assigned so far (purged ones included).
+    latest_seq: AtomicI64,
     /// Held from storing a revocation until it is broadcast.
     writer: tokio::sync::Mutex<()>,
     /// Pending revocations and the issuance fence.
@@ -155,6 +158,7 @@ impl Default for RevocationList {
             all: RwLock::new(BTreeMap::new()),
             events: broadcast::channel(EVENT_BUFFER).0,
             version: AtomicU64::new(0),
+            latest_seq: AtomicI64::new(0),
             writer: tokio::sync::Mutex::new(()),
             order: order::Ordering::default(),
         }
@@ -226,6 +230,18 @@ impl RevocationList {
             all.insert(rev.seq, Arc::clone(rev));
         }
         self.version.fetch_add(1, Ordering::AcqRel);
+        self.saw_seq(rev.seq);
+    }
+
+    /// Records that sequence numbers up to `seq` have been assigned.
+    pub fn saw_seq(&self, seq: i64) {
+        self.latest_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// The highest sequence number assigned so far: a stream cursor past
+    /// it names an entry that does not exist (yet).
+    pub fn latest_seq(&self) -> i64 {
+        self.latest_seq.load(Ordering::Acquire)
     }
 
     /// Changes whenever an entry is added or dropped.

@@ -158,7 +158,7 @@ pub struct UsageUpdate {
 /// Durable storage for keys, identities and join tokens.
 #[async_trait]
 pub trait Store: std::fmt::Debug + Send + Sync + 'static {
-    /// Whether the database answers (for `/readyz`).
+    /// Whether the database answers (for `/readyz`): commits a tiny write: the store is ready only if it can commit.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// The newest key of `kind` for `env`, if any.
@@ -238,9 +238,13 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
         &self,
         now: i64,
     ) -> Result<Vec<OutstandingCredential>, StoreError>;
-    /// X.509-SVIDs issued in `env` that are unexpired at `now` (from the audit log).
-    async fn issued_certificates(&self, env: &str, now: i64)
-    -> Result<Vec<IssuedCert>, StoreError>;
+    /// X.509-SVIDs matching `query`, issued at or before `query.until`
+    /// and unexpired at `now` (from the audit log, by an index).
+    async fn issued_certificates(
+        &self,
+        query: &CertQuery<'_>,
+        now: i64,
+    ) -> Result<Vec<IssuedCert>, StoreError>;
 
     /// Stores a revocation and returns its stream sequence number.
     async fn insert_revocation(&self, rev: &NewRevocation) -> Result<i64, StoreError>;
@@ -248,6 +252,9 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn live_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError>;
     /// Deletes revocations that cover nothing any more at `now`.
     async fn purge_revocations(&self, now: i64) -> Result<u64, StoreError>;
+    /// The highest revocation sequence number ever assigned (0 if none),
+    /// purged entries included: the end of the WatchRevocations stream.
+    async fn latest_revocation_seq(&self) -> Result<i64, StoreError>;
 }
 
 /// A revocation before it is stored (no sequence number yet).
@@ -278,6 +285,28 @@ pub struct OutstandingCredential {
     pub serial: Option<String>,
     /// Issue time (unix seconds).
     pub issued_at: i64,
+}
+
+/// Which issued certificates a revocation covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertQuery<'a> {
+    /// The audit column matched: `serial`, `identity` (`env/name`) or `env`.
+    pub by: CertKey,
+    /// Its value.
+    pub value: &'a str,
+    /// Only certificates issued at or before this (unix seconds).
+    pub until: i64,
+}
+
+/// The audit column a [`CertQuery`] matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertKey {
+    /// One serial.
+    Serial,
+    /// One identity, `env/name`.
+    Identity,
+    /// A whole environment.
+    Env,
 }
 
 /// An issued certificate as the audit log remembers it.

@@ -232,9 +232,10 @@ impl SvidCache {
                     match still_valid {
                         Some(h) if !refused => {
                             tracing::warn!(identity = %key, error = %e, "SVID renewal failed; serving the current one");
-                            timing::backoff(failures, &self.policy)
+                            let delay = timing::backoff(failures, &self.policy)
                                 .min(h.svid.remaining() / 4)
-                                .max(Duration::from_millis(50))
+                                .max(Duration::from_millis(50));
+                            timing::honour_hint(delay, &e)
                         }
                         _ => {
                             held = None;
@@ -242,7 +243,7 @@ impl SvidCache {
                                 reason: e.to_string(),
                                 refused,
                             });
-                            timing::backoff(failures, &self.policy)
+                            timing::honour_hint(timing::backoff(failures, &self.policy), &e)
                         }
                     }
                 }

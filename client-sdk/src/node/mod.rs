@@ -172,7 +172,10 @@ impl NodeAgent {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         tracing::info!(socket = %listener.path().display(), "serving the SPIFFE Workload API for this node's workloads");
         tonic::transport::Server::builder()
-            .add_service(SpiffeWorkloadApiServer::new(api))
+            .add_service(
+                SpiffeWorkloadApiServer::new(api)
+                    .max_decoding_message_size(crate::workload_api::MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(listener.incoming(), shutdown)
             .await
             .map_err(std::io::Error::other)

@@ -25,7 +25,7 @@ mod revocation;
 pub(crate) mod timing;
 
 use revocation::{Revocations, Verdict, check_revoked, signed_by_retired_ca};
-use timing::{backoff, renew_after};
+use timing::{backoff, honour_hint, renew_after};
 
 use crate::client::{Client, WorkloadClient};
 use crate::error::ClientError;
@@ -306,6 +306,8 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
     };
     let mut held: Option<Held> = None;
     let mut revocations = Revocations::default();
+    // The wait the broker last asked for (rate limits), honoured on retry.
+    let mut hint = Duration::ZERO;
     loop {
         let Some(current) = held.as_mut() else {
             match attest(&client, &config).await {
@@ -335,7 +337,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                             retrying: true,
                         });
                     }
-                    let delay = backoff(failures, &policy);
+                    let delay = honour_hint(backoff(failures, &policy), &e);
                     tracing::warn!(
                         error = %e,
                         attempt = failures,
@@ -365,7 +367,10 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
             // Never let backoff sleep through the rest of the lifetime: retry
             // at least four times before the SVID expires.
             let left = current.creds.svid.remaining();
-            Instant::now() + backoff(failures, &policy).min((left / 4).max(policy.min_backoff))
+            Instant::now()
+                + backoff(failures, &policy)
+                    .min((left / 4).max(policy.min_backoff))
+                    .max(hint)
         };
         let wake = wake.min(Instant::now() + until_expiry);
         tokio::select! {
@@ -422,6 +427,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
         match refresh_due(&client, current, &policy).await {
             Ok(changed) => {
                 failures = 0;
+                hint = Duration::ZERO;
                 if changed {
                     let _ = tx.send(SourceState::Ready(Arc::new(current.creds.clone())));
                 }
@@ -432,6 +438,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
             }
             Err(e) => {
                 failures += 1;
+                hint = e.retry_after().unwrap_or_default();
                 tracing::warn!(error = %e, attempt = failures, "renewal failed; keeping current credentials");
             }
         }

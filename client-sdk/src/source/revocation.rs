@@ -26,6 +26,11 @@ impl Revocations {
         self.stream = match session.watch_revocations(self.last_seq).await {
             Ok(stream) => Some(stream),
             Err(e) => {
+                if e.code() == Some(tonic::Code::OutOfRange) {
+                    // The broker's sequence is behind our cursor (a new
+                    // database): the next try starts from the live list.
+                    self.last_seq = 0;
+                }
                 tracing::warn!(error = %e, "cannot follow revocations; will retry");
                 None
             }

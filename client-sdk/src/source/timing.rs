@@ -19,6 +19,11 @@ pub(crate) fn renew_after(remaining: Duration, policy: &RefreshPolicy) -> Durati
     jitter(remaining.mul_f64(policy.fraction), policy.jitter)
 }
 
+/// `delay`, but never shorter than the wait the broker asked for.
+pub(crate) fn honour_hint(delay: Duration, e: &crate::ClientError) -> Duration {
+    e.retry_after().map_or(delay, |hint| delay.max(hint))
+}
+
 pub(crate) fn backoff(failures: u32, policy: &RefreshPolicy) -> Duration {
     let exp = policy
         .min_backoff
@@ -40,6 +45,29 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_retry_hint_lengthens_the_delay_never_shortens_it() {
+        let mut status = tonic::Status::resource_exhausted("rate limit");
+        status
+            .metadata_mut()
+            .insert(crate::error::RETRY_AFTER_MS, "750".parse().unwrap());
+        let e = crate::ClientError::Rejected(status);
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(750)));
+        assert_eq!(
+            honour_hint(Duration::from_millis(10), &e),
+            Duration::from_millis(750)
+        );
+        assert_eq!(
+            honour_hint(Duration::from_secs(5), &e),
+            Duration::from_secs(5)
+        );
+        let plain = crate::ClientError::Rejected(tonic::Status::unavailable("down"));
+        assert_eq!(
+            honour_hint(Duration::from_millis(10), &plain),
+            Duration::from_millis(10)
+        );
     }
 
     #[test]

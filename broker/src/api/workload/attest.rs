@@ -9,7 +9,7 @@ use credbroker_proto::v1::{AttestRequest, AttestResponse, IdentityRef};
 use tonic::{Request, Status};
 
 use super::WorkloadService;
-use crate::api::status;
+use crate::api::{limits, status};
 use crate::attest::{AttestError, Attested, Binding, Evidence, RequestFacts};
 use crate::audit::AuditRecord;
 use crate::issue::{Confirmation, VerifiedCsr};
@@ -49,6 +49,8 @@ impl WorkloadService {
         request: Request<AttestRequest>,
         audit: &mut AuditRecord,
     ) -> Result<AttestResponse, Status> {
+        // Counted before the CSR or the evidence costs anything.
+        limits::attest_jwts(&request.get_ref().jwts)?;
         let now = unix_now();
         audit.actor = Some("anonymous".into());
         let peer = request.remote_addr();
@@ -91,6 +93,7 @@ impl WorkloadService {
         let identity = self.resolve(&attested, req.expected_identity.as_ref(), audit)?;
         audit.identity = Some(identity.key.to_string());
         audit.env = Some(identity.key.env.to_string());
+        self.rates.sign_identity(&identity.key)?;
         check_active(&identity, now).map_err(status::policy)?;
         check_peer(&identity, peer).map_err(status::policy)?;
         let grants = self.grants(&identity, &req.jwts)?;

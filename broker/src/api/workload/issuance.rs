@@ -6,7 +6,7 @@ use credbroker_proto::v1::{JwtRequest, JwtSvid, X509Svid};
 use tonic::Status;
 
 use super::WorkloadService;
-use crate::api::status;
+use crate::api::{limits, status};
 use crate::audit::AuditRecord;
 use crate::issue::{Confirmation, IssuedSvid, JwtSpec, VerifiedCsr, issue_svid, mint};
 use crate::keys::EnvironmentKeys;
@@ -23,6 +23,7 @@ impl WorkloadService {
         requests
             .iter()
             .map(|r| {
+                limits::jwt_request(r)?;
                 grant_jwt(
                     identity,
                     &r.audiences,

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use dashmap::DashMap;
+
 use credbroker_proto::v1::Revocation as ProtoRevocation;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
@@ -59,5 +61,58 @@ pub(super) async fn stream_revocations(
                 return;
             }
         }
+    }
+}
+
+/// Open WatchRevocations streams per caller, at most `max` each: a caller
+/// cannot pin the broker's memory with thousands of idle subscriptions.
+#[derive(Debug)]
+pub(super) struct StreamSlots {
+    max: usize,
+    open: Arc<DashMap<String, usize>>,
+}
+
+/// One open stream; gives its slot back when dropped.
+#[derive(Debug)]
+pub(super) struct StreamSlot {
+    caller: String,
+    open: Arc<DashMap<String, usize>>,
+}
+
+impl StreamSlots {
+    pub(super) fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::new(DashMap::new()),
+        }
+    }
+
+    /// A slot for `caller`, or RESOURCE_EXHAUSTED naming the limit.
+    pub(super) fn open(&self, caller: String) -> Result<StreamSlot, Status> {
+        let mut n = self.open.entry(caller.clone()).or_insert(0);
+        if *n >= self.max {
+            return Err(Status::resource_exhausted(format!(
+                "{caller} already has {} WatchRevocations streams open, the limit \
+                 (connections.revocation_streams_per_caller); close one first",
+                self.max
+            )));
+        }
+        *n += 1;
+        drop(n);
+        Ok(StreamSlot {
+            caller,
+            open: Arc::clone(&self.open),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        // Forget callers with no stream left, so the map stays as small as
+        // the set of current subscribers.
+        self.open.remove_if_mut(&self.caller, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
     }
 }

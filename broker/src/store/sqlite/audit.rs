@@ -4,7 +4,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::corrupt;
 use crate::audit::{AuditEntry, AuditFilter, ChainedEntry};
-use crate::store::{IssuedCert, OutstandingCredential, StoreError};
+use crate::store::{CertKey, CertQuery, IssuedCert, OutstandingCredential, StoreError};
 
 fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
     bytes
@@ -146,18 +146,35 @@ pub(super) async fn outstanding_credentials(
 
 pub(super) async fn issued_certificates(
     pool: &SqlitePool,
-    env: &str,
+    query: &CertQuery<'_>,
     now: i64,
 ) -> Result<Vec<IssuedCert>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT serial, identity, at_ms, expires_at FROM audit_log
-         WHERE decision = 'issued' AND credential = 'x509-svid' AND env = ?
-           AND expires_at > ? AND serial IS NOT NULL AND identity IS NOT NULL",
-    )
-    .bind(env)
-    .bind(now)
-    .fetch_all(pool)
-    .await?;
+    // One fixed statement per column, so each uses its index
+    // (audit_by_serial, audit_by_identity; audit_issued_by_expiry for env).
+    let sql = match query.by {
+        CertKey::Serial => {
+            "SELECT serial, identity, at_ms, expires_at FROM audit_log
+             WHERE serial = ? AND decision = 'issued' AND credential = 'x509-svid'
+               AND at_ms < ? AND expires_at > ? AND identity IS NOT NULL"
+        }
+        CertKey::Identity => {
+            "SELECT serial, identity, at_ms, expires_at FROM audit_log
+             WHERE identity = ? AND decision = 'issued' AND credential = 'x509-svid'
+               AND at_ms < ? AND expires_at > ? AND serial IS NOT NULL"
+        }
+        CertKey::Env => {
+            "SELECT serial, identity, at_ms, expires_at FROM audit_log
+             WHERE env = ? AND decision = 'issued' AND credential = 'x509-svid'
+               AND at_ms < ? AND expires_at > ? AND serial IS NOT NULL
+               AND identity IS NOT NULL"
+        }
+    };
+    let rows = sqlx::query(sql)
+        .bind(query.value)
+        .bind(query.until.saturating_add(1).saturating_mul(1000))
+        .bind(now)
+        .fetch_all(pool)
+        .await?;
     rows.iter()
         .map(|r| {
             Ok(IssuedCert {

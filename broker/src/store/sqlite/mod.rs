@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, KeyRetirement, NewRevocation,
+    CertQuery, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, KeyRetirement, NewRevocation,
     OutstandingCredential, Store, StoreError, UsageUpdate,
 };
 use crate::audit::{AuditFilter, ChainedEntry};
@@ -93,10 +93,35 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A statement that fails inside a transaction (SQLITE_FULL, an
+            // I/O error) can leave its connection in that transaction,
+            // holding the write lock: every later write would answer
+            // "database is locked" until restart. A connection coming back
+            // to the pool inside a transaction is rolled back and closed,
+            // so writes recover by themselves once the fault is gone.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    let stuck = sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok();
+                    if stuck {
+                        tracing::warn!(
+                            "store connection was left inside a transaction; rolled back and closed"
+                        );
+                    }
+                    Ok(!stuck)
+                })
+            })
             .connect_with(options)
             .await?;
         let store = Self { pool };
         store.migrate().await?;
+        // The readiness probe's one row; not part of the schema proper, so
+        // created here rather than by a migration.
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS readiness_probe
+                 (id INTEGER PRIMARY KEY CHECK (id = 1), at_ms INTEGER NOT NULL)",
+        )
+        .execute(&store.pool)
+        .await?;
         Ok(store)
     }
 
@@ -201,7 +226,16 @@ fn strings<'a>(items: impl IntoIterator<Item = &'a (impl AsRef<str> + 'a)>) -> V
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        // A real commit (one row rewritten, fsynced): a full disk, a
+        // read-only file or a held write lock all show here, as they do
+        // to every write.
+        sqlx::query(
+            "INSERT INTO readiness_probe (id, at_ms) VALUES (1, ?)
+             ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+        )
+        .bind(crate::model::unix_now())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -454,10 +488,10 @@ impl Store for SqliteStore {
 
     async fn issued_certificates(
         &self,
-        env: &str,
+        query: &CertQuery<'_>,
         now: i64,
     ) -> Result<Vec<IssuedCert>, StoreError> {
-        audit::issued_certificates(&self.pool, env, now).await
+        audit::issued_certificates(&self.pool, query, now).await
     }
 
     async fn insert_revocation(&self, rev: &NewRevocation) -> Result<i64, StoreError> {
@@ -470,6 +504,10 @@ impl Store for SqliteStore {
 
     async fn purge_revocations(&self, now: i64) -> Result<u64, StoreError> {
         revocations::purge_revocations(&self.pool, now).await
+    }
+
+    async fn latest_revocation_seq(&self) -> Result<i64, StoreError> {
+        revocations::latest_seq(&self.pool).await
     }
 }
 

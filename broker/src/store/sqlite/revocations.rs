@@ -27,6 +27,18 @@ pub(super) async fn insert_revocation(
     Ok(result.last_insert_rowid())
 }
 
+/// AUTOINCREMENT keeps the highest `seq` ever used in `sqlite_sequence`,
+/// even after the row is purged.
+pub(super) async fn latest_seq(pool: &SqlitePool) -> Result<i64, StoreError> {
+    let row = sqlx::query("SELECT seq FROM sqlite_sequence WHERE name = 'revocations'")
+        .fetch_optional(pool)
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get("seq")?,
+        None => 0,
+    })
+}
+
 pub(super) async fn live_revocations(
     pool: &SqlitePool,
     now: i64,
