@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status};
 use crate::client::{Client, WorkloadClient};
 use crate::request::JwtRequest;
 use crate::source::{CredentialSource, Credentials, SourceError, SourceState, usable};
+use crate::uds::streams::{Slotted, StreamSlots};
 use crate::uds::{AllowedPeers, PeerCred, SocketOptions, UdsListener};
 use crate::verifier::JwtVerifier;
 
@@ -37,7 +38,7 @@ const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// biggest real one, ValidateJWTSVID, carries one JWT of a few KiB).
 pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-type Stream<T> = ReceiverStream<Result<T, Status>>;
+type Stream<T> = Slotted<ReceiverStream<Result<T, Status>>>;
 
 /// The Workload API over one credential source.
 #[derive(Clone)]
@@ -47,6 +48,7 @@ pub struct WorkloadApi {
     session: Arc<Mutex<Option<(String, WorkloadClient)>>>,
     verifiers: Validators,
     allowed: AllowedPeers,
+    streams: StreamSlots,
 }
 
 /// Audiences ValidateJWTSVID keeps a verifier for; past this, one is
@@ -234,7 +236,7 @@ fn stream_changes<T: Send + 'static>(
     mut state: watch::Receiver<SourceState>,
     key: fn(&Credentials) -> String,
     make: impl Fn(Arc<Credentials>) -> futures_like::BoxFuture<Result<T, Status>> + Send + 'static,
-) -> Stream<T> {
+) -> ReceiverStream<Result<T, Status>> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let mut last: Option<String> = None;
@@ -302,6 +304,7 @@ impl WorkloadApi {
             session: Arc::new(Mutex::new(None)),
             verifiers: Validators::default(),
             allowed: AllowedPeers::default(),
+            streams: StreamSlots::default(),
         }
     }
 
@@ -384,11 +387,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         self.admit(&request)?;
-        Ok(Response::new(stream_changes(
+        let stream = stream_changes(
             self.state.clone(),
             |c| c.svid.serial.clone(),
             |creds| Box::pin(async move { Ok(x509_response(&creds)) }),
-        )))
+        );
+        Ok(Response::new(self.streams.admit(&request, stream)?))
     }
 
     async fn fetch_x509_bundles(
@@ -396,7 +400,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         self.admit(&request)?;
-        Ok(Response::new(stream_changes(
+        let stream = stream_changes(
             self.state.clone(),
             |c| c.bundle.to_pem(),
             |creds| {
@@ -410,7 +414,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     })
                 })
             },
-        )))
+        );
+        Ok(Response::new(self.streams.admit(&request, stream)?))
     }
 
     async fn fetch_jwtsvid(
@@ -477,14 +482,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let client = self.client.clone();
         // Re-read at every SVID renewal (half its life): JWT keys rotate on
         // the broker, and a prepared key must reach verifiers before it signs.
-        Ok(Response::new(stream_changes(
+        let stream = stream_changes(
             self.state.clone(),
             |c| format!("{} {}", c.identity.0, c.svid.serial),
             move |creds| {
                 let client = client.clone();
                 Box::pin(async move { jwt_bundles(&client, &creds.identity.0).await })
             },
-        )))
+        );
+        Ok(Response::new(self.streams.admit(&request, stream)?))
     }
 
     async fn validate_jwtsvid(

@@ -84,3 +84,39 @@ async fn new_audiences_in_validate_do_not_open_broker_streams() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn workload_api_streams_are_capped_per_uid() {
+    let broker = TestBroker::start().await;
+    broker.create_identity("dev", "api", &["billing"], &[]);
+    let socket = broker.scratch("streams").join("agent.sock");
+    let _agent = SocketAgent::start(&broker, "dev", "api", &socket, &[]).await;
+    let endpoint = format!("unix:{}", socket.display());
+    // Several connections, as separate processes of one user would open.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(WorkloadApiClient::connect_to(&endpoint).await.unwrap());
+    }
+    let mut held = Vec::new();
+    let mut refusal = None;
+    for i in 0..200 {
+        match clients[i % 4].stream_x509_contexts().await {
+            Ok(stream) => held.push(stream),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("a cap on streams per uid");
+    println!("{} streams held; then: {refusal}", held.len());
+    assert_eq!(held.len(), 128, "{refusal}");
+    assert!(refusal.to_string().contains("uid 0"), "{refusal}");
+    // Closing streams frees their slots.
+    held.truncate(100);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while clients[0].stream_x509_contexts().await.is_err() {
+        assert!(Instant::now() < deadline, "slots never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -116,12 +116,19 @@ async fn a_refused_request_does_not_spend_the_token() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("CSR"), "{}", err.message());
-    // Oversized CSR.
+    // Oversized CSR (over 8 KiB, within the 64 KiB message limit).
+    let err = raw
+        .attest(attest_request(&token, vec![0x30; 16 * 1024]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("limit"), "{}", err.message());
+    // Past the message limit tonic refuses it before decoding.
     let err = raw
         .attest(attest_request(&token, vec![0x30; 64 * 1024]))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.code(), Code::OutOfRange);
     assert!(err.message().contains("limit"), "{}", err.message());
     // Empty CSR.
     let err = raw

@@ -15,6 +15,8 @@ use credbroker_proto::spiffe::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+
+use crate::uds::streams::{Slotted, StreamSlots};
 use tonic::{Request, Response, Status};
 
 use super::cache::{SvidCache, SvidState, WorkloadSvid};
@@ -25,7 +27,7 @@ use crate::source::{SourceState, usable};
 use crate::uds::PeerCred;
 use crate::workload_api::{Validators, check_header, concat_der, jwt_bundles, trust_domain};
 
-type Stream<T> = ReceiverStream<Result<T, Status>>;
+type Stream<T> = Slotted<ReceiverStream<Result<T, Status>>>;
 
 /// How long a call waits for the first entry snapshot after start-up.
 const SYNC_WAIT: Duration = Duration::from_secs(10);
@@ -40,6 +42,7 @@ pub struct NodeWorkloadApi {
     cache: Arc<SvidCache>,
     client: Client,
     validators: Validators,
+    streams: StreamSlots,
 }
 
 impl std::fmt::Debug for NodeWorkloadApi {
@@ -90,6 +93,7 @@ impl NodeWorkloadApi {
             cache,
             client,
             validators: Validators::default(),
+            streams: StreamSlots::default(),
         }
     }
 
@@ -242,7 +246,9 @@ impl SpiffeWorkloadApi for NodeWorkloadApi {
         self.matching(&caller).await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(stream_x509(self.clone(), caller, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(
+            self.streams.admit(&request, ReceiverStream::new(rx))?,
+        ))
     }
 
     async fn fetch_x509_bundles(
@@ -287,7 +293,9 @@ impl SpiffeWorkloadApi for NodeWorkloadApi {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(
+            self.streams.admit(&request, ReceiverStream::new(rx))?,
+        ))
     }
 
     async fn fetch_jwtsvid(
@@ -350,7 +358,9 @@ impl SpiffeWorkloadApi for NodeWorkloadApi {
         // Keep the stream open (clients treat its end as an error) until
         // the caller goes away.
         tokio::spawn(async move { tx.closed().await });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(
+            self.streams.admit(&request, ReceiverStream::new(rx))?,
+        ))
     }
 
     async fn validate_jwtsvid(

@@ -16,6 +16,7 @@
 pub mod authority;
 mod connection;
 mod listener;
+pub mod streams;
 
 pub use connection::UdsConnection;
 pub use listener::{Incoming, UdsListener, bind};
