@@ -311,7 +311,8 @@ impl JwtVerifier {
                 if due {
                     let _ = self.refresh_keys().await;
                 }
-                self.key(&kid).ok_or(VerifyError::UnknownKey(kid))?
+                self.key(&kid)
+                    .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?
             }
         };
         let signature = URL_SAFE_NO_PAD
@@ -321,6 +322,9 @@ impl JwtVerifier {
         ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, key)
             .verify(signed.as_bytes(), &signature)
             .map_err(|_| VerifyError::Signature)?;
+        if let Some(reason) = self.inner.revoked.key_revoked(&kid) {
+            return Err(VerifyError::Revoked(reason));
+        }
         let claims = decode(payload)?;
         let mut verified = self.check_claims(claims)?;
         verified.bound = check_binding(&verified.claims, client_cert)?;

@@ -26,6 +26,7 @@ mod request_context;
 mod restart;
 mod revocation;
 mod revocation_race;
+mod rotation;
 mod scope;
 mod source;
 mod spiffe_api;

@@ -8,14 +8,15 @@ use credbroker_proto::v1::admin_server::Admin;
 use credbroker_proto::v1::{
     self as pb, ChangeIdentityRequest, CreateIdentityRequest, CreateJoinTokenRequest,
     CreateJoinTokenResponse, IdentityRef, ListIdentitiesRequest, ListIdentitiesResponse,
-    ListRevocationsRequest, ListRevocationsResponse, QueryAuditRequest, QueryAuditResponse,
-    RevokeRequest, VerifyAuditRequest, VerifyAuditResponse,
+    ListKeysRequest, ListKeysResponse, ListRevocationsRequest, ListRevocationsResponse,
+    QueryAuditRequest, QueryAuditResponse, RetireKeyRequest, RetireKeyResponse, RevokeRequest,
+    RotateKeysRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use tonic::{Request, Response, Status};
 
 use super::peer::Caller;
 use super::status;
-use super::{audit_api, join_token_api, outstanding, revoke_api};
+use super::{audit_api, join_token_api, keys_api, outstanding, revoke_api};
 use crate::attest::AttestorInfo;
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -427,6 +428,36 @@ impl Admin for AdminService {
         let mut audit = AuditRecord::new(&self.broker.audit, "revoke", request.remote_addr());
         self.require_admin(&request, &mut audit)?;
         let result = revoke_api::revoke(&self.broker, request.into_inner(), &mut audit).await;
+        audited(result, &audit)
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        let mut audit = AuditRecord::new(&self.broker.audit, "keys.list", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        keys_api::list(&self.broker, &request.into_inner().env).map(Response::new)
+    }
+
+    async fn rotate_keys(
+        &self,
+        request: Request<RotateKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        let mut audit = AuditRecord::new(&self.broker.audit, "keys.rotate", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        let req = request.into_inner();
+        let result = keys_api::rotate(&self.broker, &req.env, &req.kind, &mut audit).await;
+        audited(result, &audit)
+    }
+
+    async fn retire_key(
+        &self,
+        request: Request<RetireKeyRequest>,
+    ) -> Result<Response<RetireKeyResponse>, Status> {
+        let mut audit = AuditRecord::new(&self.broker.audit, "keys.retire", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        let result = keys_api::retire(&self.broker, request.into_inner(), &mut audit).await;
         audited(result, &audit)
     }
 

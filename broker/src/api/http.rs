@@ -153,6 +153,7 @@ async fn build_crl(broker: &Broker, keys: &EnvironmentKeys, now: i64) -> Result<
                 identity: &identity,
                 owner: owner.as_deref(),
                 issued_at: cert.issued_at,
+                signed_by: None,
             })?;
             Some(RevokedCert {
                 serial: cert.serial.clone(),

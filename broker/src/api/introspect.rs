@@ -153,6 +153,7 @@ fn token_status(
             identity: &identity,
             owner: owner.as_deref(),
             issued_at: iat,
+            signed_by: header["kid"].as_str(),
         },
     ) {
         return inactive(reason);
@@ -203,9 +204,9 @@ fn cert_status(broker: &Broker, der: &[u8], now: i64) -> IntrospectResponse {
     let Some(env) = broker.keys.env_for_trust_domain(spiffe_id.trust_domain()) else {
         return inactive("trust domain is not served here");
     };
-    if env.ca_that_signed(&cert).is_none() {
+    let Some((signer, _)) = env.ca_that_signed(&cert) else {
         return inactive("not issued by the environment's CA");
-    }
+    };
     let validity = cert.validity();
     if now >= validity.not_after.timestamp() {
         return inactive("expired");
@@ -227,6 +228,7 @@ fn cert_status(broker: &Broker, der: &[u8], now: i64) -> IntrospectResponse {
             identity: &identity,
             owner: owner.as_deref(),
             issued_at: issued_at(&cert),
+            signed_by: Some(&signer.id),
         },
     ) {
         return inactive(reason);

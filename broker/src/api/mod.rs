@@ -7,6 +7,7 @@ pub mod grpc_tls;
 pub mod http;
 mod introspect;
 mod join_token_api;
+mod keys_api;
 mod node_api;
 mod outstanding;
 pub mod peer;

@@ -28,7 +28,6 @@ use crate::issue::VerifiedCsr;
 use crate::model::{Identity, IdentityKey, unix_now};
 use crate::policy::check_active;
 use crate::policy::node::is_served_by;
-use crate::revocation::CredentialFacts;
 
 /// How often an open node stream re-checks the node (expiry by date).
 const RECHECK_EVERY: Duration = Duration::from_secs(30);
@@ -66,13 +65,7 @@ fn node_refusal(broker: &Broker, peer: &WorkloadPeer, now: i64) -> Option<Status
             peer.identity
         )));
     };
-    if let Some(rev) = broker.revocations.covers(&CredentialFacts {
-        jti: None,
-        serial: Some(&peer.serial),
-        identity: &peer.identity,
-        owner: Some(&node.owner),
-        issued_at: peer.issued_at,
-    }) {
+    if let Some(rev) = broker.revocations.covers(&peer.facts(Some(&node.owner))) {
         return Some(Status::permission_denied(format!(
             "node certificate {} was revoked: {}",
             peer.serial, rev.reason

@@ -22,6 +22,7 @@ use crate::issue::Confirmation;
 use crate::issue::x509::BACKDATE;
 use crate::keys::{EnvironmentKeys, KeyRing};
 use crate::model::{IdentityKey, SpiffeId};
+use crate::revocation::CredentialFacts;
 
 /// Certificates remembered at most; the cache is emptied when full (every
 /// entry can be recomputed).
@@ -42,6 +43,23 @@ pub struct WorkloadPeer {
     pub serial: String,
     /// When its certificate was issued (unix seconds).
     pub issued_at: i64,
+    /// Id of the CA that signed its certificate.
+    pub signed_by: String,
+}
+
+impl WorkloadPeer {
+    /// What revocations are checked against for its certificate, given its
+    /// identity's `owner`.
+    pub fn facts<'a>(&'a self, owner: Option<&'a str>) -> CredentialFacts<'a> {
+        CredentialFacts {
+            jti: None,
+            serial: Some(&self.serial),
+            identity: &self.identity,
+            owner,
+            issued_at: self.issued_at,
+            signed_by: Some(&self.signed_by),
+        }
+    }
 }
 
 /// The caller of an RPC.
@@ -161,12 +179,13 @@ fn verify(
                 spiffe_id.trust_domain()
             ))
         })?;
-    if env.ca_that_signed(&cert).is_none() {
+    let Some((signer, _)) = env.ca_that_signed(&cert) else {
         return Err(Status::unauthenticated(format!(
             "client certificate was not issued by the CA of environment {}",
             env.env.name
         )));
-    }
+    };
+    let signed_by = signer.id.clone();
     Ok(Verified {
         caller: Caller::Workload(Arc::new(WorkloadPeer {
             identity: IdentityKey {
@@ -178,6 +197,7 @@ fn verify(
             cnf: Confirmation::from_sha256(fingerprint),
             serial: serial_hex(&cert),
             issued_at: issued_at(&cert),
+            signed_by,
         })),
         not_before,
         not_after,

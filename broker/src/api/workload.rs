@@ -25,7 +25,6 @@ use crate::broker::Broker;
 use crate::issue::VerifiedCsr;
 use crate::model::{EnvName, Identity, unix_now};
 use crate::policy::{check_active, check_peer};
-use crate::revocation::CredentialFacts;
 
 /// Revocation events buffered per subscriber stream.
 const STREAM_BUFFER: usize = 256;
@@ -70,13 +69,11 @@ impl WorkloadService {
                         peer.identity
                     ))
                 })?;
-                if let Some(rev) = self.broker.revocations.covers(&CredentialFacts {
-                    jti: None,
-                    serial: Some(&peer.serial),
-                    identity: &peer.identity,
-                    owner: Some(&identity.owner),
-                    issued_at: peer.issued_at,
-                }) {
+                if let Some(rev) = self
+                    .broker
+                    .revocations
+                    .covers(&peer.facts(Some(&identity.owner)))
+                {
                     return Err(Status::permission_denied(format!(
                         "certificate {} was revoked: {}",
                         peer.serial, rev.reason
@@ -115,13 +112,13 @@ impl WorkloadService {
             Status::permission_denied(format!("identity {} no longer exists", peer.identity))
         })?;
         self.broker.registry.record_seen(&peer.identity, now);
-        if let Some(rev) = self.broker.revocations.covers(&CredentialFacts {
-            jti: None,
-            serial: Some(&peer.serial),
-            identity: &peer.identity,
-            owner: Some(&identity.owner),
-            issued_at: peer.issued_at,
-        }) {
+        let mut facts = peer.facts(Some(&identity.owner));
+        if request.extensions().get::<RetiredCaRenewal>().is_some() {
+            // Checked by `retired_ca_renewal`: only its CA's retirement
+            // covers it, and this broker issued it.
+            facts.signed_by = None;
+        }
+        if let Some(rev) = self.broker.revocations.covers(&facts) {
             return Err(Status::permission_denied(format!(
                 "certificate {} was revoked: {}",
                 peer.serial, rev.reason
@@ -177,6 +174,57 @@ impl WorkloadService {
             svid: Some(svid),
             trust_bundle: peer.env.trust_bundle(),
         })
+    }
+}
+
+/// Marks a RenewX509 whose caller may renew although the CA that signed its
+/// SVID was retired (see [`WorkloadService::retired_ca_renewal`]).
+#[derive(Debug, Clone, Copy)]
+struct RetiredCaRenewal;
+
+impl WorkloadService {
+    /// Whether the caller's SVID is covered by nothing but the retirement of
+    /// the CA that signed it, and is a certificate this broker issued (its
+    /// serial is in the audit log). Such a workload renews from the new CA
+    /// at once instead of being cut off; a certificate forged with the
+    /// retired (possibly stolen) key has no issuance record and is refused.
+    async fn retired_ca_renewal<T>(&self, request: &Request<T>) -> bool {
+        let Ok(Caller::Workload(peer)) =
+            self.broker
+                .callers
+                .authenticate(request, &self.broker.keys, unix_now())
+        else {
+            return false;
+        };
+        let owner = self
+            .broker
+            .registry
+            .get(&peer.identity)
+            .map(|i| i.owner.clone());
+        let facts = peer.facts(owner.as_deref());
+        let Some(rev) = self.broker.revocations.covers(&facts) else {
+            return false;
+        };
+        if !matches!(rev.target, crate::revocation::Target::SigningKey(_)) {
+            return false;
+        }
+        let without_key = crate::revocation::CredentialFacts {
+            signed_by: None,
+            ..facts
+        };
+        if self.broker.revocations.covers(&without_key).is_some() {
+            return false;
+        }
+        super::revoke_api::issued_expiry(
+            &self.broker,
+            crate::audit::AuditFilter {
+                serial: Some(peer.serial.clone()),
+                ..Default::default()
+            },
+            "this serial",
+        )
+        .await
+        .is_ok()
     }
 }
 
@@ -334,9 +382,12 @@ impl Workload for WorkloadService {
 
     async fn renew_x509(
         &self,
-        request: Request<RenewX509Request>,
+        mut request: Request<RenewX509Request>,
     ) -> Result<Response<RenewX509Response>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "renew_x509", request.remote_addr());
+        if self.retired_ca_renewal(&request).await {
+            request.extensions_mut().insert(RetiredCaRenewal);
+        }
         let result = self.renew_inner(request, &mut audit);
         deliver(result, &audit).await
     }

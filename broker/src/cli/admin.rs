@@ -294,6 +294,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                 .into_inner();
             print_audit(&events.events, out)
         }
+        Command::Keys(command) => super::keys::run(&mut client, command, out).await,
         Command::Token(TokenCommand::Create { id, ttl, uses }) => {
             let token = client
                 .create_join_token(CreateJoinTokenRequest {

@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod backup;
+mod keys;
 mod output;
 
 use std::path::PathBuf;
@@ -111,6 +112,9 @@ pub enum Command {
     Audit(AuditArgs),
     /// Revoke credentials at once (or `--list` what is revoked).
     Revoke(RevokeArgs),
+    /// Each environment's rotating CA and JWT keys: list, rotate, retire.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 /// `credbroker revoke (--jti J | --serial S | --identity E/N | --env E | --owner O) --reason R`

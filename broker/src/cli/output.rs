@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::Output;
 use super::admin::AdminError;
 
-fn time(secs: i64) -> Value {
+pub(super) fn time(secs: i64) -> Value {
     if secs == 0 {
         Value::Null
     } else {
@@ -22,7 +22,7 @@ fn time(secs: i64) -> Value {
     }
 }
 
-fn time_text(secs: i64) -> String {
+pub(super) fn time_text(secs: i64) -> String {
     match time(secs) {
         Value::String(s) => s,
         _ => "-".to_owned(),
@@ -58,12 +58,12 @@ pub fn identity_json(id: &Identity) -> Value {
     })
 }
 
-fn emit(text: &str) -> Result<(), AdminError> {
+pub(super) fn emit(text: &str) -> Result<(), AdminError> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{text}").map_err(|e| AdminError::Output(e.to_string()))
 }
 
-fn json_text(value: &Value) -> String {
+pub(super) fn json_text(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
@@ -169,7 +169,7 @@ pub fn print_identities(ids: &[Identity], out: Output) -> Result<(), AdminError>
 }
 
 /// Aligned columns.
-fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+pub(super) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -26,7 +26,9 @@ use rustls_pki_types::CertificateDer;
 use thiserror::Error;
 use tokio::sync::{Mutex, watch};
 
-pub use ca::{CertificateAuthority, pem_encode, random_serial, serial_of};
+pub use ca::{
+    CertificateAuthority, authority_key_id, pem_encode, random_serial, serial_of, subject_key_id,
+};
 pub use config::KeysConfig;
 pub use environment::EnvironmentKeys;
 pub use jwt_key::JwtSigningKey;

@@ -66,6 +66,8 @@ pub struct Retired {
     /// When it started signing (unix seconds); what it signed was issued
     /// from then to now.
     pub activated_at: i64,
+    /// When everything it signed has expired (unix seconds).
+    pub signed_until: i64,
 }
 
 /// Why an operator's key command was refused.
@@ -223,7 +225,7 @@ impl Rotator {
                     Some(&format!("spiffe://{}", env.trust_domain)),
                     not_after,
                 )?;
-                let id = ca.id();
+                let id = ca.id().to_owned();
                 (Some(ca.cert_der().to_vec()), pkcs8, id)
             }
             _ => {
@@ -265,7 +267,7 @@ impl Rotator {
         let ca =
             CertificateAuthority::from_parts(cert.into(), &self.kek.open(&label, &r.sealed_key)?)?;
         let loaded = (Arc::new(ca), String::new());
-        let id = loaded.0.id();
+        let id = loaded.0.id().to_owned();
         let loaded = (loaded.0, id);
         self.cas.insert(r.id, loaded.clone());
         Ok(loaded)
@@ -466,6 +468,7 @@ impl Rotator {
             unpublish_at,
             replaced_by,
             activated_at,
+            signed_until: now + self.keep(kind),
         })
     }
 
@@ -513,7 +516,7 @@ fn ca_id_of(r: &KeyRecord) -> String {
     r.cert_der
         .as_deref()
         .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
-        .map(|(_, c)| super::ca::serial_of(&c))
+        .and_then(|(_, c)| super::ca::subject_key_id(&c))
         .unwrap_or_default()
 }
 

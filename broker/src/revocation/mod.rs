@@ -37,6 +37,9 @@ pub enum Target {
     Env(EnvName),
     /// Every credential of every identity an owner owns.
     Owner(String),
+    /// Every credential a signing key signed: a JWT key's `kid`, a CA's
+    /// key identifier (certificates carry it as AuthorityKeyIdentifier).
+    SigningKey(String),
 }
 
 impl Target {
@@ -48,13 +51,14 @@ impl Target {
             Self::Identity(_) => "identity",
             Self::Env(_) => "env",
             Self::Owner(_) => "owner",
+            Self::SigningKey(_) => "key",
         }
     }
 
     /// The value as stored (`env/name` for identities).
     pub fn value(&self) -> String {
         match self {
-            Self::Jti(v) | Self::Serial(v) | Self::Owner(v) => v.clone(),
+            Self::Jti(v) | Self::Serial(v) | Self::Owner(v) | Self::SigningKey(v) => v.clone(),
             Self::Identity(key) => key.to_string(),
             Self::Env(env) => env.to_string(),
         }
@@ -68,6 +72,7 @@ impl Target {
             "owner" => Self::Owner(value.to_owned()),
             "env" => Self::Env(EnvName::new(value).map_err(|e| e.to_string())?),
             "identity" => Self::Identity(IdentityKey::parse(value)?),
+            "key" => Self::SigningKey(value.to_owned()),
             other => return Err(format!("unknown revocation kind {other:?}")),
         })
     }
@@ -113,6 +118,9 @@ pub struct CredentialFacts<'a> {
     pub owner: Option<&'a str>,
     /// When it was issued (unix seconds).
     pub issued_at: i64,
+    /// The key that signed it: a JWT's `kid`, a certificate's
+    /// AuthorityKeyIdentifier (hex).
+    pub signed_by: Option<&'a str>,
 }
 
 /// The live revocations, indexed for the verification path.
@@ -123,6 +131,7 @@ pub struct RevocationList {
     by_identity: DashMap<IdentityKey, Arc<Revocation>>,
     by_env: DashMap<EnvName, Arc<Revocation>>,
     by_owner: DashMap<String, Arc<Revocation>>,
+    by_key: DashMap<String, Arc<Revocation>>,
     /// Every live entry in stream order, for subscribers catching up.
     all: RwLock<BTreeMap<i64, Arc<Revocation>>>,
     events: broadcast::Sender<Arc<Revocation>>,
@@ -142,6 +151,7 @@ impl Default for RevocationList {
             by_identity: DashMap::new(),
             by_env: DashMap::new(),
             by_owner: DashMap::new(),
+            by_key: DashMap::new(),
             all: RwLock::new(BTreeMap::new()),
             events: broadcast::channel(EVENT_BUFFER).0,
             version: AtomicU64::new(0),
@@ -208,6 +218,9 @@ impl RevocationList {
             }
             Target::Env(e) => keep_latest(&self.by_env, e.clone(), rev),
             Target::Owner(o) => keep_latest(&self.by_owner, o.clone(), rev),
+            Target::SigningKey(k) => {
+                self.by_key.insert(k.clone(), Arc::clone(rev));
+            }
         }
         if let Ok(mut all) = self.all.write() {
             all.insert(rev.seq, Arc::clone(rev));
@@ -225,6 +238,7 @@ impl RevocationList {
         match target {
             Target::Jti(j) => self.by_jti.get(j).map(|r| Arc::clone(&r)),
             Target::Serial(s) => self.by_serial.get(s).map(|r| Arc::clone(&r)),
+            Target::SigningKey(k) => self.by_key.get(k).map(|r| Arc::clone(&r)),
             _ => None,
         }
     }
@@ -240,6 +254,13 @@ impl RevocationList {
         }
         if let Some(serial) = c.serial
             && let Some(rev) = self.by_serial.get(serial)
+        {
+            return Some(Arc::clone(&rev));
+        }
+        // A retired key stops signing at once: all it signed is covered,
+        // whenever it was issued.
+        if let Some(key) = c.signed_by
+            && let Some(rev) = self.by_key.get(key)
         {
             return Some(Arc::clone(&rev));
         }
@@ -275,6 +296,7 @@ impl RevocationList {
         self.by_identity.retain(|_, r| live(r));
         self.by_env.retain(|_, r| live(r));
         self.by_owner.retain(|_, r| live(r));
+        self.by_key.retain(|_, r| live(r));
         let Ok(mut all) = self.all.write() else {
             return 0;
         };
@@ -329,6 +351,7 @@ mod tests {
             identity: id,
             owner: Some("team"),
             issued_at,
+            signed_by: Some("K1"),
         }
     }
 
@@ -357,6 +380,17 @@ mod tests {
         assert_eq!(list.covers(&facts(&other, None, 150)).unwrap().seq, 3);
         list.insert(rev(4, Target::Env(EnvName::new("dev").unwrap()), 300, 600));
         assert_eq!(list.covers(&facts(&other, None, 250)).unwrap().seq, 4);
+
+        // A retired key covers what it signed whenever it was issued.
+        let later = 10_000;
+        assert!(list.covers(&facts(&other, None, later)).is_none());
+        list.insert(rev(5, Target::SigningKey("K1".into()), 300, 600));
+        assert_eq!(list.covers(&facts(&other, None, later)).unwrap().seq, 5);
+        let by_other_key = CredentialFacts {
+            signed_by: Some("K2"),
+            ..facts(&other, None, later)
+        };
+        assert!(list.covers(&by_other_key).is_none());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 mod revocation;
 pub(crate) mod timing;
 
-use revocation::{Revocations, Verdict, check_revoked};
+use revocation::{Revocations, Verdict, check_revoked, signed_by_retired_ca};
 use timing::{backoff, renew_after};
 
 use crate::client::{Client, WorkloadClient};
@@ -371,10 +371,18 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             event = revocations.next() => {
-                if event.is_none() {
+                let Some(event) = event else {
                     // Broken or never established: `next` already waited a
                     // jittered delay, so a fleet does not reconnect at once.
                     revocations.subscribe(&current.session).await;
+                    continue;
+                };
+                if signed_by_retired_ca(&current.creds.svid, &event) {
+                    // The CA that signed our SVID was retired: renew now
+                    // from its successor (the broker still renews a
+                    // certificate it issued, and nothing else, for it).
+                    tracing::warn!(serial = %current.creds.svid.serial, reason = %event.reason, "the CA of this SVID was retired; renewing now");
+                    current.svid_due = Instant::now();
                     continue;
                 }
                 match check_revoked(current).await {
