@@ -173,3 +173,52 @@ fn every_environment_variable_is_in_the_readme() {
     }
     assert!(missing.is_empty(), "not in README.md: {missing:?}");
 }
+
+/// The install steps in the README are the ones in the unit's header, so
+/// whichever a newcomer follows gives the service user its config and KEK.
+#[test]
+fn the_readme_installs_the_unit_as_its_header_says() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let unit = std::fs::read_to_string(root.join("deploy/credbroker.service")).unwrap();
+    let section = &readme[readme.find("## Running it as a service").unwrap()..];
+    let block = section.split("```sh\n").nth(1).unwrap();
+    let block = &block[..block.find("```").unwrap()];
+    for line in block.lines() {
+        assert!(
+            unit.contains(&format!("#   {line}\n")),
+            "README step not in deploy/credbroker.service: {line}"
+        );
+    }
+    assert!(block.contains("-g credbroker /etc/credbroker"), "{block}");
+    assert!(block.contains("chown credbroker:credbroker /etc/credbroker/kek"));
+}
+
+/// Admin commands against a broker whose data directory belongs to another
+/// user (a systemd install) say to run them as that user.
+#[tokio::test]
+async fn an_unreadable_admin_certificate_says_whose_it_is() {
+    if !std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+    {
+        eprintln!("skipped: needs root to run the CLI as another user (setpriv)");
+        return;
+    }
+    let broker = TestBroker::start().await;
+    let out = Command::new("setpriv")
+        .args(["--reuid=64000", "--regid=64000", "--clear-groups"])
+        .arg(binary("credbroker"))
+        .arg("--data-dir")
+        .arg(broker.data_dir())
+        .args(["--broker", &broker.url(), "identity", "list"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Permission denied") && err.contains("sudo -u credbroker"),
+        "{err}"
+    );
+}

@@ -32,7 +32,8 @@ pub(super) async fn count(broker: &Broker) -> Result<HashMap<String, u32>, Statu
                     identity: &key,
                     owner: owner.as_deref(),
                     issued_at: c.issued_at,
-                    // The audit log does not record the signing key.
+                    // The audit log does not record the signing key, so a
+                    // retired key's revocation is not reflected here.
                     signed_by: None,
                 })
                 .is_some()
