@@ -62,7 +62,9 @@ async fn waiting_for_an_unreachable_broker_is_logged_with_the_cause_and_next_ret
         .unwrap()
         .port();
     let log = dir.path().join("agent.log");
-    let url = format!("https://127.0.0.1:{port}");
+    // Another loopback address: the agent's own health server (on
+    // 127.0.0.1, port chosen by the kernel) may be handed this very port.
+    let url = format!("https://127.0.0.2:{port}");
     let mut agent = spawn_agent(
         &[
             "--broker",
