@@ -51,13 +51,18 @@ pub enum ConfigError {
 }
 
 /// One environment: its own trust domain, CA, JWT keys and OIDC issuer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentConfig {
     /// Environment name (`dev`, `prod`, …).
     pub name: String,
     /// SPIFFE trust domain; default `{name}.{base_domain}`.
     pub trust_domain: Option<String>,
+    /// An upstream root certificate (PEM) that signs this environment's CAs,
+    /// which then are intermediates; requires `upstream_ca_key`.
+    pub upstream_ca_cert: Option<PathBuf>,
+    /// The upstream root's private key (PKCS#8 PEM).
+    pub upstream_ca_key: Option<PathBuf>,
 }
 
 /// Lifetimes and their bounds.
@@ -146,6 +151,8 @@ impl Default for Config {
             environments: vec![EnvironmentConfig {
                 name: "dev".to_owned(),
                 trust_domain: None,
+                upstream_ca_cert: None,
+                upstream_ca_key: None,
             }],
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
@@ -233,6 +240,8 @@ impl Config {
                 .map(|name| EnvironmentConfig {
                     name: name.to_owned(),
                     trust_domain: None,
+                    upstream_ca_cert: None,
+                    upstream_ca_key: None,
                 })
                 .collect();
         }
@@ -241,6 +250,14 @@ impl Config {
 
     /// Checks names and TTL bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for env in &self.environments {
+            if env.upstream_ca_cert.is_some() != env.upstream_ca_key.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "environment {}: upstream_ca_cert and upstream_ca_key go together",
+                    env.name
+                )));
+            }
+        }
         let envs = self.environments()?;
         if envs.is_empty() {
             return Err(ConfigError::Invalid(

@@ -36,5 +36,6 @@ mod source;
 mod spiffe_api;
 mod store_faults;
 mod tls;
+mod upstream;
 mod verifier;
 mod x509;

@@ -254,6 +254,8 @@ mod tests {
                 .map(|name| EnvironmentConfig {
                     name: name.into(),
                     trust_domain: None,
+                    upstream_ca_cert: None,
+                    upstream_ca_key: None,
                 })
                 .to_vec(),
             ..Config::default()

@@ -270,7 +270,7 @@ mod tests {
             toml::from_str(toml).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.environments = vec![crate::config::EnvironmentConfig {
             name: "prod".into(),
-            trust_domain: None,
+            ..Default::default()
         }];
         config.validate()
     }

@@ -177,8 +177,10 @@ pub fn issue_svid(
     params.not_before = unix_to_time(now - BACKDATE.as_secs() as i64);
     params.not_after = unix_to_time(expires_at);
     let leaf = ca.sign(&params, csr)?;
+    let mut chain = vec![leaf];
+    chain.extend(ca.chain());
     Ok(IssuedSvid {
-        chain: vec![leaf],
+        chain,
         serial: serial_hex,
         expires_at,
     })

@@ -16,10 +16,13 @@ use x509_parser::extensions::ParsedExtension;
 use x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256;
 
 use super::KeyError;
+use super::upstream::UpstreamCa;
 
 /// A CA that signs certificates with its P-256 key.
 pub struct CertificateAuthority {
     cert_der: CertificateDer<'static>,
+    /// The upstream root that signed this CA, when it is an intermediate.
+    root: Option<CertificateDer<'static>>,
     /// Its key identifier (hex): the SubjectKeyIdentifier, which every
     /// certificate it signs names as AuthorityKeyIdentifier.
     key_id: String,
@@ -45,15 +48,18 @@ impl CertificateAuthority {
         ttl: Duration,
     ) -> Result<(Self, Vec<u8>), KeyError> {
         let not_after = time::OffsetDateTime::now_utc() + ttl;
-        Self::generate_until(common_name, uri_san, not_after.unix_timestamp())
+        Self::generate_until(common_name, uri_san, not_after.unix_timestamp(), None)
     }
 
-    /// Creates a CA valid until `not_after` (unix seconds).
+    /// Creates a CA valid until `not_after` (unix seconds): self-signed, or
+    /// an intermediate signed by `upstream` (and then never past it).
     pub fn generate_until(
         common_name: &str,
         uri_san: Option<&str>,
         not_after: i64,
+        upstream: Option<&UpstreamCa>,
     ) -> Result<(Self, Vec<u8>), KeyError> {
+        let not_after = upstream.map_or(not_after, |u| not_after.min(u.not_after()));
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -74,10 +80,38 @@ impl CertificateAuthority {
         params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
             .map_err(|e| KeyError::BadCertificate(format!("CA expiry {not_after}: {e}")))?;
         params.serial_number = Some(random_serial()?);
-        let cert = params.self_signed(&key)?;
+        let cert = match upstream {
+            Some(up) => {
+                params.use_authority_key_identifier_extension = true;
+                params.signed_by(&key, up.issuer())?
+            }
+            None => params.self_signed(&key)?,
+        };
         let pkcs8 = key.serialize_der();
-        let ca = Self::from_parts(cert.der().clone(), &pkcs8)?;
+        let ca = Self::from_parts(cert.der().clone(), &pkcs8)?
+            .under(upstream.map(|u| u.cert_der().clone()));
         Ok((ca, pkcs8))
+    }
+
+    /// The same CA, known to be an intermediate under `root`.
+    pub fn under(mut self, root: Option<CertificateDer<'static>>) -> Self {
+        self.root = root;
+        self
+    }
+
+    /// What relying parties trust for this CA: the upstream root, or the
+    /// CA itself when it is self-signed.
+    pub fn trust_anchor(&self) -> &CertificateDer<'static> {
+        self.root.as_ref().unwrap_or(&self.cert_der)
+    }
+
+    /// The certificates that go after a leaf it signed: itself when it is an
+    /// intermediate (the root is in the bundle), none when it is the anchor.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.root
+            .as_ref()
+            .map(|_| vec![self.cert_der.clone()])
+            .unwrap_or_default()
     }
 
     /// Rebuilds a CA from its stored certificate and PKCS#8 key.
@@ -100,6 +134,7 @@ impl CertificateAuthority {
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
         Ok(Self {
             cert_der,
+            root: None,
             key_id,
             issuer,
             public_key,

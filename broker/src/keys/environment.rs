@@ -70,10 +70,15 @@ impl EnvironmentKeys {
     /// Every published CA certificate (DER): the trust bundle returned with
     /// SVIDs, so workloads trust the next CA before it signs.
     pub fn trust_bundle(&self) -> Vec<Vec<u8>> {
-        self.cas
-            .published()
-            .map(|(_, ca)| ca.cert_der().to_vec())
-            .collect()
+        let mut anchors: Vec<Vec<u8>> = Vec::new();
+        for (_, ca) in self.cas.published() {
+            let anchor = ca.trust_anchor().to_vec();
+            // Under an upstream root every CA has the same anchor.
+            if !anchors.contains(&anchor) {
+                anchors.push(anchor);
+            }
+        }
+        anchors
     }
 
     /// The JWK Set of every published JWT key, each marked `use`.
@@ -85,18 +90,15 @@ impl EnvironmentKeys {
     /// every published CA (`x509-svid`) and JWT key (`jwt-svid`).
     pub fn spiffe_bundle(&self) -> Value {
         let mut keys: Vec<Value> = self
-            .cas
-            .published()
-            .map(|(_, ca)| {
+            .trust_bundle()
+            .iter()
+            .map(|der| {
                 let mut jwk = json!({
-                    "kty": "EC",
-                    "crv": "P-256",
                     "use": "x509-svid",
-                    "x5c": [STANDARD.encode(ca.cert_der())],
+                    "x5c": [STANDARD.encode(der)],
                 });
-                if let (Some(obj), Some((x, y))) = (jwk.as_object_mut(), ec_point(ca)) {
-                    obj.insert("x".into(), x.into());
-                    obj.insert("y".into(), y.into());
+                if let (Some(obj), Some(public)) = (jwk.as_object_mut(), public_jwk(der)) {
+                    obj.extend(public);
                 }
                 jwk
             })
@@ -110,14 +112,42 @@ impl EnvironmentKeys {
     }
 }
 
-/// A CA's public point as base64url x and y, read from its certificate.
-fn ec_point(ca: &CertificateAuthority) -> Option<(String, String)> {
-    let (_, cert) = x509_parser::parse_x509_certificate(ca.cert_der()).ok()?;
-    let point = cert.public_key().subject_public_key.data.as_ref();
-    (point.len() == 65 && point[0] == 4).then(|| {
-        (
-            URL_SAFE_NO_PAD.encode(&point[1..33]),
-            URL_SAFE_NO_PAD.encode(&point[33..65]),
-        )
-    })
+/// The public key members of a CA certificate's JWK (RFC 7518 §6): EC
+/// P-256/P-384 (`kty`, `crv`, `x`, `y`) or RSA (`kty`, `n`, `e`), so an
+/// upstream root of any of the accepted types publishes a valid JWK.
+fn public_jwk(der: &[u8]) -> Option<serde_json::Map<String, Value>> {
+    use x509_parser::public_key::PublicKey;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let b64 = |bytes: &[u8]| Value::from(URL_SAFE_NO_PAD.encode(bytes));
+    let mut members = serde_json::Map::new();
+    match cert.public_key().parsed().ok()? {
+        PublicKey::EC(point) => {
+            let point = point.data();
+            let (crv, len) = match point.len() {
+                65 => ("P-256", 32),
+                97 => ("P-384", 48),
+                _ => return None,
+            };
+            if point[0] != 4 {
+                return None;
+            }
+            members.insert("kty".into(), "EC".into());
+            members.insert("crv".into(), crv.into());
+            members.insert("x".into(), b64(&point[1..1 + len]));
+            members.insert("y".into(), b64(&point[1 + len..]));
+        }
+        PublicKey::RSA(rsa) => {
+            let trim = |b: &[u8]| {
+                b.iter()
+                    .skip_while(|&&x| x == 0)
+                    .copied()
+                    .collect::<Vec<u8>>()
+            };
+            members.insert("kty".into(), "RSA".into());
+            members.insert("n".into(), b64(&trim(rsa.modulus)));
+            members.insert("e".into(), b64(&trim(rsa.exponent)));
+        }
+        _ => return None,
+    }
+    Some(members)
 }

@@ -17,6 +17,7 @@ mod kek;
 pub mod rotation;
 pub mod slot;
 mod tls;
+mod upstream;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,7 @@ pub use kek::{Kek, write_private_file};
 pub use rotation::{KeyCommandError, KeyInfo, Retired, Rotator, Snapshot};
 pub use slot::KeyState;
 pub use tls::{AdminFiles, ServerTls};
+pub use upstream::UpstreamCa;
 
 use crate::config::Config;
 use crate::model::{EnvName, TrustDomain, unix_now};
@@ -112,15 +114,25 @@ impl KeyRing {
         let envs = config
             .environments()
             .map_err(|e| KeyError::BadKey(e.to_string()))?;
+        let now = unix_now();
+        let mut upstreams = std::collections::HashMap::new();
+        for env in &config.environments {
+            if let (Some(cert), Some(key)) = (&env.upstream_ca_cert, &env.upstream_ca_key) {
+                let name = EnvName::new(&env.name).map_err(|e| KeyError::BadKey(e.to_string()))?;
+                let root = UpstreamCa::load(cert, key, now)?;
+                tracing::info!(env = %name, root = %cert.display(), "environment CAs are intermediates under an upstream root");
+                upstreams.insert(name, Arc::new(root));
+            }
+        }
         let mut rotator = Rotator::load(
             Arc::clone(&store),
             Arc::clone(&kek),
             &config.keys,
             &config.ttl,
             envs,
+            upstreams,
         )
         .await?;
-        let now = unix_now();
         rotator.schedule(now).await?;
         let (snapshot, _) = rotator.snapshot(now).await?;
         for keys in snapshot.values() {

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use super::environment::EnvironmentKeys;
 use super::slot::{KeySet, KeyState};
-use super::{CertificateAuthority, JwtSigningKey, Kek, KeyError, KeysConfig, seal_label};
+use super::{
+    CertificateAuthority, JwtSigningKey, Kek, KeyError, KeysConfig, UpstreamCa, seal_label,
+};
 use crate::config::{Environment, TtlConfig};
 use crate::model::EnvName;
 use crate::store::{KeyKind, KeyRecord, KeyRetirement, Store};
@@ -103,6 +105,8 @@ pub struct Rotator {
     envs: Vec<Environment>,
     records: HashMap<(EnvName, KeyKind), Vec<KeyRecord>>,
     cas: HashMap<i64, (Arc<CertificateAuthority>, String)>,
+    /// Per environment, the upstream root its CAs are intermediates under.
+    upstreams: HashMap<EnvName, Arc<UpstreamCa>>,
     jwts: HashMap<i64, (Arc<JwtSigningKey>, String)>,
     fingerprints: HashMap<EnvName, Vec<(i64, KeyState)>>,
     sequences: HashMap<EnvName, i64>,
@@ -124,6 +128,7 @@ impl Rotator {
         config: &KeysConfig,
         ttl: &TtlConfig,
         envs: Vec<Environment>,
+        upstreams: HashMap<EnvName, Arc<UpstreamCa>>,
     ) -> Result<Self, KeyError> {
         let mut records = HashMap::new();
         for env in &envs {
@@ -141,6 +146,7 @@ impl Rotator {
             envs,
             records,
             cas: HashMap::new(),
+            upstreams,
             jwts: HashMap::new(),
             fingerprints: HashMap::new(),
             sequences: HashMap::new(),
@@ -224,6 +230,7 @@ impl Rotator {
                     &format!("credbroker {} SPIFFE CA", env.name),
                     Some(&format!("spiffe://{}", env.trust_domain)),
                     not_after,
+                    self.upstreams.get(&env.name).map(Arc::as_ref),
                 )?;
                 let id = ca.id().to_owned();
                 (Some(ca.cert_der().to_vec()), pkcs8, id)
@@ -264,11 +271,13 @@ impl Rotator {
             .cert_der
             .clone()
             .ok_or_else(|| KeyError::BadCertificate(format!("{label} has no certificate")))?;
+        let env = EnvName::new(&r.env).map_err(|e| KeyError::BadKey(e.to_string()))?;
+        let root = self.upstreams.get(&env).map(|u| u.cert_der().clone());
         let ca =
-            CertificateAuthority::from_parts(cert.into(), &self.kek.open(&label, &r.sealed_key)?)?;
-        let loaded = (Arc::new(ca), String::new());
-        let id = loaded.0.id().to_owned();
-        let loaded = (loaded.0, id);
+            CertificateAuthority::from_parts(cert.into(), &self.kek.open(&label, &r.sealed_key)?)?
+                .under(root);
+        let id = ca.id().to_owned();
+        let loaded = (Arc::new(ca), id);
         self.cas.insert(r.id, loaded.clone());
         Ok(loaded)
     }
