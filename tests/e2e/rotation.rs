@@ -5,18 +5,14 @@
 //! PyJWT through OIDC discovery); the schedule survives a restart.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use credbroker_client::tls::{AllowedPeers, client_config, server_config};
 use credbroker_client::{JwtRequest, JwtVerifier, VerifyError};
 use credbroker_e2e::{TestBroker, http, jwt};
-use tokio::net::TcpListener;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::tls::{call, serve, source};
+use crate::tls::{MtlsPair, call};
 
 /// CA and JWT key live 12 s: a successor is published at 6 s and signs from
 /// 10 s, so a rotation every 10 s; credentials live 2 s.
@@ -72,26 +68,7 @@ print("verified")
 #[tokio::test]
 async fn issuance_and_mtls_carry_on_across_rotations() {
     let broker = TestBroker::start_with(&["dev"], FAST_ROTATION).await;
-    broker.create_identity("dev", "server", &[], &[]);
-    broker.create_identity("dev", "client", &["billing"], &[]);
-    let server_source = source(&broker, "server");
-    let client_source = source(&broker, "client");
-    server_source.ready().await.unwrap();
-    client_source.ready().await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let acceptor = TlsAcceptor::from(Arc::new(
-        server_config(&server_source, AllowedPeers::TrustDomain, None).unwrap(),
-    ));
-    let server = tokio::spawn(serve(listener, acceptor));
-    let connector = TlsConnector::from(Arc::new(
-        client_config(
-            &client_source,
-            AllowedPeers::Only(vec!["spiffe://dev.example.org/server".into()]),
-            None,
-        )
-        .unwrap(),
-    ));
+    let pair = MtlsPair::start(&broker, &["billing"]).await;
     let client = broker.client().await;
     let verifier = JwtVerifier::new(&client, "dev", "billing").await.unwrap();
 
@@ -105,14 +82,14 @@ async fn issuance_and_mtls_carry_on_across_rotations() {
     let mut verified_after_rotation = 0;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(34) {
-        let (reply, _) = call(port, &connector)
+        let (reply, _) = call(pair.port, &pair.connector)
             .await
             .unwrap_or_else(|e| panic!("handshake {handshakes} failed: {e}"));
         assert_eq!(reply, "hello spiffe://dev.example.org/client");
         handshakes += 1;
 
         // Issuance through the broker with the client's current SVID.
-        let creds = client_source.current().expect("client credentials");
+        let creds = pair.client_source.current().expect("client credentials");
         let session = client.authenticated(&creds.svid).await.expect("session");
         let token = session
             .fetch_jwt(&JwtRequest::audience("billing"))
@@ -152,7 +129,7 @@ async fn issuance_and_mtls_carry_on_across_rotations() {
         sequences.insert(bundle["spiffe_sequence"].as_i64().unwrap());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    server.abort();
+    pair.server.abort();
     assert!(kids.len() >= 4, "JWT keys seen: {kids:?}");
     assert!(cas.len() >= 4, "CAs seen: {cas:?}");
     assert!(verified_after_rotation >= 3, "{verified_after_rotation}");

@@ -50,6 +50,53 @@ pub(crate) async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
     }
 }
 
+/// Two SDK workloads of `dev`, `server` and `client` (registered here, the
+/// client allowed `client_audiences`),
+/// each with its own [`CredentialSource`]: the server answers each line
+/// with its caller's SPIFFE ID over mTLS from `server_config`; `connector`
+/// is the client's `client_config`, accepting only the server.
+pub(crate) struct MtlsPair {
+    /// Held so the server's credentials keep renewing.
+    #[allow(dead_code)]
+    pub server_source: CredentialSource,
+    pub client_source: CredentialSource,
+    pub port: u16,
+    pub connector: TlsConnector,
+    pub server: tokio::task::JoinHandle<()>,
+}
+
+impl MtlsPair {
+    pub(crate) async fn start(broker: &TestBroker, client_audiences: &[&str]) -> Self {
+        broker.create_identity("dev", "server", &[], &[]);
+        broker.create_identity("dev", "client", client_audiences, &[]);
+        let server_source = source(broker, "server");
+        let client_source = source(broker, "client");
+        server_source.ready().await.unwrap();
+        client_source.ready().await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = TlsAcceptor::from(Arc::new(
+            server_config(&server_source, AllowedPeers::TrustDomain, None).unwrap(),
+        ));
+        let server = tokio::spawn(serve(listener, acceptor));
+        let connector = TlsConnector::from(Arc::new(
+            client_config(
+                &client_source,
+                AllowedPeers::Only(vec!["spiffe://dev.example.org/server".into()]),
+                None,
+            )
+            .unwrap(),
+        ));
+        Self {
+            server_source,
+            client_source,
+            port,
+            connector,
+            server,
+        }
+    }
+}
+
 /// One request on a new connection; returns the reply and the server's serial.
 pub(crate) async fn call(port: u16, connector: &TlsConnector) -> Result<(String, String), String> {
     let tcp = TcpStream::connect(("127.0.0.1", port))
@@ -83,33 +130,13 @@ async fn mtls_keeps_working_across_rotations() {
         "[ttl]\nfloor = \"1s\"\ndefault_x509 = \"3s\"\ndefault_jwt = \"3s\"\n",
     )
     .await;
-    broker.create_identity("dev", "server", &[], &[]);
-    broker.create_identity("dev", "client", &[], &[]);
-    let server_source = source(&broker, "server");
-    let client_source = source(&broker, "client");
-    server_source.ready().await.unwrap();
-    client_source.ready().await.unwrap();
-
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let acceptor = TlsAcceptor::from(Arc::new(
-        server_config(&server_source, AllowedPeers::TrustDomain, None).unwrap(),
-    ));
-    let server = tokio::spawn(serve(listener, acceptor));
-    let connector = TlsConnector::from(Arc::new(
-        client_config(
-            &client_source,
-            AllowedPeers::Only(vec!["spiffe://dev.example.org/server".into()]),
-            None,
-        )
-        .unwrap(),
-    ));
+    let pair = MtlsPair::start(&broker, &[]).await;
 
     let started = Instant::now();
     let mut server_certs = Vec::new();
     let mut requests = 0;
     while started.elapsed() < Duration::from_secs(8) {
-        let (reply, cert) = call(port, &connector)
+        let (reply, cert) = call(pair.port, &pair.connector)
             .await
             .expect("every request succeeds");
         assert_eq!(reply, "hello spiffe://dev.example.org/client");
@@ -129,15 +156,15 @@ async fn mtls_keeps_working_across_rotations() {
     // A client that expects another SPIFFE ID refuses this server.
     let picky = TlsConnector::from(Arc::new(
         client_config(
-            &client_source,
+            &pair.client_source,
             AllowedPeers::Only(vec!["spiffe://dev.example.org/someone-else".into()]),
             None,
         )
         .unwrap(),
     ));
-    let err = call(port, &picky).await.unwrap_err();
+    let err = call(pair.port, &picky).await.unwrap_err();
     assert!(err.contains("not allowed"), "{err}");
-    server.abort();
+    pair.server.abort();
 }
 
 #[tokio::test]

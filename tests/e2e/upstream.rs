@@ -5,17 +5,13 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use credbroker_client::tls::{AllowedPeers, client_config, server_config};
 use credbroker_client::{Evidence, pem_encode};
 use credbroker_e2e::{TestBroker, http};
-use tokio::net::TcpListener;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::rotation::FAST_ROTATION;
-use crate::tls::{call, serve, source};
+use crate::tls::{MtlsPair, call};
 
 /// A P-384 root CA valid for a day: `root.pem`, `root.key` (PKCS#8).
 fn make_root(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -106,8 +102,6 @@ async fn an_upstream_root_anchors_every_rotation() {
         .unwrap();
     assert_eq!(x5c, root_der.as_ref());
 
-    broker.create_identity("dev", "server", &[], &[]);
-    broker.create_identity("dev", "client", &[], &[]);
     broker.create_identity("dev", "api", &[], &[]);
     let client = broker.client().await;
     let attested = client
@@ -121,19 +115,7 @@ async fn an_upstream_root_anchors_every_rotation() {
 
     // Two SDK workloads talk mTLS trusting the root only, while the
     // intermediate rotates under them.
-    let server_source = source(&broker, "server");
-    let client_source = source(&broker, "client");
-    server_source.ready().await.unwrap();
-    client_source.ready().await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let acceptor = TlsAcceptor::from(Arc::new(
-        server_config(&server_source, AllowedPeers::TrustDomain, None).unwrap(),
-    ));
-    let server = tokio::spawn(serve(listener, acceptor));
-    let connector = TlsConnector::from(Arc::new(
-        client_config(&client_source, AllowedPeers::TrustDomain, None).unwrap(),
-    ));
+    let pair = MtlsPair::start(&broker, &[]).await;
 
     let mut session = client.authenticated(&attested.svid).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -141,7 +123,9 @@ async fn an_upstream_root_anchors_every_rotation() {
     let mut last = first_intermediate.clone();
     while rotations < 2 {
         assert!(Instant::now() < deadline, "no CA rotation seen");
-        let (reply, _) = call(port, &connector).await.expect("mTLS across rotations");
+        let (reply, _) = call(pair.port, &pair.connector)
+            .await
+            .expect("mTLS across rotations");
         assert_eq!(reply, "hello spiffe://dev.example.org/client");
         let (renewed, bundle) = session.renew().await.expect("renew");
         assert_eq!(
@@ -157,7 +141,7 @@ async fn an_upstream_root_anchors_every_rotation() {
         session = client.authenticated(&renewed).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    server.abort();
+    pair.server.abort();
 }
 
 #[tokio::test]

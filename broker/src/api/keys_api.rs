@@ -107,15 +107,9 @@ pub(super) async fn retire(
     req: RetireKeyRequest,
     audit: &mut AuditRecord,
 ) -> Result<RetireKeyResponse, Status> {
-    let reason = req.reason.trim().to_owned();
-    if reason.is_empty() {
-        return Err(Status::invalid_argument("a reason is required"));
-    }
-    if reason.chars().count() > 1024 || reason.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(
-            "reason must be at most 1024 characters without control characters",
-        ));
-    }
+    let reason = super::limits::reason(&req.reason)?;
+    super::limits::length("key id", &req.id, super::limits::MAX_FIELD)?;
+    super::limits::length("environment", &req.env, super::limits::MAX_FIELD)?;
     audit.env = Some(req.env.clone());
     let now = unix_now();
     let retired = broker

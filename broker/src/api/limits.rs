@@ -69,6 +69,22 @@ pub fn length(what: &str, value: &str, max: usize) -> Result<(), Status> {
     Ok(())
 }
 
+/// An operator's reason (revocations, key retirements): required, at most
+/// [`MAX_TEXT`] characters, no control characters. Returns it trimmed.
+pub fn reason(value: &str) -> Result<String, Status> {
+    length("reason", value, MAX_TEXT)?;
+    let reason = value.trim();
+    if reason.is_empty() {
+        return Err(Status::invalid_argument("a reason is required"));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "reason must not contain control characters",
+        ));
+    }
+    Ok(reason.to_owned())
+}
+
 /// Caps of one JWT request: audiences, scopes and their lengths.
 pub fn jwt_request(r: &JwtRequest) -> Result<(), Status> {
     count(

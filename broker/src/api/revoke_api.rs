@@ -153,16 +153,7 @@ pub(super) async fn revoke(
     if let Some(T::Jti(v) | T::Serial(v) | T::Owner(v) | T::Env(v)) = &req.target {
         limits::length("revocation target", v, limits::MAX_FIELD)?;
     }
-    limits::length("reason", &req.reason, limits::MAX_TEXT)?;
-    let reason = req.reason.trim().to_owned();
-    if reason.is_empty() {
-        return Err(Status::invalid_argument("a reason is required"));
-    }
-    if reason.chars().count() > 1024 || reason.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(
-            "reason must be at most 1024 characters without control characters",
-        ));
-    }
+    let reason = limits::reason(&req.reason)?;
     let now = unix_now();
     let mut identities = Vec::new();
     let (target, covers_until) = match req.target {
