@@ -10,6 +10,7 @@
 //! endpoint at once and nothing holds a key captured at start.
 
 mod ca;
+mod commands;
 mod config;
 mod environment;
 mod jwt_key;
@@ -30,11 +31,12 @@ use tokio::sync::{Mutex, watch};
 pub use ca::{
     CertificateAuthority, authority_key_id, pem_encode, random_serial, serial_of, subject_key_id,
 };
+pub use commands::{KeyCommandError, KeyInfo, Retired};
 pub use config::KeysConfig;
 pub use environment::EnvironmentKeys;
 pub use jwt_key::JwtSigningKey;
 pub use kek::{Kek, write_private_file};
-pub use rotation::{KeyCommandError, KeyInfo, Retired, Rotator, Snapshot};
+pub use rotation::{Rotator, Snapshot};
 pub use slot::KeyState;
 pub use tls::{AdminFiles, ServerTls};
 pub use upstream::UpstreamCa;

@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
+use super::commands::KeyCommandError;
 use super::environment::EnvironmentKeys;
 use super::slot::{KeySet, KeyState};
 use super::{
@@ -19,7 +19,7 @@ use super::{
 };
 use crate::config::{Environment, TtlConfig};
 use crate::model::EnvName;
-use crate::store::{KeyKind, KeyRecord, KeyRetirement, Store};
+use crate::store::{KeyKind, KeyRecord, Store};
 
 /// Kept published past the longest credential a key can have signed, for
 /// relying parties' clock skew (the SDK verifier tolerates 30 s).
@@ -31,79 +31,16 @@ pub const ROTATING: [KeyKind; 2] = [KeyKind::X509Ca, KeyKind::JwtSigning];
 /// The published keys of every environment at one moment.
 pub type Snapshot = BTreeMap<EnvName, Arc<EnvironmentKeys>>;
 
-/// A key as `keys list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyInfo {
-    /// Environment.
-    pub env: String,
-    /// `x509` or `jwt`.
-    pub kind: KeyKind,
-    /// `kid` or CA serial.
-    pub id: String,
-    /// State now.
-    pub state: KeyState,
-    /// Created and published (unix seconds).
-    pub created_at: i64,
-    /// Signs from (unix seconds).
-    pub activates_at: i64,
-    /// Leaves the published sets (unix seconds; `i64::MAX` while undecided).
-    pub unpublish_at: i64,
-    /// End of life (unix seconds).
-    pub not_after: i64,
-    /// Why an operator retired it.
-    pub retire_reason: Option<String>,
-}
-
-/// What a retirement did.
-#[derive(Debug, Clone)]
-pub struct Retired {
-    /// The retired key's public id.
-    pub id: String,
-    /// Its kind.
-    pub kind: KeyKind,
-    /// When it leaves the published sets.
-    pub unpublish_at: i64,
-    /// The key that signs instead, when the retired one was signing.
-    pub replaced_by: Option<String>,
-    /// When it started signing (unix seconds); what it signed was issued
-    /// from then to now.
-    pub activated_at: i64,
-    /// When everything it signed has expired (unix seconds).
-    pub signed_until: i64,
-}
-
-/// Why an operator's key command was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyCommandError {
-    /// No such environment.
-    #[error("environment {0} is not served here")]
-    UnknownEnv(String),
-    /// No published or prepared key with that id.
-    #[error("no key {id} in environment {env}")]
-    UnknownKey {
-        /// Environment.
-        env: String,
-        /// The id asked for.
-        id: String,
-    },
-    /// Already retired.
-    #[error("key {0} is already retired")]
-    AlreadyRetired(String),
-    /// The store or key generation failed.
-    #[error(transparent)]
-    Key(#[from] KeyError),
-}
-
 /// Owns the schedule: decides, generates, stores, publishes.
 #[derive(Debug)]
 pub struct Rotator {
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     kek: Arc<Kek>,
     config: KeysConfig,
     keep_x509: i64,
     keep_jwt: i64,
     envs: Vec<Environment>,
-    records: HashMap<(EnvName, KeyKind), Vec<KeyRecord>>,
+    pub(super) records: HashMap<(EnvName, KeyKind), Vec<KeyRecord>>,
     cas: HashMap<i64, (Arc<CertificateAuthority>, String)>,
     /// Per environment, the upstream root its CAs are intermediates under.
     upstreams: HashMap<EnvName, Arc<UpstreamCa>>,
@@ -153,14 +90,14 @@ impl Rotator {
         })
     }
 
-    fn keep(&self, kind: KeyKind) -> i64 {
+    pub(super) fn keep(&self, kind: KeyKind) -> i64 {
         match kind {
             KeyKind::X509Ca => self.keep_x509,
             _ => self.keep_jwt,
         }
     }
 
-    fn env(&self, name: &str) -> Result<Environment, KeyCommandError> {
+    pub(super) fn env(&self, name: &str) -> Result<Environment, KeyCommandError> {
         self.envs
             .iter()
             .find(|e| e.name.as_str() == name)
@@ -215,7 +152,7 @@ impl Rotator {
     }
 
     /// Generates, seals and stores a key that signs from `activates_at`.
-    async fn create(
+    pub(super) async fn create(
         &mut self,
         env: &Environment,
         kind: KeyKind,
@@ -386,138 +323,6 @@ impl Rotator {
         }
         next.max(now + 1)
     }
-
-    /// Prepares and activates a new key of `kind` in `env` now; the current
-    /// one becomes previous.
-    pub async fn rotate_now(
-        &mut self,
-        env: &str,
-        kind: KeyKind,
-        now: i64,
-    ) -> Result<String, KeyCommandError> {
-        let env = self.env(env)?;
-        Ok(self.create(&env, kind, now, now).await?)
-    }
-
-    /// Retires key `id` of `env`: it stops signing at once (a new key signs
-    /// in its place if it was the signer) and leaves the published sets now
-    /// (`immediately`) or once what it signed has expired.
-    pub async fn retire(
-        &mut self,
-        env: &str,
-        id: &str,
-        reason: &str,
-        immediately: bool,
-        now: i64,
-    ) -> Result<Retired, KeyCommandError> {
-        let env = self.env(env)?;
-        let (snapshot, _) = self.snapshot(now).await?;
-        let keys = &snapshot[&env.name];
-        let found = ROTATING.iter().find_map(|&kind| {
-            let set_slots = match kind {
-                KeyKind::X509Ca => keys
-                    .cas
-                    .all()
-                    .iter()
-                    .map(|s| (s.record_id, s.id.clone(), s.state, s.activates_at))
-                    .collect::<Vec<_>>(),
-                _ => keys
-                    .jwts
-                    .all()
-                    .iter()
-                    .map(|s| (s.record_id, s.id.clone(), s.state, s.activates_at))
-                    .collect(),
-            };
-            set_slots
-                .into_iter()
-                .find(|(_, sid, _, _)| sid == id)
-                .map(|found| (kind, found))
-        });
-        let Some((kind, (record_id, key_id, state, activated_at))) = found else {
-            return Err(KeyCommandError::UnknownKey {
-                env: env.name.to_string(),
-                id: id.to_owned(),
-            });
-        };
-        if state == KeyState::Retired {
-            return Err(KeyCommandError::AlreadyRetired(key_id));
-        }
-        let replaced_by = if state == KeyState::Active {
-            Some(self.create(&env, kind, now, now).await?)
-        } else {
-            None
-        };
-        let unpublish_at = if immediately {
-            now
-        } else {
-            now + self.keep(kind)
-        };
-        self.store
-            .retire_key(&KeyRetirement {
-                id: record_id,
-                retired_at: now,
-                unpublish_at,
-                reason: reason.to_owned(),
-            })
-            .await
-            .map_err(KeyError::from)?;
-        if let Some(r) = self
-            .records
-            .get_mut(&(env.name.clone(), kind))
-            .and_then(|list| list.iter_mut().find(|r| r.id == record_id))
-        {
-            r.retired_at = Some(now);
-            r.unpublish_at = Some(unpublish_at);
-            r.retire_reason = Some(reason.to_owned());
-        }
-        tracing::warn!(env = %env.name, kind = kind.as_str(), key = %key_id, reason, "key retired");
-        Ok(Retired {
-            id: key_id,
-            kind,
-            unpublish_at,
-            replaced_by,
-            activated_at,
-            signed_until: now + self.keep(kind),
-        })
-    }
-
-    /// Every key of `env` (or of every environment) with its state.
-    pub fn list(snapshot: &Snapshot, env: Option<&str>) -> Vec<KeyInfo> {
-        let mut out = Vec::new();
-        for keys in snapshot.values() {
-            if env.is_some_and(|e| e != keys.env.name.as_str()) {
-                continue;
-            }
-            let env = keys.env.name.as_str();
-            out.extend(keys.cas.all().iter().map(|s| info(env, KeyKind::X509Ca, s)));
-            out.extend(
-                keys.jwts
-                    .all()
-                    .iter()
-                    .map(|s| info(env, KeyKind::JwtSigning, s)),
-            );
-        }
-        out
-    }
-
-    /// How long keys live.
-    pub fn config(&self) -> &KeysConfig {
-        &self.config
-    }
-}
-
-fn info<K>(env: &str, kind: KeyKind, s: &super::slot::Slot<K>) -> KeyInfo {
-    KeyInfo {
-        env: env.to_owned(),
-        kind,
-        id: s.id.clone(),
-        state: s.state,
-        created_at: s.created_at,
-        activates_at: s.activates_at,
-        unpublish_at: s.unpublish_at,
-        not_after: s.not_after,
-        retire_reason: s.retired.as_ref().map(|(_, why)| why.clone()),
-    }
 }
 
 /// A CA's id (its serial) read from its certificate without its key.
@@ -527,9 +332,4 @@ fn ca_id_of(r: &KeyRecord) -> String {
         .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
         .and_then(|(_, c)| super::ca::subject_key_id(&c))
         .unwrap_or_default()
-}
-
-/// How long until `at` (unix seconds) from `now`.
-pub fn until(at: i64, now: i64) -> Duration {
-    Duration::from_secs(at.saturating_sub(now).max(0) as u64)
 }
