@@ -9,6 +9,9 @@
 //! * [`agent_files`] — a plain program reading what `credbroker-agent`
 //!   writes (`--example read_agent_files`).
 //!
+//! [`load`] drives a running broker with issuing calls for the external load
+//! generator (`--example issue_bench`).
+//!
 //! [`broker`] holds what the first two need to reach a running broker as an
 //! operator: its URL, its TLS CA and the admin client certificate.
 
@@ -17,6 +20,7 @@
 pub mod agent_files;
 pub mod broker;
 pub mod jwt_call;
+pub mod load;
 pub mod mtls_pair;
 pub mod procfs;
 
