@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use credbroker_proto::v1::admin_server::AdminServer;
 use credbroker_proto::v1::workload_server::WorkloadServer;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::api::bounded::{BoundedListener, IdleIo};
+use crate::api::bounded::{BoundedListener, ConnectionsConfig};
+use crate::api::grpc_idle::{Connections, TrackedIo};
 use crate::api::{AdminService, WorkloadService, http, http_serve, limits};
 use crate::broker::{Broker, StartError};
 use crate::config::Config;
@@ -58,24 +60,23 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
 }
 
 /// gRPC connections, at most `max` open at once (tonic has no cap of its
-/// own): each carries its permit until closed.
+/// own), each carrying its permit until closed and closed once idle.
 fn bounded_incoming(
     listener: TcpListener,
-    max: usize,
-) -> ReceiverStream<Result<IdleIo<TcpStream>, std::io::Error>> {
+    bounds: &ConnectionsConfig,
+    connections: Connections,
+) -> ReceiverStream<Result<TrackedIo, std::io::Error>> {
     let (tx, rx) = mpsc::channel(1);
-    let mut listener = BoundedListener::new(listener, max, "gRPC");
+    let mut listener = BoundedListener::new(listener, bounds.grpc_max_connections, "gRPC");
+    let idle = bounds.grpc_idle_timeout;
     tokio::spawn(async move {
         loop {
-            let (stream, _peer, permit) = tokio::select! {
+            let (stream, peer, permit) = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = tx.closed() => return,
             };
-            if tx
-                .send(Ok(IdleIo::new(stream, None, permit)))
-                .await
-                .is_err()
-            {
+            let io = connections.track(stream, peer, idle, permit);
+            if tx.send(Ok(io)).await.is_err() {
                 return;
             }
         }
@@ -118,20 +119,34 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         .client_ca_root(Certificate::from_pem(client_cas))
         .client_auth_optional(true)
         .timeout(HANDSHAKE_TIMEOUT);
+    // Every call marks its connection as in use (see api::grpc_idle).
+    let connections = Connections::default();
+    let touch = {
+        let connections = connections.clone();
+        move |request: tonic::Request<()>| {
+            connections.touch(request.remote_addr());
+            Ok(request)
+        }
+    };
     let grpc_server = Server::builder()
         .tls_config(tls_config)?
         .timeout(RPC_TIMEOUT)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(
-            WorkloadServer::new(WorkloadService::new(Arc::clone(&broker), stop_rx.clone()))
-                .max_decoding_message_size(limits::MAX_WORKLOAD_MESSAGE),
-        )
-        .add_service(
+        .add_service(InterceptedService::new(
+            WorkloadServer::new(
+                WorkloadService::new(Arc::clone(&broker), stop_rx.clone())
+                    .with_connections(connections.clone()),
+            )
+            .max_decoding_message_size(limits::MAX_WORKLOAD_MESSAGE),
+            touch.clone(),
+        ))
+        .add_service(InterceptedService::new(
             AdminServer::new(AdminService::new(Arc::clone(&broker)))
                 .max_decoding_message_size(limits::MAX_ADMIN_MESSAGE),
-        )
+            touch,
+        ))
         .serve_with_incoming_shutdown(
-            bounded_incoming(grpc, broker.config.connections.grpc_max_connections),
+            bounded_incoming(grpc, &broker.config.connections, connections),
             stopped(stop_rx.clone()),
         );
     let grpc_task = tokio::spawn(async move { grpc_server.await.map_err(StartError::from) });

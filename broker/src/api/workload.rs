@@ -18,6 +18,7 @@ mod attest;
 mod issuance;
 mod revocation_stream;
 
+use super::grpc_idle::Connections;
 use super::peer::{Caller, WorkloadPeer};
 use super::rate::RateLimits;
 use super::{introspect, node_api, status};
@@ -39,6 +40,7 @@ pub struct WorkloadService {
     stop: watch::Receiver<bool>,
     pub(super) rates: Arc<RateLimits>,
     streams: Arc<revocation_stream::StreamSlots>,
+    connections: Connections,
 }
 
 impl WorkloadService {
@@ -53,7 +55,15 @@ impl WorkloadService {
             stop,
             rates,
             streams,
+            connections: Connections::default(),
         }
+    }
+
+    /// Streams mark their connections busy in `connections`, so the idle
+    /// timeout spares them.
+    pub fn with_connections(mut self, connections: Connections) -> Self {
+        self.connections = connections;
+        self
     }
 
     /// The shared broker state.
@@ -252,12 +262,13 @@ impl Workload for WorkloadService {
             }
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(node_api::stream_node_entries(
-            Arc::clone(&self.broker),
-            peer,
-            tx,
-            self.stop.clone(),
-        ));
+        let busy = self.connections.stream(request.remote_addr());
+        let stream =
+            node_api::stream_node_entries(Arc::clone(&self.broker), peer, tx, self.stop.clone());
+        tokio::spawn(async move {
+            stream.await;
+            drop(busy);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -294,6 +305,7 @@ impl Workload for WorkloadService {
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
         let (scope, caller) = self.authenticated_caller(&request)?;
+        let request_peer = request.remote_addr();
         let after = request.into_inner().after_seq;
         if after < 0 {
             return Err(Status::invalid_argument("after_seq must not be negative"));
@@ -307,6 +319,7 @@ impl Workload for WorkloadService {
             )));
         }
         let slot = self.streams.open(caller)?;
+        let busy = self.connections.stream(request_peer);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = revocation_stream::stream_revocations(
             Arc::clone(&self.broker),
@@ -317,7 +330,7 @@ impl Workload for WorkloadService {
         );
         tokio::spawn(async move {
             stream.await;
-            drop(slot);
+            drop((slot, busy));
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
