@@ -14,7 +14,7 @@ use crate::model::unix_now;
 use crate::policy::{IdentityRegistry, TtlLimits};
 use crate::revocation::RevocationList;
 use crate::revocation::crl::CrlCache;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, KeyKind, Store, StoreError};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,29 @@ pub enum StartError {
     /// Another broker runs on the data directory.
     #[error(transparent)]
     Locked(#[from] LockError),
+    /// The store holds sealed keys but no KEK is configured or found.
+    #[error(
+        "no key-encryption key: the store {store} holds keys sealed under one, but neither kek_file \
+         (CREDBROKER_KEK_FILE) is set nor {generated} exists; set kek_file or CREDBROKER_KEK_FILE to \
+         the KEK this broker was first started with (nothing was changed)"
+    )]
+    MissingKek {
+        /// The store URL.
+        store: String,
+        /// Where a generated KEK would have been.
+        generated: std::path::PathBuf,
+    },
+    /// A stored key does not open with the KEK in use.
+    #[error(
+        "{source}; the KEK in use is {kek}: set kek_file or CREDBROKER_KEK_FILE to the one this \
+         store was created with"
+    )]
+    WrongKek {
+        /// The KEK file used.
+        kek: std::path::PathBuf,
+        /// What failed.
+        source: KeyError,
+    },
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -53,8 +76,8 @@ pub struct Broker {
     pub envs: Vec<Environment>,
     /// TTL bounds.
     pub limits: TtlLimits,
-    /// Keys and CAs.
-    pub keys: KeyRing,
+    /// Keys and CAs, as published now.
+    pub keys: Arc<KeyRing>,
     /// Identities.
     pub registry: IdentityRegistry,
     /// Every attestor: join tokens plus the configured `[[attestors]]`.
@@ -87,9 +110,33 @@ impl Broker {
         } else {
             None
         };
-        let kek = Kek::load_or_generate(config.kek_file.as_deref(), &config.data_dir)?;
         let store = store::open(&config.store_url()).await?;
-        let keys = KeyRing::load_or_create(&config, store.as_ref(), &kek).await?;
+        let generated = config.data_dir.join("kek");
+        // A KEK is generated only for a store that has no keys yet: after a
+        // restart without the configured kek_file, a fresh KEK could open
+        // nothing, and would linger as a decoy next to the data.
+        if config.kek_file.is_none()
+            && !generated.exists()
+            && store.latest_key("", KeyKind::TlsCa).await?.is_some()
+        {
+            return Err(StartError::MissingKek {
+                store: config.store_url(),
+                generated,
+            });
+        }
+        let kek = Arc::new(Kek::load_or_generate(
+            config.kek_file.as_deref(),
+            &config.data_dir,
+        )?);
+        let keys = KeyRing::load_or_create(&config, Arc::clone(&store), Arc::clone(&kek))
+            .await
+            .map_err(|e| match e {
+                KeyError::Unseal(_) => StartError::WrongKek {
+                    kek: config.kek_file.clone().unwrap_or(generated),
+                    source: e,
+                },
+                e => e.into(),
+            })?;
         let registry = IdentityRegistry::load(Arc::clone(&store)).await?;
         let audit = AuditLog::start(
             Arc::clone(&store),
@@ -107,7 +154,7 @@ impl Broker {
         Ok(Arc::new(Self {
             envs: config.environments()?,
             limits: TtlLimits::from(&config.ttl),
-            keys,
+            keys: Arc::new(keys),
             registry,
             attestors,
             store,

@@ -11,7 +11,8 @@ use thiserror::Error;
 
 pub use crate::api::bounded::ConnectionsConfig;
 use crate::attest::{AttestorConfig, validate_attestors};
-use crate::model::{EnvName, NameError, TrustDomain};
+pub use crate::keys::KeysConfig;
+use crate::model::{EnvName, NameError, TrustDomain, format_duration};
 pub use crate::policy::rate_limit::RateLimitsConfig;
 
 /// Why the configuration could not be used.
@@ -64,29 +65,26 @@ pub struct EnvironmentConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TtlConfig {
     /// JWT lifetime of a new identity when none is given.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::default_jwt")]
     pub default_jwt: Duration,
     /// X.509 lifetime of a new identity when none is given.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::default_x509")]
     pub default_x509: Duration,
     /// No identity TTL may be shorter.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::floor")]
     pub floor: Duration,
     /// No identity JWT TTL may be longer.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::jwt_ceiling")]
     pub jwt_ceiling: Duration,
     /// No identity X.509 TTL may be longer.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::x509_ceiling")]
     pub x509_ceiling: Duration,
     /// Join token lifetime when none is given.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::join_token_default")]
     pub join_token_default: Duration,
     /// Longest join token lifetime.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(deserialize_with = "ttl_keys::join_token_ceiling")]
     pub join_token_ceiling: Duration,
-    /// Lifetime of each environment's CA certificate.
-    #[serde(with = "humantime_serde_compat")]
-    pub ca: Duration,
 }
 
 impl Default for TtlConfig {
@@ -99,7 +97,6 @@ impl Default for TtlConfig {
             x509_ceiling: Duration::from_secs(24 * 60 * 60),
             join_token_default: Duration::from_secs(10 * 60),
             join_token_ceiling: Duration::from_secs(7 * 24 * 60 * 60),
-            ca: Duration::from_secs(5 * 365 * 24 * 60 * 60),
         }
     }
 }
@@ -131,6 +128,8 @@ pub struct Config {
     pub store_url: Option<String>,
     /// Lifetimes.
     pub ttl: TtlConfig,
+    /// Rotation of each environment's CA and JWT signing key (`[keys]`).
+    pub keys: KeysConfig,
     /// Platform attestors (`[[attestors]]`); join tokens need none.
     pub attestors: Vec<AttestorConfig>,
     /// Per-peer and per-identity request rates (`[rate_limits]`).
@@ -155,6 +154,7 @@ impl Default for Config {
             kek_file: None,
             store_url: None,
             ttl: TtlConfig::default(),
+            keys: KeysConfig::default(),
             attestors: Vec::new(),
             rate_limits: RateLimitsConfig::default(),
             connections: ConnectionsConfig::default(),
@@ -268,9 +268,9 @@ impl Config {
             if value < min || value > max {
                 Err(ConfigError::Invalid(format!(
                     "ttl.{name} = {} must lie within [{}, {}]",
-                    humantime::format_duration(value),
-                    humantime::format_duration(min),
-                    humantime::format_duration(max)
+                    format_duration(value),
+                    format_duration(min),
+                    format_duration(max)
                 )))
             } else {
                 Ok(())
@@ -287,11 +287,9 @@ impl Config {
             Duration::from_secs(1),
             t.join_token_ceiling,
         )?;
-        if t.ca < t.x509_ceiling * 2 {
-            return Err(ConfigError::Invalid(
-                "ttl.ca must be at least twice ttl.x509_ceiling".into(),
-            ));
-        }
+        self.keys
+            .validate(t)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -344,7 +342,8 @@ impl Config {
     }
 }
 
-/// Serde adapter for humantime durations ("90s", "5m", "1h", "30d").
+/// Serde adapter for durations ("90s", "5m", "1h", "30d") whose errors
+/// say which forms are accepted.
 pub(crate) mod humantime_serde_compat {
     use std::time::Duration;
 
@@ -353,8 +352,31 @@ pub(crate) mod humantime_serde_compat {
     /// Parses a humantime duration string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+        crate::model::parse_duration(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// One deserializer per `[ttl]` key, so a bad value names its key and the
+/// accepted forms.
+mod ttl_keys {
+    macro_rules! keys {
+        ($($field:ident),*) => {$(
+            pub fn $field<'de, D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> Result<std::time::Duration, D::Error> {
+                crate::model::deserialize_duration(d, concat!("ttl.", stringify!($field)))
+            }
+        )*};
+    }
+    keys!(
+        default_jwt,
+        default_x509,
+        floor,
+        jwt_ceiling,
+        x509_ceiling,
+        join_token_default,
+        join_token_ceiling
+    );
 }
 
 #[cfg(test)]
@@ -417,6 +439,27 @@ mod tests {
         let with_aws: Config = toml::from_str(&format!("{text}\n{aws}")).unwrap();
         with_aws.validate().unwrap();
         assert_eq!(with_aws.attestors.len(), 3);
+    }
+
+    #[test]
+    fn duration_errors_name_the_key_and_the_accepted_forms() {
+        for (text, shows) in [
+            ("[ttl]\njoin_token_ceiling = \"a week\"", "\"a week\""),
+            ("[ttl]\njoin_token_ceiling = 7", "7 has no unit"),
+        ] {
+            let err = toml::from_str::<Config>(text).unwrap_err().to_string();
+            assert!(
+                err.contains("ttl.join_token_ceiling")
+                    && err.contains(shows)
+                    && err.contains("\"30d\""),
+                "{err}"
+            );
+        }
+        let mut c = Config::default();
+        c.ttl.x509_ceiling = Duration::from_secs(60 * 86_400);
+        c.ttl.default_x509 = Duration::from_secs(61 * 86_400);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("= 61d must lie within [1m, 60d]"), "{err}");
     }
 
     #[test]

@@ -2,14 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use credbroker::cli::{Cli, Command, run_admin};
+use credbroker::cli::{Command, run_admin};
 use credbroker::config::Config;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = credbroker::cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("CREDBROKER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -18,7 +17,39 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match &cli.command {
-        Command::Serve { config } => serve(config.as_deref(), cli.data_dir.clone()).await,
+        Command::Serve {
+            config,
+            grpc_listen,
+            http_listen,
+            kek_file,
+        } => {
+            let flags = ServeFlags {
+                data_dir: cli.data_dir.clone(),
+                grpc_listen: *grpc_listen,
+                http_listen: *http_listen,
+                kek_file: kek_file.clone(),
+            };
+            serve(config.as_deref(), flags).await
+        }
+        Command::Backup { out } => {
+            let data_dir = cli
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| "./credbroker-data".into());
+            credbroker::cli::backup::backup(&data_dir, out)
+                .await
+                .map(|s| {
+                    println!(
+                        "backed up {} to {} (schema version {}, {} identities, {} audit entries); \
+                         keep the KEK with it, stored apart",
+                        data_dir.join("credbroker.db").display(),
+                        out.display(),
+                        s.schema_version,
+                        s.identities,
+                        s.audit_entries
+                    )
+                })
+        }
         _ => run_admin(&cli).await.map_err(|e| e.to_string()),
     };
     match result {
@@ -30,13 +61,27 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(
-    config_file: Option<&std::path::Path>,
+/// `serve` flags, which override the file and the environment.
+struct ServeFlags {
     data_dir: Option<std::path::PathBuf>,
-) -> Result<(), String> {
+    grpc_listen: Option<std::net::SocketAddr>,
+    http_listen: Option<std::net::SocketAddr>,
+    kek_file: Option<std::path::PathBuf>,
+}
+
+async fn serve(config_file: Option<&std::path::Path>, flags: ServeFlags) -> Result<(), String> {
     let mut config = Config::load(config_file).map_err(|e| e.to_string())?;
-    if let Some(dir) = data_dir {
+    if let Some(dir) = flags.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(addr) = flags.grpc_listen {
+        config.grpc_listen = addr;
+    }
+    if let Some(addr) = flags.http_listen {
+        config.http_listen = addr;
+    }
+    if let Some(file) = flags.kek_file {
+        config.kek_file = Some(file);
     }
     let running = credbroker::start(config).await.map_err(|e| e.to_string())?;
     running

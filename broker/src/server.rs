@@ -9,18 +9,16 @@ use std::time::Duration;
 use credbroker_proto::v1::admin_server::AdminServer;
 use credbroker_proto::v1::workload_server::WorkloadServer;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
-use crate::api::bounded::{BoundedListener, ConnectionsConfig};
-use crate::api::grpc_idle::{Connections, TrackedIo};
-use crate::api::{AdminService, WorkloadService, http, http_serve, limits};
+use crate::api::bounded::BoundedListener;
+use crate::api::grpc_idle::Connections;
+use crate::api::{AdminService, WorkloadService, grpc_tls, http, http_serve, limits};
 use crate::broker::{Broker, StartError};
 use crate::config::Config;
-use crate::keys::pem_encode;
 use crate::model::unix_now;
 
 /// How often usage times (last issued / last seen) reach the store.
@@ -34,6 +32,8 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 const EXPIRED_TOKEN_GRACE: i64 = 24 * 60 * 60;
 /// Longest time one RPC may take.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the key schedule sleeps: a clock that jumped is noticed.
+const KEY_SCHEDULE_MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Longest time a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,31 +59,6 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
         })
 }
 
-/// gRPC connections, at most `max` open at once (tonic has no cap of its
-/// own), each carrying its permit until closed and closed once idle.
-fn bounded_incoming(
-    listener: TcpListener,
-    bounds: &ConnectionsConfig,
-    connections: Connections,
-) -> ReceiverStream<Result<TrackedIo, std::io::Error>> {
-    let (tx, rx) = mpsc::channel(1);
-    let mut listener = BoundedListener::new(listener, bounds.grpc_max_connections, "gRPC");
-    let idle = bounds.grpc_idle_timeout;
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer, permit) = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = tx.closed() => return,
-            };
-            let io = connections.track(stream, peer, idle, permit);
-            if tx.send(Ok(io)).await.is_err() {
-                return;
-            }
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
@@ -107,18 +82,13 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         })?;
     let (stop, stop_rx) = watch::channel(false);
 
-    let tls = broker.keys.server_tls();
-    let client_cas: String = broker
-        .keys
-        .client_ca_certs()
-        .iter()
-        .map(|c| pem_encode("CERTIFICATE", c))
-        .collect();
-    let tls_config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&tls.cert_chain_pem, &tls.key_pem))
-        .client_ca_root(Certificate::from_pem(client_cas))
-        .client_auth_optional(true)
-        .timeout(HANDSHAKE_TIMEOUT);
+    // TLS that follows the key ring: client CAs and the server certificate
+    // as published now, not as they were at start.
+    let tls_config =
+        grpc_tls::server_config(Arc::clone(&broker.keys)).map_err(|e| StartError::Io {
+            what: "configuring gRPC TLS".into(),
+            source: std::io::Error::other(e),
+        })?;
     // Every call marks its connection as in use (see api::grpc_idle).
     let connections = Connections::default();
     let touch = {
@@ -129,7 +99,6 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         }
     };
     let grpc_server = Server::builder()
-        .tls_config(tls_config)?
         .timeout(RPC_TIMEOUT)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(InterceptedService::new(
@@ -146,7 +115,12 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
             touch,
         ))
         .serve_with_incoming_shutdown(
-            bounded_incoming(grpc, &broker.config.connections, connections),
+            grpc_tls::incoming(
+                BoundedListener::new(grpc, broker.config.connections.grpc_max_connections, "gRPC"),
+                Arc::new(tls_config),
+                HANDSHAKE_TIMEOUT,
+                (connections, broker.config.connections.grpc_idle_timeout),
+            ),
             stopped(stop_rx.clone()),
         );
     let grpc_task = tokio::spawn(async move { grpc_server.await.map_err(StartError::from) });
@@ -158,6 +132,8 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         http_serve::serve(http_listener, router, &bounds, http_stop).await;
         Ok(())
     });
+
+    let rotation_task = tokio::spawn(rotate_keys(Arc::clone(&broker), stopped(stop_rx.clone())));
 
     let flusher = Arc::clone(&broker);
     let flush_stop = stopped(stop_rx);
@@ -212,8 +188,34 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         grpc_addr,
         http_addr,
         stop,
-        tasks: vec![grpc_task, http_task, flush_task],
+        tasks: vec![grpc_task, http_task, flush_task, rotation_task],
     })
+}
+
+/// Keeps the key rotation schedule: runs it whenever something is due, and
+/// at least every [`KEY_SCHEDULE_MAX_SLEEP`]. A failure (store busy) is
+/// logged and retried; the keys already published keep serving.
+async fn rotate_keys(
+    broker: Arc<Broker>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    tokio::pin!(stop);
+    loop {
+        let now = unix_now();
+        let next = match broker.keys.tick(now).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "key rotation failed; retrying");
+                now + 1
+            }
+        };
+        let sleep = Duration::from_secs(next.saturating_sub(unix_now()).max(0) as u64)
+            .min(KEY_SCHEDULE_MAX_SLEEP);
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            () = &mut stop => return Ok(()),
+        }
+    }
 }
 
 impl RunningBroker {

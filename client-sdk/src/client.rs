@@ -194,8 +194,9 @@ impl WorkloadClient {
         self.grpc.clone()
     }
 
-    /// Fetches a JWT-SVID bound (`cnf.x5t#S256`) to the SVID this client
-    /// presents.
+    /// Fetches a JWT-SVID. For an identity that requires binding it is
+    /// bound (`cnf.x5t#S256`) to the SVID this client presents; otherwise it
+    /// is a bearer token.
     pub async fn fetch_jwt(&self, request: &JwtRequest) -> Result<JwtSvid, ClientError> {
         let response = self
             .grpc
@@ -254,15 +255,38 @@ impl WorkloadClient {
             .await
     }
 
+    /// Asks whether a JWT-SVID presented with the DER client certificate
+    /// `client_cert` is active: a token bound to another certificate is not.
+    pub async fn introspect_token_presented(
+        &self,
+        token: &str,
+        client_cert: &[u8],
+    ) -> Result<IntrospectResponse, ClientError> {
+        self.introspect_with(
+            introspect_request::Credential::Token(token.to_owned()),
+            client_cert.to_vec(),
+        )
+        .await
+    }
+
     async fn introspect(
         &self,
         credential: introspect_request::Credential,
+    ) -> Result<IntrospectResponse, ClientError> {
+        self.introspect_with(credential, Vec::new()).await
+    }
+
+    async fn introspect_with(
+        &self,
+        credential: introspect_request::Credential,
+        presented_certificate: Vec<u8>,
     ) -> Result<IntrospectResponse, ClientError> {
         Ok(self
             .grpc
             .clone()
             .introspect(IntrospectRequest {
                 credential: Some(credential),
+                presented_certificate,
             })
             .await?
             .into_inner())

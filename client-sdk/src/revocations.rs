@@ -29,6 +29,9 @@ struct State {
     identities: HashMap<String, (String, i64, i64)>,
     /// env → (reason, revoked_at, covers_until).
     envs: HashMap<String, (String, i64, i64)>,
+    /// Retired signing key id (JWT `kid`, CA key identifier) → (reason,
+    /// covers_until): everything it signed is revoked.
+    keys: HashMap<String, (String, i64)>,
 }
 
 fn now() -> i64 {
@@ -68,6 +71,10 @@ impl State {
                 }
             }
             "env" => add(&mut self.envs, &r.value),
+            "key" => {
+                self.keys
+                    .insert(r.value.clone(), (r.reason.clone(), r.covers_until));
+            }
             "owner" => {
                 for identity in &r.identities {
                     add(&mut self.identities, identity);
@@ -81,6 +88,7 @@ impl State {
         self.single.retain(|_, v| v.1 >= now);
         self.identities.retain(|_, v| v.2 >= now);
         self.envs.retain(|_, v| v.2 >= now);
+        self.keys.retain(|_, v| v.1 >= now);
     }
 
     fn covers(&self, single: &str, identity: &str, env: &str, issued_at: i64) -> Option<String> {
@@ -113,6 +121,18 @@ impl RevocationWatcher {
     /// The sequence number of the last event applied.
     pub fn last_seq(&self) -> i64 {
         self.state.read().map(|s| s.last_seq).unwrap_or(0)
+    }
+
+    /// Why everything signed by key `key_id` (a JWT `kid`, or a CA's key
+    /// identifier as [`crate::authority_key_id`] reads it) is revoked — or
+    /// `None`.
+    pub fn key_revoked(&self, key_id: &str) -> Option<String> {
+        self.state
+            .read()
+            .ok()?
+            .keys
+            .get(key_id)
+            .map(|(reason, _)| reason.clone())
     }
 
     /// Why the JWT `jti` of identity `identity` (`env/name`) in `env`,
@@ -150,6 +170,9 @@ impl RevocationWatcher {
         let Some(name) = name else {
             return Some(format!("no SPIFFE ID in trust domain {trust_domain}"));
         };
+        if let Some(reason) = crate::authority_key_id(&cert).and_then(|k| self.key_revoked(&k)) {
+            return Some(reason);
+        }
         let issued_at = cert.validity().not_before.timestamp() + BACKDATE_SECONDS;
         self.state.read().ok()?.covers(
             &format!("serial:{serial}"),

@@ -17,6 +17,22 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// Which CA key signed `cert`: its AuthorityKeyIdentifier as upper-case
+/// hex — the id `credbroker keys list` shows for a CA, and the value of a
+/// `key` revocation when that CA is retired.
+pub fn authority_key_id(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
+    use x509_parser::extensions::ParsedExtension;
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => aki
+                .key_identifier
+                .as_ref()
+                .map(|k| k.0.iter().map(|b| format!("{b:02X}")).collect()),
+            _ => None,
+        })
+}
+
 fn unix(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
 }

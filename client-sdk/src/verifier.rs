@@ -9,6 +9,14 @@
 //! and revocation: [`JwtVerifier::follow_revocations`] keeps a subscription
 //! to the broker's revocation stream, so a revoked token is refused as soon
 //! as the event arrives.
+//!
+//! Tokens of identities created with `--require-binding` are
+//! sender-constrained (RFC 8705): they carry `cnf.x5t#S256`, the SHA-256 of
+//! the certificate they were issued to. [`JwtVerifier::verify`] treats the
+//! token as a bearer token and so refuses a bound one;
+//! [`JwtVerifier::verify_presented`] (or [`JwtVerifier::verify_request`] on
+//! a tonic request received over mTLS) also takes the caller's TLS
+//! certificate and accepts a bound token only from that certificate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -65,10 +73,24 @@ pub enum VerifyError {
     /// Revoked by an operator.
     #[error("token revoked: {0}")]
     Revoked(String),
+    /// The token is bound to a certificate (`cnf`) but was presented
+    /// without one (as a bearer token).
+    #[error(
+        "token is bound to a client certificate (cnf) and was presented without mTLS; \
+         verify it with the caller's certificate"
+    )]
+    BindingRequired,
+    /// The token is bound to another certificate than the caller's.
+    #[error("token is bound to another client certificate than the caller's")]
+    BoundToAnotherCertificate,
+    /// No `authorization: Bearer` header in the request.
+    #[error("no bearer token in the request")]
+    NoToken,
 }
 
 /// A token that passed every check.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VerifiedJwt {
     /// SPIFFE ID of the caller.
     pub spiffe_id: String,
@@ -78,6 +100,9 @@ pub struct VerifiedJwt {
     pub scopes: Vec<String>,
     /// Expiry (unix seconds).
     pub expires_at: i64,
+    /// Whether the token was bound to the certificate it was presented with
+    /// (`cnf.x5t#S256`); `false` for a bearer token.
+    pub bound: bool,
     /// All claims.
     pub claims: Value,
 }
@@ -88,6 +113,9 @@ struct Keys {
     trust_domain: String,
     /// `kid` → uncompressed P-256 point.
     by_kid: HashMap<String, Vec<u8>>,
+    /// Re-read the set this often (the broker's advice), so a key prepared
+    /// for rotation is known before its first token arrives.
+    refresh_hint: Option<Duration>,
 }
 
 /// Verifies JWT-SVIDs of one environment for one audience.
@@ -179,6 +207,8 @@ impl JwtVerifier {
             by_kid: parse_keys(&answer.jwks),
             issuer: answer.issuer,
             trust_domain: answer.trust_domain,
+            refresh_hint: (answer.refresh_hint_seconds > 0)
+                .then(|| Duration::from_secs(answer.refresh_hint_seconds.into())),
         };
         if let Ok(mut slot) = self.inner.keys.write() {
             *slot = keys;
@@ -189,12 +219,64 @@ impl JwtVerifier {
         Ok(())
     }
 
+    /// Whether the broker's refresh hint has passed since the last read.
+    fn refresh_hinted(&self) -> bool {
+        let Some(hint) = self.inner.keys.read().ok().and_then(|k| k.refresh_hint) else {
+            return false;
+        };
+        self.inner
+            .last_refresh
+            .lock()
+            .map(|at| at.is_none_or(|t| t.elapsed() >= hint))
+            .unwrap_or(false)
+    }
+
     fn key(&self, kid: &str) -> Option<Vec<u8>> {
         self.inner.keys.read().ok()?.by_kid.get(kid).cloned()
     }
 
-    /// Verifies `token`; see the module docs for every check.
+    /// Verifies `token` presented as a bearer token (no client
+    /// certificate); see the module docs for every check. A token bound to
+    /// a certificate is refused with [`VerifyError::BindingRequired`].
     pub async fn verify(&self, token: &str) -> Result<VerifiedJwt, VerifyError> {
+        self.verify_with(token, None).await
+    }
+
+    /// Verifies `token` presented over mTLS by the DER certificate
+    /// `client_cert`: a bound token must name exactly that certificate; a
+    /// bearer token is accepted as by [`JwtVerifier::verify`].
+    pub async fn verify_presented(
+        &self,
+        token: &str,
+        client_cert: &[u8],
+    ) -> Result<VerifiedJwt, VerifyError> {
+        self.verify_with(token, Some(client_cert)).await
+    }
+
+    /// Verifies the `authorization: Bearer` token of a request this server
+    /// received, with the client certificate of its TLS connection when
+    /// there is one (tonic servers over TLS, including `tokio-rustls`
+    /// streams given to `serve_with_incoming`).
+    pub async fn verify_request<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Result<VerifiedJwt, VerifyError> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or(VerifyError::NoToken)?;
+        let certs = request.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first());
+        self.verify_with(token, leaf.map(|c| c.as_ref())).await
+    }
+
+    async fn verify_with(
+        &self,
+        token: &str,
+        client_cert: Option<&[u8]>,
+    ) -> Result<VerifiedJwt, VerifyError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -213,6 +295,10 @@ impl JwtVerifier {
             return Err(VerifyError::Algorithm(alg.to_owned()));
         }
         let kid = header["kid"].as_str().unwrap_or_default().to_owned();
+        if self.refresh_hinted() {
+            // A failed refresh keeps the keys held; the broker may be away.
+            let _ = self.refresh_keys().await;
+        }
         let key = match self.key(&kid) {
             Some(key) => key,
             None => {
@@ -225,7 +311,8 @@ impl JwtVerifier {
                 if due {
                     let _ = self.refresh_keys().await;
                 }
-                self.key(&kid).ok_or(VerifyError::UnknownKey(kid))?
+                self.key(&kid)
+                    .ok_or_else(|| VerifyError::UnknownKey(kid.clone()))?
             }
         };
         let signature = URL_SAFE_NO_PAD
@@ -235,8 +322,13 @@ impl JwtVerifier {
         ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, key)
             .verify(signed.as_bytes(), &signature)
             .map_err(|_| VerifyError::Signature)?;
+        if let Some(reason) = self.inner.revoked.key_revoked(&kid) {
+            return Err(VerifyError::Revoked(reason));
+        }
         let claims = decode(payload)?;
-        self.check_claims(claims)
+        let mut verified = self.check_claims(claims)?;
+        verified.bound = check_binding(&verified.claims, client_cert)?;
+        Ok(verified)
     }
 
     fn check_claims(&self, claims: Value) -> Result<VerifiedJwt, VerifyError> {
@@ -298,6 +390,7 @@ impl JwtVerifier {
                 .map(str::to_owned)
                 .collect(),
             expires_at: exp,
+            bound: false,
             claims,
         })
     }
@@ -312,6 +405,26 @@ impl JwtVerifier {
     pub fn follow_revocations(&self, session: WorkloadClient) -> tokio::task::JoinHandle<()> {
         self.inner.revoked.follow(session)
     }
+}
+
+/// Checks a token's `cnf` against the certificate it came with: `Ok(true)`
+/// when bound to exactly `client_cert`, `Ok(false)` for a bearer token.
+fn check_binding(claims: &Value, client_cert: Option<&[u8]>) -> Result<bool, VerifyError> {
+    let cnf = &claims["cnf"];
+    if cnf.is_null() {
+        return Ok(false);
+    }
+    // A `cnf` this verifier does not understand (another confirmation
+    // method) cannot be honoured: refuse rather than treat it as bearer.
+    let bound_to = cnf["x5t#S256"]
+        .as_str()
+        .ok_or(VerifyError::Malformed("cnf without x5t#S256"))?;
+    let cert = client_cert.ok_or(VerifyError::BindingRequired)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert);
+    if URL_SAFE_NO_PAD.encode(digest.as_ref()) != bound_to {
+        return Err(VerifyError::BoundToAnotherCertificate);
+    }
+    Ok(true)
 }
 
 /// Length of `header.payload` in a compact JWS.
@@ -333,5 +446,29 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys["k1"].len(), 65);
         assert!(parse_keys("not json").is_empty());
+    }
+
+    #[test]
+    fn binding_is_checked_against_the_presented_certificate() {
+        let cert = b"certificate der";
+        let x5t = URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, cert));
+        let bound = serde_json::json!({"cnf": {"x5t#S256": x5t}});
+        assert_eq!(check_binding(&bound, Some(cert)), Ok(true));
+        assert_eq!(
+            check_binding(&bound, None),
+            Err(VerifyError::BindingRequired)
+        );
+        assert_eq!(
+            check_binding(&bound, Some(b"another")),
+            Err(VerifyError::BoundToAnotherCertificate)
+        );
+        let bearer = serde_json::json!({"sub": "x"});
+        assert_eq!(check_binding(&bearer, None), Ok(false));
+        assert_eq!(check_binding(&bearer, Some(cert)), Ok(false));
+        let unknown = serde_json::json!({"cnf": {"jkt": "abc"}});
+        assert!(matches!(
+            check_binding(&unknown, Some(cert)),
+            Err(VerifyError::Malformed(_))
+        ));
     }
 }

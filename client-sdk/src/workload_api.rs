@@ -480,9 +480,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         self.admit(&request)?;
         let client = self.client.clone();
+        // Re-read at every SVID renewal (half its life): JWT keys rotate on
+        // the broker, and a prepared key must reach verifiers before it signs.
         let stream = stream_changes(
             self.state.clone(),
-            |c| c.identity.0.clone(),
+            |c| format!("{} {}", c.identity.0, c.svid.serial),
             move |creds| {
                 let client = client.clone();
                 Box::pin(async move { jwt_bundles(&client, &creds.identity.0).await })

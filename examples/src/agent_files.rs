@@ -32,8 +32,40 @@ pub struct AgentFiles {
     pub serial: String,
     /// The certificate's NotAfter.
     pub not_after: SystemTime,
+    /// Whether the certificate can still be used.
+    pub status: CertStatus,
     /// The JWTs under `jwt/`, by file name.
     pub jwts: Vec<JwtClaims>,
+}
+
+/// Whether the certificate shown still works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertStatus {
+    /// Within its validity, and not on the CRL (if one was checked).
+    Valid,
+    /// Past its NotAfter: the agent did not renew it.
+    Expired,
+    /// On the environment's CRL, revoked at this time.
+    Revoked {
+        /// When the broker revoked it.
+        at: SystemTime,
+    },
+}
+
+impl fmt::Display for CertStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Valid => f.write_str("valid"),
+            Self::Expired => f.write_str(
+                "EXPIRED: nothing accepts it any more; is credbroker-agent running and reaching the broker?",
+            ),
+            Self::Revoked { at } => write!(
+                f,
+                "REVOKED at {}: peers checking revocation refuse it; the agent removes revoked credentials, so it is not running here",
+                humantime::format_rfc3339_seconds(*at)
+            ),
+        }
+    }
 }
 
 /// Claims of one JWT file, decoded but not verified.
@@ -54,6 +86,7 @@ impl fmt::Display for AgentFiles {
         writeln!(f, "SPIFFE ID  {}", self.spiffe_id)?;
         writeln!(f, "serial     {}", self.serial)?;
         writeln!(f, "expires    {}", when(self.not_after))?;
+        writeln!(f, "status     {}", self.status)?;
         writeln!(f, "key        matches the certificate")?;
         writeln!(f, "chain      leads to bundle.pem")?;
         for jwt in &self.jwts {
@@ -99,12 +132,25 @@ pub fn read(dir: &Path) -> Result<AgentFiles> {
     for ca in bundle {
         roots.add(ca).context("a CA in bundle.pem")?;
     }
+    // An expired certificate is still shown (saying so), so its chain is
+    // checked as of its last valid second: expiry is reported, not hidden
+    // behind a verification error.
+    let not_after = unix(cert.validity().not_after.timestamp());
+    let expired = not_after <= SystemTime::now();
+    let at = if expired {
+        UnixTime::since_unix_epoch(
+            Duration::from_secs(cert.validity().not_after.timestamp().max(1) as u64)
+                - Duration::from_secs(1),
+        )
+    } else {
+        UnixTime::now()
+    };
     let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
     verify_server_cert_signed_by_trust_anchor(
         &ParsedCertificate::try_from(leaf).context("svid.pem")?,
         &roots,
         &chain[1..],
-        UnixTime::now(),
+        at,
         algorithms.all,
     )
     .map_err(|e| anyhow!("svid.pem does not verify against bundle.pem: {e}"))?;
@@ -112,9 +158,45 @@ pub fn read(dir: &Path) -> Result<AgentFiles> {
     Ok(AgentFiles {
         spiffe_id,
         serial: format!("{:X}", cert.tbs_certificate.serial),
-        not_after: unix(cert.validity().not_after.timestamp()),
+        not_after,
+        status: if expired {
+            CertStatus::Expired
+        } else {
+            CertStatus::Valid
+        },
         jwts: jwt_files(&dir.join("jwt"))?,
     })
+}
+
+/// Checks the certificate in `files` against a CRL (DER, as served at the
+/// broker's `/{env}/crl`) signed by a CA in `dir/bundle.pem`, and marks it
+/// revoked if listed. A CRL from another CA is an error, not a verdict.
+pub fn check_crl(files: &mut AgentFiles, dir: &Path, crl_der: &[u8]) -> Result<()> {
+    use x509_parser::prelude::FromDer;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
+        .map_err(|e| anyhow!("the CRL does not parse: {e}"))?;
+    let bundle = certificates(&dir.join("bundle.pem"))?;
+    let signed = bundle.iter().any(|ca| {
+        x509_parser::parse_x509_certificate(ca)
+            .is_ok_and(|(_, ca)| crl.verify_signature(ca.public_key()).is_ok())
+    });
+    ensure!(
+        signed,
+        "the CRL is not signed by a CA in bundle.pem (is it this trust domain's /ENV/crl?)"
+    );
+    let serial = files.serial.to_ascii_lowercase();
+    let listed = crl.iter_revoked_certificates().find(|r| {
+        r.raw_serial_as_string()
+            .replace(':', "")
+            .trim_start_matches('0')
+            == serial.trim_start_matches('0')
+    });
+    if let Some(entry) = listed {
+        files.status = CertStatus::Revoked {
+            at: unix(entry.revocation_date.timestamp()),
+        };
+    }
+    Ok(())
 }
 
 /// The PEM certificates in `path`, at least one.

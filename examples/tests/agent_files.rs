@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
 use credbroker_e2e::TestBroker;
-use credbroker_examples::agent_files::{read, watch};
+use credbroker_examples::agent_files::{CertStatus, check_crl, read, watch};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
 /// Runs `credbroker-agent --once` for `dev/name` with a fresh join token and
@@ -104,4 +104,43 @@ async fn watching_shows_each_rotation() {
     drop(rx);
     agent.kill().unwrap();
     agent.wait().unwrap();
+}
+
+#[tokio::test]
+async fn says_when_the_certificate_is_expired_or_revoked() {
+    let broker =
+        TestBroker::start_with(&["dev"], "[ttl]\nfloor = \"1s\"\ndefault_x509 = \"2s\"\n").await;
+    broker.create_identity("dev", "shown", &["example-api"], &[]);
+    let out = broker.scratch("svid");
+    agent_once(&broker, "shown", &out);
+    let crl_url = format!("http://127.0.0.1:{}/dev/crl", broker.http_port());
+    let fetcher = credbroker_client::http::HttpFetcher::new(None);
+
+    let mut files = read(&out).unwrap();
+    check_crl(&mut files, &out, &fetcher.get(&crl_url).await.unwrap()).unwrap();
+    assert_eq!(files.status, CertStatus::Valid);
+    assert!(files.to_string().contains("status     valid"), "{files}");
+
+    broker.cli_ok(&["revoke", "--serial", &files.serial, "--reason", "test"]);
+    check_crl(&mut files, &out, &fetcher.get(&crl_url).await.unwrap()).unwrap();
+    assert!(
+        matches!(files.status, CertStatus::Revoked { .. }),
+        "{files}"
+    );
+    assert!(files.to_string().contains("REVOKED at "), "{files}");
+
+    // A CRL from another CA is refused, not believed.
+    let other = TestBroker::start().await;
+    let foreign = fetcher
+        .get(&format!("http://127.0.0.1:{}/dev/crl", other.http_port()))
+        .await
+        .unwrap();
+    let err = format!("{:#}", check_crl(&mut files, &out, &foreign).unwrap_err());
+    assert!(err.contains("not signed by a CA in bundle.pem"), "{err}");
+
+    // Past its NotAfter the certificate is still shown, marked expired.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let files = read(&out).unwrap();
+    assert_eq!(files.status, CertStatus::Expired);
+    assert!(files.to_string().contains("EXPIRED"), "{files}");
 }

@@ -8,14 +8,7 @@ use credbroker_e2e::TestBroker;
 use credbroker_proto::v1::{AttestRequest, attest_request};
 use tonic::Code;
 
-fn csr() -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .der()
-        .to_vec()
-}
+use credbroker_e2e::x509::csr;
 
 fn attest_request(token: &str, csr: Vec<u8>) -> AttestRequest {
     AttestRequest {

@@ -4,14 +4,19 @@
 
 mod admin;
 mod agent_bounds;
+mod agent_lifecycle;
 mod agent_socket;
 mod attack_list;
 mod attestation;
 mod audit;
 mod audit_durability;
 mod audit_seal;
+mod binding;
 mod connect_errors;
 mod connection_bounds;
+mod cross_env;
+mod day_two;
+mod first_hour;
 mod happy_path;
 mod jwt;
 mod node_agent;
@@ -25,6 +30,7 @@ mod request_context;
 mod restart;
 mod revocation;
 mod revocation_race;
+mod rotation;
 mod scope;
 mod source;
 mod spiffe_api;

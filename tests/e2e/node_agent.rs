@@ -279,6 +279,7 @@ async fn introspect_as_admin(
                     cert_der.to_vec(),
                 ),
             ),
+            ..Default::default()
         })
         .await
         .unwrap()

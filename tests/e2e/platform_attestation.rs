@@ -13,14 +13,7 @@ use credbroker_proto::v1::{AttestRequest, AttestResponse, IdentityRef, attest_re
 use serde_json::json;
 use tonic::{Code, Status};
 
-pub(crate) fn csr() -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .der()
-        .to_vec()
-}
+pub(crate) use credbroker_e2e::x509::csr;
 
 pub(crate) async fn attest(
     broker: &TestBroker,

@@ -80,6 +80,7 @@ async fn nothing_issued_while_a_revocation_waits_on_the_store_escapes_it() {
                 credential: Some(introspect_request::Credential::Certificate(
                     svid.cert_chain[0].to_vec(),
                 )),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -58,6 +58,7 @@ async fn introspection_and_revocations_stay_in_the_callers_environment() {
             credential: Some(
                 credbroker_proto::v1::introspect_request::Credential::Certificate(prod_cert),
             ),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-fn source(broker: &TestBroker, name: &str) -> CredentialSource {
+pub(crate) fn source(broker: &TestBroker, name: &str) -> CredentialSource {
     CredentialSource::start(SourceConfig {
         broker: broker.url(),
         bundle_pem: broker.bundle_pem(),
@@ -24,7 +24,7 @@ fn source(broker: &TestBroker, name: &str) -> CredentialSource {
 }
 
 /// Answers each line with the caller's SPIFFE ID.
-async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
+pub(crate) async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             return;
@@ -51,7 +51,7 @@ async fn serve(listener: TcpListener, acceptor: TlsAcceptor) {
 }
 
 /// One request on a new connection; returns the reply and the server's serial.
-async fn call(port: u16, connector: &TlsConnector) -> Result<(String, String), String> {
+pub(crate) async fn call(port: u16, connector: &TlsConnector) -> Result<(String, String), String> {
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;

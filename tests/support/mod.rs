@@ -5,6 +5,7 @@
 pub mod http;
 pub mod issuer;
 pub mod jwt;
+pub mod stolen;
 pub mod x509;
 
 use std::path::PathBuf;

@@ -84,3 +84,13 @@ pub fn assert_svid(leaf: &X509Certificate<'_>, ca: &X509Certificate<'_>, spiffe_
         "leaf must not outlive its CA"
     );
 }
+
+/// A PKCS#10 CSR (DER) for a fresh P-256 key, as a workload would send.
+pub fn csr() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .expect("CSR")
+        .der()
+        .to_vec()
+}

@@ -8,14 +8,15 @@ use credbroker_proto::v1::admin_server::Admin;
 use credbroker_proto::v1::{
     self as pb, ChangeIdentityRequest, CreateIdentityRequest, CreateJoinTokenRequest,
     CreateJoinTokenResponse, IdentityRef, ListIdentitiesRequest, ListIdentitiesResponse,
-    ListRevocationsRequest, ListRevocationsResponse, QueryAuditRequest, QueryAuditResponse,
-    RevokeRequest, VerifyAuditRequest, VerifyAuditResponse,
+    ListKeysRequest, ListKeysResponse, ListRevocationsRequest, ListRevocationsResponse,
+    QueryAuditRequest, QueryAuditResponse, RetireKeyRequest, RetireKeyResponse, RevokeRequest,
+    RotateKeysRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use tonic::{Request, Response, Status};
 
 use super::peer::Caller;
 use super::status;
-use super::{audit_api, join_token_api, limits, revoke_api};
+use super::{audit_api, join_token_api, keys_api, limits, outstanding, revoke_api};
 use crate::attest::AttestorInfo;
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -112,6 +113,7 @@ fn to_proto(view: &IdentityView, outstanding: u32, attestors: &[AttestorInfo]) -
             .map(ToString::to_string)
             .unwrap_or_default(),
         allow_cidrs: id.allow_cidrs.iter().map(ToString::to_string).collect(),
+        require_binding: id.require_binding,
         reachable_by: selectors::reachable_by(id, attestors),
     }
 }
@@ -128,20 +130,9 @@ pub(super) fn nonzero_secs(v: u32) -> Option<Duration> {
 }
 
 impl AdminService {
-    /// Unexpired issued credentials per identity (`env/name`), from the
-    /// audit log.
+    /// Unexpired, unrevoked issued credentials per identity (`env/name`).
     async fn outstanding(&self) -> Result<std::collections::HashMap<String, u32>, Status> {
-        self.broker.audit.flush().await.map_err(status::audit)?;
-        let counts = self
-            .broker
-            .store
-            .outstanding_credentials(unix_now())
-            .await
-            .map_err(status::store)?;
-        Ok(counts
-            .into_iter()
-            .map(|(id, n)| (id, n.clamp(0, i64::from(u32::MAX)) as u32))
-            .collect())
+        outstanding::count(&self.broker).await
     }
 
     async fn proto_with_count(&self, view: &IdentityView) -> Result<pb::Identity, Status> {
@@ -232,6 +223,7 @@ impl Admin for AdminService {
             expires_at: (req.expires_at != 0).then_some(req.expires_at),
             parent: Some(req.parent),
             allow_cidrs: req.allow_cidrs,
+            require_binding: req.require_binding,
         };
         let result = async {
             check_selector_prefixes(&spec.env, &spec.selectors, self.broker.attestors.infos())
@@ -244,6 +236,23 @@ impl Admin for AdminService {
                 .as_ref()
                 .and_then(|p| self.broker.registry.get(p));
             check_node_rules(&identity, parent.as_deref()).map_err(status::policy)?;
+            if let Some(retired_at) = self
+                .broker
+                .registry
+                .get(&identity.key)
+                .and_then(|old| old.retired_at)
+            {
+                // Relying parties authorize by SPIFFE ID: a new workload
+                // under a retired name would inherit what they granted the
+                // old one, so a retired name is never handed out again.
+                return Err(Status::already_exists(format!(
+                    "identity {} was retired at {}; a retired name stays reserved so that {} never \
+                     names another workload: choose another name",
+                    identity.key,
+                    crate::model::rfc3339(retired_at),
+                    identity.spiffe_id
+                )));
+            }
             let created = self
                 .broker
                 .registry
@@ -423,6 +432,36 @@ impl Admin for AdminService {
         let mut audit = AuditRecord::new(&self.broker.audit, "revoke", request.remote_addr());
         self.require_admin(&request, &mut audit)?;
         let result = revoke_api::revoke(&self.broker, request.into_inner(), &mut audit).await;
+        audited(result, &audit)
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        let mut audit = AuditRecord::new(&self.broker.audit, "keys.list", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        keys_api::list(&self.broker, &request.into_inner().env).map(Response::new)
+    }
+
+    async fn rotate_keys(
+        &self,
+        request: Request<RotateKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        let mut audit = AuditRecord::new(&self.broker.audit, "keys.rotate", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        let req = request.into_inner();
+        let result = keys_api::rotate(&self.broker, &req.env, &req.kind, &mut audit).await;
+        audited(result, &audit)
+    }
+
+    async fn retire_key(
+        &self,
+        request: Request<RetireKeyRequest>,
+    ) -> Result<Response<RetireKeyResponse>, Status> {
+        let mut audit = AuditRecord::new(&self.broker.audit, "keys.retire", request.remote_addr());
+        self.require_admin(&request, &mut audit)?;
+        let result = keys_api::retire(&self.broker, request.into_inner(), &mut audit).await;
         audited(result, &audit)
     }
 

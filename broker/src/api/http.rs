@@ -9,18 +9,12 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::broker::Broker;
 use crate::keys::EnvironmentKeys;
 use crate::model::{EnvName, unix_now};
 use crate::revocation::crl;
-
-/// How long relying parties may cache key material (seconds).
-const CACHE_SECONDS: u32 = 300;
-const CACHE_CONTROL: &str = "public, max-age=300";
 
 /// The HTTP router.
 pub fn router(broker: Arc<Broker>) -> Router {
@@ -78,7 +72,7 @@ async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
     }
 }
 
-fn env_keys<'a>(broker: &'a Broker, env: &str) -> Option<&'a Arc<EnvironmentKeys>> {
+fn env_keys(broker: &Broker, env: &str) -> Option<Arc<EnvironmentKeys>> {
     EnvName::new(env)
         .ok()
         .and_then(|name| broker.keys.env(&name))
@@ -92,11 +86,14 @@ fn unknown_env(env: &str) -> Response {
         .into_response()
 }
 
-fn cached_json(value: Value, content_type: &'static str) -> Response {
+/// Key material relying parties may cache for the environment's refresh
+/// hint: short enough that a prepared key is known before it signs.
+fn cached_json(value: Value, content_type: &'static str, keys: &EnvironmentKeys) -> Response {
+    let cache_control = format!("public, max-age={}", keys.refresh_hint.as_secs());
     (
         [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, CACHE_CONTROL),
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CACHE_CONTROL, cache_control),
         ],
         value.to_string(),
     )
@@ -104,9 +101,9 @@ fn cached_json(value: Value, content_type: &'static str) -> Response {
 }
 
 async fn discovery(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Response {
-    if env_keys(&broker, &env).is_none() {
+    let Some(keys) = env_keys(&broker, &env) else {
         return unknown_env(&env);
-    }
+    };
     let issuer = broker.issuer(&env);
     cached_json(
         json!({
@@ -118,15 +115,13 @@ async fn discovery(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -
             "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "env", "scope", "cnf"],
         }),
         "application/json",
+        &keys,
     )
 }
 
 async fn jwks(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Response {
     match env_keys(&broker, &env) {
-        Some(keys) => cached_json(
-            json!({ "keys": [keys.jwt.jwk("sig")] }),
-            "application/jwk-set+json",
-        ),
+        Some(keys) => cached_json(keys.jwks("sig"), "application/jwk-set+json", &keys),
         None => unknown_env(&env),
     }
 }
@@ -134,42 +129,9 @@ async fn jwks(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Res
 /// SPIFFE trust bundle in JWKS form (SPIFFE Trust Domain and Bundle §4).
 async fn bundle(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Response {
     match env_keys(&broker, &env) {
-        Some(keys) => {
-            let ca = json!({
-                "kty": "EC",
-                "crv": "P-256",
-                "use": "x509-svid",
-                "x5c": [STANDARD.encode(keys.ca.cert_der())],
-            });
-            let mut ca = ca;
-            if let (Some(obj), Some(point)) = (ca.as_object_mut(), ec_point(keys)) {
-                obj.insert("x".into(), point.0.into());
-                obj.insert("y".into(), point.1.into());
-            }
-            cached_json(
-                json!({
-                    "keys": [ca, keys.jwt.jwk("jwt-svid")],
-                    "spiffe_refresh_hint": CACHE_SECONDS,
-                    "spiffe_sequence": 1,
-                }),
-                "application/json",
-            )
-        }
+        Some(keys) => cached_json(keys.spiffe_bundle(), "application/json", &keys),
         None => unknown_env(&env),
     }
-}
-
-/// The CA's public point as base64url x and y, read from its certificate.
-fn ec_point(keys: &EnvironmentKeys) -> Option<(String, String)> {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let (_, cert) = x509_parser::parse_x509_certificate(keys.ca.cert_der()).ok()?;
-    let point = cert.public_key().subject_public_key.data.as_ref();
-    (point.len() == 65 && point[0] == 4).then(|| {
-        (
-            URL_SAFE_NO_PAD.encode(&point[1..33]),
-            URL_SAFE_NO_PAD.encode(&point[33..65]),
-        )
-    })
 }
 
 /// The environment's CRL (DER), signed by its CA.
@@ -186,7 +148,7 @@ async fn crl(State(broker): State<Arc<Broker>>, Path(env): Path<String>) -> Resp
             let _building = broker.crls.building.lock().await;
             match broker.crls.current(&env, version, now) {
                 Some(der) => der,
-                None => match build_crl(&broker, keys, now).await {
+                None => match build_crl(&broker, &keys, now).await {
                     Ok(der) => broker.crls.store(&env, version, now, der),
                     Err(e) => {
                         tracing::error!(error = %e, env, "cannot build CRL");
@@ -222,5 +184,6 @@ async fn build_crl(broker: &Broker, keys: &EnvironmentKeys, now: i64) -> Result<
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    crl::build(&keys.ca, &revoked, number, now).map_err(|e| e.to_string())
+    let ca = keys.signing_ca(now).map_err(|e| e.to_string())?;
+    crl::build(ca, &revoked, number, now).map_err(|e| e.to_string())
 }

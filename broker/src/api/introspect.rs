@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::peer::{issued_at, serial_hex, spiffe_id_of};
 use crate::broker::Broker;
+use crate::issue::Confirmation;
 use crate::model::{EnvName, IdentityKey, IdentityStatus, SpiffeId};
 use crate::revocation::CredentialFacts;
 
@@ -20,15 +21,20 @@ fn inactive(reason: impl Into<String>) -> IntrospectResponse {
 }
 
 /// Answers for `credential` at unix time `now`, for a caller that may see
-/// credentials of `scope` only (`None`: the admin, who sees all).
+/// credentials of `scope` only (`None`: the admin, who sees all). A token
+/// bound to a certificate is inactive when `presented` (the DER certificate
+/// it came with) is another one.
 pub(super) fn introspect(
     broker: &Broker,
     credential: Option<introspect_request::Credential>,
+    presented: Option<&[u8]>,
     now: i64,
     scope: Option<&EnvName>,
 ) -> IntrospectResponse {
     let answer = match credential {
-        Some(introspect_request::Credential::Token(token)) => token_status(broker, &token, now),
+        Some(introspect_request::Credential::Token(token)) => {
+            token_status(broker, &token, presented, now)
+        }
         Some(introspect_request::Credential::Certificate(der)) => cert_status(broker, &der, now),
         None => inactive("no credential given"),
     };
@@ -74,7 +80,12 @@ fn revoked(broker: &Broker, facts: CredentialFacts<'_>) -> Option<String> {
         .map(|r| format!("revoked: {}", r.reason))
 }
 
-fn token_status(broker: &Broker, token: &str, now: i64) -> IntrospectResponse {
+fn token_status(
+    broker: &Broker,
+    token: &str,
+    presented: Option<&[u8]>,
+    now: i64,
+) -> IntrospectResponse {
     let parts: Vec<&str> = token.split('.').collect();
     let [header, payload, signature] = parts.as_slice() else {
         return inactive("not a compact JWS");
@@ -85,17 +96,21 @@ fn token_status(broker: &Broker, token: &str, now: i64) -> IntrospectResponse {
     if header["alg"] != "ES256" {
         return inactive(format!("algorithm {} is not accepted", header["alg"]));
     }
-    let Some(env) = header["kid"]
-        .as_str()
-        .and_then(|kid| broker.keys.envs().find(|e| e.jwt.kid() == kid))
-    else {
+    let Some(env) = header["kid"].as_str().and_then(|kid| {
+        broker
+            .keys
+            .envs()
+            .into_iter()
+            .find_map(|e| e.jwt_key(kid).cloned().map(|key| (e, key)))
+    }) else {
         return inactive("unknown signing key");
     };
+    let (env, key) = env;
     let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
         return inactive("malformed signature");
     };
     let signed = &token[..token.len() - parts[2].len() - 1];
-    if !env.jwt.verify(signed.as_bytes(), &signature) {
+    if !key.verify(signed.as_bytes(), &signature) {
         return inactive("invalid signature");
     }
     let Some(claims) = decode_json(payload) else {
@@ -138,12 +153,23 @@ fn token_status(broker: &Broker, token: &str, now: i64) -> IntrospectResponse {
             identity: &identity,
             owner: owner.as_deref(),
             issued_at: iat,
+            signed_by: header["kid"].as_str(),
         },
     ) {
         return inactive(reason);
     }
     if let Some(reason) = identity_inactive(broker, &identity, now) {
         return inactive(reason);
+    }
+    let cnf = claims["cnf"]["x5t#S256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(cert) = presented
+        && !cnf.is_empty()
+        && cnf != Confirmation::for_certificate(cert).x5t_s256
+    {
+        return inactive("bound to another certificate than the one presented");
     }
     let aud = match &claims["aud"] {
         Value::Array(a) => a
@@ -163,6 +189,7 @@ fn token_status(broker: &Broker, token: &str, now: i64) -> IntrospectResponse {
         exp,
         aud,
         scope: claims["scope"].as_str().unwrap_or_default().to_owned(),
+        cnf_x5t_s256: cnf,
     }
 }
 
@@ -177,9 +204,9 @@ fn cert_status(broker: &Broker, der: &[u8], now: i64) -> IntrospectResponse {
     let Some(env) = broker.keys.env_for_trust_domain(spiffe_id.trust_domain()) else {
         return inactive("trust domain is not served here");
     };
-    if !env.ca.signed(&cert) {
+    let Some((signer, _)) = env.ca_that_signed(&cert) else {
         return inactive("not issued by the environment's CA");
-    }
+    };
     let validity = cert.validity();
     if now >= validity.not_after.timestamp() {
         return inactive("expired");
@@ -201,6 +228,7 @@ fn cert_status(broker: &Broker, der: &[u8], now: i64) -> IntrospectResponse {
             identity: &identity,
             owner: owner.as_deref(),
             issued_at: issued_at(&cert),
+            signed_by: Some(&signer.id),
         },
     ) {
         return inactive(reason);
@@ -218,5 +246,6 @@ fn cert_status(broker: &Broker, der: &[u8], now: i64) -> IntrospectResponse {
         exp: validity.not_after.timestamp(),
         aud: vec![],
         scope: String::new(),
+        cnf_x5t_s256: String::new(),
     }
 }

@@ -44,8 +44,8 @@ pub(super) async fn create(
     if ttl > ceiling {
         return Err(Status::invalid_argument(format!(
             "join token TTL {} exceeds the maximum of {}",
-            humantime::format_duration(ttl),
-            humantime::format_duration(ceiling)
+            crate::model::format_duration(ttl),
+            crate::model::format_duration(ceiling)
         )));
     }
     let uses = if req.uses == 0 { 1 } else { req.uses };
@@ -64,7 +64,8 @@ pub(super) async fn create(
     audit.evidence = Some(format!("join_token:{}", token.id()));
     audit.changed(&format!(
         "expires_at={} uses={}",
-        token.record.expires_at, token.record.uses_left
+        crate::model::rfc3339(token.record.expires_at),
+        token.record.uses_left
     ));
     Ok(CreateJoinTokenResponse {
         token_id: token.id(),

@@ -28,7 +28,6 @@ use crate::issue::VerifiedCsr;
 use crate::model::{Identity, IdentityKey, unix_now};
 use crate::policy::check_active;
 use crate::policy::node::is_served_by;
-use crate::revocation::CredentialFacts;
 
 /// How often an open node stream re-checks the node (expiry by date).
 const RECHECK_EVERY: Duration = Duration::from_secs(30);
@@ -66,13 +65,7 @@ fn node_refusal(broker: &Broker, peer: &WorkloadPeer, now: i64) -> Option<Status
             peer.identity
         )));
     };
-    if let Some(rev) = broker.revocations.covers(&CredentialFacts {
-        jti: None,
-        serial: Some(&peer.serial),
-        identity: &peer.identity,
-        owner: Some(&node.owner),
-        issued_at: peer.issued_at,
-    }) {
+    if let Some(rev) = broker.revocations.covers(&peer.facts(Some(&node.owner))) {
         return Some(Status::permission_denied(format!(
             "node certificate {} was revoked: {}",
             peer.serial, rev.reason
@@ -222,12 +215,13 @@ impl WorkloadService {
         self.broker().registry.record_issued(&workload.key, now);
         Ok(MintWorkloadSvidResponse {
             svid: Some(svid),
-            trust_bundle: vec![peer.env.ca.cert_der().to_vec()],
+            trust_bundle: peer.env.trust_bundle(),
         })
     }
 
     /// `MintWorkloadJwt`: a JWT-SVID for a workload of the calling node. It
-    /// carries no `cnf`: the workload, not the node, presents it.
+    /// carries no `cnf`: the workload, not the node, presents it (identities
+    /// with a parent cannot require binding).
     pub(super) fn mint_workload_jwt_inner(
         &self,
         request: Request<MintWorkloadJwtRequest>,
@@ -237,6 +231,14 @@ impl WorkloadService {
         let (peer, node) = self.workload_caller(&request, audit, now)?;
         let req = request.into_inner();
         let workload = self.served_workload(&node.key, req.identity.as_ref(), audit, now)?;
+        if workload.require_binding {
+            // Refused at creation; a bearer token must never stand in for a
+            // bound one.
+            return Err(Status::failed_precondition(format!(
+                "identity {} requires bound JWTs, which a node agent cannot obtain",
+                workload.key
+            )));
+        }
         let jwt = req
             .jwt
             .ok_or_else(|| Status::invalid_argument("jwt request is required"))?;

@@ -22,6 +22,7 @@ use crate::issue::Confirmation;
 use crate::issue::x509::BACKDATE;
 use crate::keys::{EnvironmentKeys, KeyRing};
 use crate::model::{IdentityKey, SpiffeId};
+use crate::revocation::CredentialFacts;
 
 /// Certificates remembered at most; the cache is emptied when full (every
 /// entry can be recomputed).
@@ -42,6 +43,23 @@ pub struct WorkloadPeer {
     pub serial: String,
     /// When its certificate was issued (unix seconds).
     pub issued_at: i64,
+    /// Id of the CA that signed its certificate.
+    pub signed_by: String,
+}
+
+impl WorkloadPeer {
+    /// What revocations are checked against for its certificate, given its
+    /// identity's `owner`.
+    pub fn facts<'a>(&'a self, owner: Option<&'a str>) -> CredentialFacts<'a> {
+        CredentialFacts {
+            jti: None,
+            serial: Some(&self.serial),
+            identity: &self.identity,
+            owner,
+            issued_at: self.issued_at,
+            signed_by: Some(&self.signed_by),
+        }
+    }
 }
 
 /// The caller of an RPC.
@@ -72,6 +90,9 @@ struct Verified {
     caller: Caller,
     not_before: i64,
     not_after: i64,
+    /// The key-set generation it was verified against: a rotation or a
+    /// retirement since means verifying again.
+    generation: u64,
 }
 
 /// Remembers which client certificates were verified, and as whom.
@@ -97,10 +118,16 @@ impl CallerCache {
         let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
         let mut fingerprint = [0u8; 32];
         fingerprint.copy_from_slice(digest.as_ref());
-        let verified = match self.verified.get(&fingerprint) {
-            Some(hit) => hit.clone(),
+        let generation = keys.generation();
+        let cached = self
+            .verified
+            .get(&fingerprint)
+            .map(|hit| hit.clone())
+            .filter(|hit| hit.generation == generation);
+        let verified = match cached {
+            Some(hit) => hit,
             None => {
-                let verified = verify(leaf, &fingerprint, keys)?;
+                let verified = verify(leaf, &fingerprint, keys, generation)?;
                 if self.verified.len() >= CACHE_CAPACITY {
                     // Expired certificates can never authenticate again;
                     // if that frees too little, start over.
@@ -122,7 +149,12 @@ impl CallerCache {
     }
 }
 
-fn verify(leaf: &[u8], fingerprint: &[u8; 32], keys: &KeyRing) -> Result<Verified, Status> {
+fn verify(
+    leaf: &[u8],
+    fingerprint: &[u8; 32],
+    keys: &KeyRing,
+    generation: u64,
+) -> Result<Verified, Status> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|_| Status::unauthenticated("client certificate cannot be parsed"))?;
     let validity = cert.validity();
@@ -135,6 +167,7 @@ fn verify(leaf: &[u8], fingerprint: &[u8; 32], keys: &KeyRing) -> Result<Verifie
             caller: Caller::Admin,
             not_before,
             not_after,
+            generation,
         });
     }
     let spiffe_id = spiffe_id_of(&cert).map_err(Status::unauthenticated)?;
@@ -146,12 +179,13 @@ fn verify(leaf: &[u8], fingerprint: &[u8; 32], keys: &KeyRing) -> Result<Verifie
                 spiffe_id.trust_domain()
             ))
         })?;
-    if !env.ca.signed(&cert) {
+    let Some((signer, _)) = env.ca_that_signed(&cert) else {
         return Err(Status::unauthenticated(format!(
             "client certificate was not issued by the CA of environment {}",
             env.env.name
         )));
-    }
+    };
+    let signed_by = signer.id.clone();
     Ok(Verified {
         caller: Caller::Workload(Arc::new(WorkloadPeer {
             identity: IdentityKey {
@@ -159,13 +193,15 @@ fn verify(leaf: &[u8], fingerprint: &[u8; 32], keys: &KeyRing) -> Result<Verifie
                 name: spiffe_id.path().clone(),
             },
             spiffe_id,
-            env: Arc::clone(env),
+            env: Arc::clone(&env),
             cnf: Confirmation::from_sha256(fingerprint),
             serial: serial_hex(&cert),
             issued_at: issued_at(&cert),
+            signed_by,
         })),
         not_before,
         not_after,
+        generation,
     })
 }
 
@@ -192,13 +228,7 @@ pub(crate) fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, Strin
     SpiffeId::parse(uri).map_err(|e| format!("certificate: {e}"))
 }
 
-/// Upper-case hex serial, as the broker records it.
-pub(crate) fn serial_hex(cert: &X509Certificate<'_>) -> String {
-    cert.raw_serial()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect()
-}
+pub(crate) use crate::keys::serial_of as serial_hex;
 
 /// When the broker issued `cert`: NotBefore is backdated by [`BACKDATE`].
 pub(crate) fn issued_at(cert: &X509Certificate<'_>) -> i64 {
@@ -229,10 +259,14 @@ mod tests {
             ..Config::default()
         };
         let url = format!("sqlite://{}", dir.join("t.db").display());
-        let store = SqliteStore::open(&url).await.unwrap();
-        KeyRing::load_or_create(&config, &store, &Kek::from_bytes(&[1; 32]).unwrap())
-            .await
-            .unwrap()
+        let store = std::sync::Arc::new(SqliteStore::open(&url).await.unwrap());
+        KeyRing::load_or_create(
+            &config,
+            store,
+            std::sync::Arc::new(Kek::from_bytes(&[1; 32]).unwrap()),
+        )
+        .await
+        .unwrap()
     }
 
     /// A leaf for `spiffe_id`, signed by the CA of `signer`.
@@ -242,7 +276,11 @@ mod tests {
         params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().unwrap())];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let env = keys.env(&EnvName::new(signer).unwrap()).unwrap();
-        env.ca.sign(&params, &key).unwrap().to_vec()
+        env.signing_ca(crate::model::unix_now())
+            .unwrap()
+            .sign(&params, &key)
+            .unwrap()
+            .to_vec()
     }
 
     #[tokio::test]
@@ -250,15 +288,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = keys(dir.path()).await;
         let own = leaf(&keys, "prod", "spiffe://prod.example.org/api");
-        match verify(&own, &[0; 32], &keys).unwrap().caller {
+        match verify(&own, &[0; 32], &keys, 0).unwrap().caller {
             Caller::Workload(peer) => assert_eq!(peer.identity.to_string(), "prod/api"),
             other => panic!("{other:?}"),
         }
         // Signed by dev's CA (which the TLS layer trusts) but naming prod.
         let crossed = leaf(&keys, "dev", "spiffe://prod.example.org/api");
-        let err = verify(&crossed, &[0; 32], &keys).unwrap_err();
+        let err = verify(&crossed, &[0; 32], &keys, 0).unwrap_err();
         assert!(err.message().contains("CA of environment prod"), "{err}");
         let foreign = leaf(&keys, "dev", "spiffe://other.example.org/api");
-        assert!(verify(&foreign, &[0; 32], &keys).is_err());
+        assert!(verify(&foreign, &[0; 32], &keys, 0).is_err());
     }
 }

@@ -24,7 +24,8 @@ pub(super) fn visible_in(rev: &Revocation, scope: Option<&EnvName>) -> Option<pb
     let in_env = |key: &str| key.split_once('/').is_some_and(|(e, _)| e == env.as_str());
     let mut proto = to_proto(rev);
     match &rev.target {
-        Target::Jti(_) | Target::Serial(_) => {}
+        // Key ids are public (JWKS, bundles) and name their environment's key.
+        Target::Jti(_) | Target::Serial(_) | Target::SigningKey(_) => {}
         Target::Env(e) if e != env => return None,
         Target::Env(_) => {}
         Target::Identity(key) if key.env != *env => return None,
@@ -57,7 +58,11 @@ fn invalid(e: impl std::fmt::Display) -> Status {
 }
 
 /// When the credential named by `filter` expires, from the audit log.
-async fn issued_expiry(broker: &Broker, filter: AuditFilter, what: &str) -> Result<i64, Status> {
+pub(super) async fn issued_expiry(
+    broker: &Broker,
+    filter: AuditFilter,
+    what: &str,
+) -> Result<i64, Status> {
     broker.audit.flush().await.map_err(status::audit)?;
     let entries = broker
         .store
@@ -99,13 +104,41 @@ fn longest_lifetime(broker: &Broker, target: &Target, served: &[IdentityKey], no
             .into_iter()
             .map(|v| std::sync::Arc::new(v.identity))
             .collect(),
-        Target::Jti(_) | Target::Serial(_) => vec![],
+        Target::Jti(_) | Target::Serial(_) | Target::SigningKey(_) => vec![],
     };
     identities
         .iter()
         .map(|id| id.jwt_ttl.max(id.x509_ttl).as_secs() as i64)
         .max()
         .unwrap_or(0)
+}
+
+/// Stores `new` and pushes it to every subscriber; durable before it
+/// returns. An identical single-credential or key revocation already in
+/// force is returned instead.
+pub(super) async fn commit(broker: &Broker, new: NewRevocation) -> Result<Arc<Revocation>, Status> {
+    // One revocation at a time from here to the broadcast: sequence numbers
+    // come from the store, and subscribers rely on receiving them in order.
+    let writer = broker.revocations.writer().await;
+    if let Some(existing) = broker.revocations.find_exact(&new.target) {
+        return Ok(existing);
+    }
+    let seq = broker
+        .store
+        .insert_revocation(&new)
+        .await
+        .map_err(status::store)?;
+    let rev = broker.revocations.insert(Revocation {
+        seq,
+        target: new.target,
+        reason: new.reason,
+        operator: new.operator,
+        revoked_at: new.revoked_at,
+        covers_until: new.covers_until,
+        identities: new.identities,
+    });
+    drop(writer);
+    Ok(rev)
 }
 
 /// Revokes; the entry is committed before this returns. Revoking a JWT or
@@ -235,36 +268,19 @@ pub(super) async fn revoke(
     // they were issued outlives their own stored lifetimes.
     let covers_until = covers_until
         .unwrap_or_else(|| revoked_at + longest_lifetime(broker, &target, &served, revoked_at));
-    // One revocation at a time from here to the broadcast: sequence numbers
-    // come from the store, and subscribers rely on receiving them in order.
-    let writer = broker.revocations.writer().await;
-    if let Some(existing) = broker.revocations.find_exact(&target) {
-        return Ok(to_proto(&existing));
-    }
     let operator = audit.actor.clone().unwrap_or_else(|| "admin".to_owned());
-    let new = NewRevocation {
-        target,
-        reason,
-        operator,
-        revoked_at,
-        covers_until,
-        identities,
-    };
-    let seq = broker
-        .store
-        .insert_revocation(&new)
-        .await
-        .map_err(status::store)?;
-    let rev: Arc<Revocation> = broker.revocations.insert(Revocation {
-        seq,
-        target: new.target,
-        reason: new.reason,
-        operator: new.operator,
-        revoked_at: new.revoked_at,
-        covers_until: new.covers_until,
-        identities: new.identities,
-    });
-    drop(writer);
+    let rev = commit(
+        broker,
+        NewRevocation {
+            target,
+            reason,
+            operator,
+            revoked_at,
+            covers_until,
+            identities,
+        },
+    )
+    .await?;
     if let Target::Identity(key) = &rev.target {
         // Covered credentials are already refused; this stops new ones
         // until an operator re-enables the identity. The pending mark stays

@@ -64,6 +64,12 @@ pub(crate) fn update(e: UpdateError) -> Status {
 }
 
 pub(crate) fn key(e: KeyError) -> Status {
+    if let KeyError::NoUsableKey(why) = &e {
+        // Between keys (a retirement a moment ago, a broker that was down
+        // past a key's life): the schedule creates one; retry.
+        tracing::error!(error = %e, "no usable signing key");
+        return Status::unavailable(format!("{why}; retry shortly"));
+    }
     tracing::error!(error = %e, "signing failure");
     Status::internal("the broker could not sign the credential")
 }

@@ -27,7 +27,6 @@ use crate::broker::Broker;
 use crate::issue::VerifiedCsr;
 use crate::model::{EnvName, Identity, unix_now};
 use crate::policy::{check_active, check_peer};
-use crate::revocation::CredentialFacts;
 
 /// Revocation events buffered per subscriber stream.
 const STREAM_BUFFER: usize = 256;
@@ -101,13 +100,11 @@ impl WorkloadService {
                         peer.identity
                     ))
                 })?;
-                if let Some(rev) = self.broker.revocations.covers(&CredentialFacts {
-                    jti: None,
-                    serial: Some(&peer.serial),
-                    identity: &peer.identity,
-                    owner: Some(&identity.owner),
-                    issued_at: peer.issued_at,
-                }) {
+                if let Some(rev) = self
+                    .broker
+                    .revocations
+                    .covers(&peer.facts(Some(&identity.owner)))
+                {
                     return Err(Status::permission_denied(format!(
                         "certificate {} was revoked: {}",
                         peer.serial, rev.reason
@@ -146,13 +143,13 @@ impl WorkloadService {
             Status::permission_denied(format!("identity {} no longer exists", peer.identity))
         })?;
         self.broker.registry.record_seen(&peer.identity, now);
-        if let Some(rev) = self.broker.revocations.covers(&CredentialFacts {
-            jti: None,
-            serial: Some(&peer.serial),
-            identity: &peer.identity,
-            owner: Some(&identity.owner),
-            issued_at: peer.issued_at,
-        }) {
+        let mut facts = peer.facts(Some(&identity.owner));
+        if request.extensions().get::<RetiredCaRenewal>().is_some() {
+            // Checked by `retired_ca_renewal`: only its CA's retirement
+            // covers it, and this broker issued it.
+            facts.signed_by = None;
+        }
+        if let Some(rev) = self.broker.revocations.covers(&facts) {
             return Err(Status::permission_denied(format!(
                 "certificate {} was revoked: {}",
                 peer.serial, rev.reason
@@ -186,14 +183,11 @@ impl WorkloadService {
         let grant = self
             .grants(&identity, std::slice::from_ref(&req))?
             .remove(0);
-        let jwt = self.mint_jwt(
-            &peer.env,
-            &identity,
-            &grant,
-            Some(peer.cnf.clone()),
-            now,
-            audit,
-        )?;
+        // Bound to the certificate that asked, when the identity says so;
+        // otherwise a bearer token (a `cnf` that nobody enforces would make
+        // RFC 8705 relying parties refuse it as a bearer token).
+        let cnf = identity.require_binding.then(|| peer.cnf.clone());
+        let jwt = self.mint_jwt(&peer.env, &identity, &grant, cnf, now, audit)?;
         self.broker.registry.record_issued(&identity.key, now);
         Ok(FetchJwtResponse { jwt: Some(jwt) })
     }
@@ -211,8 +205,59 @@ impl WorkloadService {
         self.broker.registry.record_issued(&identity.key, now);
         Ok(RenewX509Response {
             svid: Some(svid),
-            trust_bundle: vec![peer.env.ca.cert_der().to_vec()],
+            trust_bundle: peer.env.trust_bundle(),
         })
+    }
+}
+
+/// Marks a RenewX509 whose caller may renew although the CA that signed its
+/// SVID was retired (see [`WorkloadService::retired_ca_renewal`]).
+#[derive(Debug, Clone, Copy)]
+struct RetiredCaRenewal;
+
+impl WorkloadService {
+    /// Whether the caller's SVID is covered by nothing but the retirement of
+    /// the CA that signed it, and is a certificate this broker issued (its
+    /// serial is in the audit log). Such a workload renews from the new CA
+    /// at once instead of being cut off; a certificate forged with the
+    /// retired (possibly stolen) key has no issuance record and is refused.
+    async fn retired_ca_renewal<T>(&self, request: &Request<T>) -> bool {
+        let Ok(Caller::Workload(peer)) =
+            self.broker
+                .callers
+                .authenticate(request, &self.broker.keys, unix_now())
+        else {
+            return false;
+        };
+        let owner = self
+            .broker
+            .registry
+            .get(&peer.identity)
+            .map(|i| i.owner.clone());
+        let facts = peer.facts(owner.as_deref());
+        let Some(rev) = self.broker.revocations.covers(&facts) else {
+            return false;
+        };
+        if !matches!(rev.target, crate::revocation::Target::SigningKey(_)) {
+            return false;
+        }
+        let without_key = crate::revocation::CredentialFacts {
+            signed_by: None,
+            ..facts
+        };
+        if self.broker.revocations.covers(&without_key).is_some() {
+            return false;
+        }
+        super::revoke_api::issued_expiry(
+            &self.broker,
+            crate::audit::AuditFilter {
+                serial: Some(peer.serial.clone()),
+                ..Default::default()
+            },
+            "this serial",
+        )
+        .await
+        .is_ok()
     }
 }
 
@@ -352,7 +397,8 @@ impl Workload for WorkloadService {
         Ok(Response::new(GetJwksResponse {
             issuer: self.broker.issuer(&env),
             trust_domain: keys.env.trust_domain.to_string(),
-            jwks: serde_json::json!({ "keys": [keys.jwt.jwk("sig")] }).to_string(),
+            jwks: keys.jwks("sig").to_string(),
+            refresh_hint_seconds: keys.refresh_hint.as_secs() as u32,
         }))
     }
 
@@ -361,10 +407,12 @@ impl Workload for WorkloadService {
         request: Request<IntrospectRequest>,
     ) -> Result<Response<IntrospectResponse>, Status> {
         let scope = self.require_authenticated(&request)?;
-        let credential = request.into_inner().credential;
+        let request = request.into_inner();
         Ok(Response::new(introspect::introspect(
             &self.broker,
-            credential,
+            request.credential,
+            (!request.presented_certificate.is_empty())
+                .then_some(request.presented_certificate.as_slice()),
             unix_now(),
             scope.as_ref(),
         )))
@@ -392,10 +440,13 @@ impl Workload for WorkloadService {
 
     async fn renew_x509(
         &self,
-        request: Request<RenewX509Request>,
+        mut request: Request<RenewX509Request>,
     ) -> Result<Response<RenewX509Response>, Status> {
         self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "renew_x509", request.remote_addr());
+        if self.retired_ca_renewal(&request).await {
+            request.extensions_mut().insert(RetiredCaRenewal);
+        }
         let result = self.renew_inner(request, &mut audit);
         deliver(result, &audit).await
     }

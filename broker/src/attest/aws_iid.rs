@@ -164,7 +164,7 @@ impl Attestor for AwsIidAttestor {
             if now - pending > max_age.as_secs() as i64 {
                 return Err(self.reject(format!(
                     "document is older than max_document_age {} (pendingTime {})",
-                    humantime::format_duration(max_age),
+                    crate::model::format_duration(max_age),
                     doc.pending_time
                 )));
             }

@@ -254,7 +254,7 @@ mod opt_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
+        crate::model::parse_duration(&s)
             .map(Some)
             .map_err(serde::de::Error::custom)
     }

@@ -120,12 +120,14 @@ impl Attestor for JoinTokenAttestor {
             return Err(AttestError::Spent {
                 method: METHOD,
                 evidence_id,
+                bound_to: Some(record.identity),
             });
         }
         if record.expires_at <= now {
             return Err(AttestError::Expired {
                 method: METHOD,
                 evidence_id,
+                bound_to: Some(record.identity),
             });
         }
         Ok(Attested {
@@ -147,6 +149,10 @@ impl Attestor for JoinTokenAttestor {
             Err(AttestError::Spent {
                 method: METHOD,
                 evidence_id: attested.evidence_id.clone(),
+                bound_to: match &attested.binding {
+                    Binding::Identity(key) => Some(key.clone()),
+                    Binding::Selectors { .. } => None,
+                },
             })
         }
     }

@@ -206,8 +206,8 @@ fn check_claims(
     if lifetime > max {
         return fail(format!(
             "token lifetime {} exceeds max_token_lifetime {}",
-            humantime::format_duration(Duration::from_secs(lifetime.max(0) as u64)),
-            humantime::format_duration(policy.max_lifetime)
+            crate::model::format_duration(Duration::from_secs(lifetime.max(0) as u64)),
+            crate::model::format_duration(policy.max_lifetime)
         ));
     }
     let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);

@@ -139,6 +139,9 @@ pub enum AttestError {
         method: &'static str,
         /// Non-secret id.
         evidence_id: String,
+        /// The identity the evidence was bound to (join tokens), so the
+        /// refusal is found under that identity in the audit log.
+        bound_to: Option<crate::model::IdentityKey>,
     },
     /// Single-use evidence was already used.
     #[error("{method} {evidence_id} was already used")]
@@ -147,6 +150,9 @@ pub enum AttestError {
         method: &'static str,
         /// Non-secret id.
         evidence_id: String,
+        /// The identity the evidence was bound to (join tokens), so the
+        /// refusal is found under that identity in the audit log.
+        bound_to: Option<crate::model::IdentityKey>,
     },
     /// Platform evidence failed a check; `why` names it.
     #[error("{attestor} ({method}) refused the evidence: {why}")]

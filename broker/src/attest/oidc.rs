@@ -92,6 +92,7 @@ impl Attestor for OidcAttestor {
                 return Err(AttestError::Spent {
                     method: METHOD,
                     evidence_id: verified.evidence_id(),
+                    bound_to: None,
                 });
             }
             Spend::Jti {
@@ -131,6 +132,7 @@ impl Attestor for OidcAttestor {
             Err(AttestError::Spent {
                 method: METHOD,
                 evidence_id: attested.evidence_id.clone(),
+                bound_to: None,
             })
         }
     }

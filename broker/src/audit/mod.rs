@@ -141,7 +141,7 @@ impl AuditRecord {
             "issued",
             credential = "x509-svid",
             serial,
-            expires_at
+            expires_at = %crate::model::rfc3339(expires_at)
         );
         self.hold(AuditEntry {
             credential: Some("x509-svid".into()),
@@ -153,7 +153,7 @@ impl AuditRecord {
 
     /// Records that a JWT with `jti` was issued.
     pub fn issued_jwt(&self, jti: &str, audiences: &[String], expires_at: i64) {
-        audit_event!(info, self, "issued", credential = "jwt-svid", jti, audiences = ?audiences, expires_at);
+        audit_event!(info, self, "issued", credential = "jwt-svid", jti, audiences = ?audiences, expires_at = %crate::model::rfc3339(expires_at));
         self.hold(AuditEntry {
             credential: Some("jwt-svid".into()),
             jti: Some(jti.to_owned()),

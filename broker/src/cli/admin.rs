@@ -24,7 +24,7 @@ use crate::keys::AdminFiles;
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// A local file is missing or unreadable.
-    #[error("cannot read {path}: {source} (is --data-dir the broker's data directory?)")]
+    #[error("cannot read {path}: {source} ({})", file_hint(.source))]
     File {
         /// The file.
         path: String,
@@ -45,6 +45,16 @@ pub enum AdminError {
     /// Output could not be written.
     #[error("{0}")]
     Output(String),
+}
+
+/// What to try when the admin credentials cannot be read.
+fn file_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        // A systemd-installed broker's data directory belongs to its user.
+        "run the command as the broker's user, e.g. sudo -u credbroker credbroker --data-dir /var/lib/credbroker …"
+    } else {
+        "is --data-dir the broker's data directory?"
+    }
 }
 
 fn code_name(code: tonic::Code) -> String {
@@ -114,7 +124,9 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
     let mut client = connect(&cli.broker, &data_dir).await?;
     let out = cli.output;
     match &cli.command {
-        Command::Serve { .. } => unreachable!("serve is not an admin command"),
+        Command::Serve { .. } | Command::Backup { .. } => Err(AdminError::Output(
+            "serve and backup run locally, not as admin commands".into(),
+        )),
         Command::Identity(cmd) => match cmd {
             IdentityCommand::Create {
                 id,
@@ -125,6 +137,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                 selectors,
                 parent,
                 allow_cidrs,
+                require_binding,
                 jwt_ttl,
                 x509_ttl,
                 expires_at,
@@ -149,6 +162,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                         expires_at: expires_at.unwrap_or(0),
                         parent: parent.clone().unwrap_or_default(),
                         allow_cidrs: allow_cidrs.clone(),
+                        require_binding: *require_binding,
                     })
                     .await?
                     .into_inner();
@@ -188,7 +202,13 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                     .retire_identity(change(id, reason))
                     .await?
                     .into_inner();
-                print_identity(&changed, out)
+                print_identity(&changed, out)?;
+                eprintln!(
+                    "identity {}/{} is retired for good: it cannot be re-enabled, and its name stays \
+                     reserved (identity create refuses it), so {} never names another workload",
+                    changed.env, changed.name, changed.spiffe_id
+                );
+                Ok(())
             }
         },
         Command::Audit(AuditArgs {
@@ -274,6 +294,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                 .into_inner();
             print_audit(&events.events, out)
         }
+        Command::Keys(command) => super::keys::run(&mut client, command, out).await,
         Command::Token(TokenCommand::Create { id, ttl, uses }) => {
             let token = client
                 .create_join_token(CreateJoinTokenRequest {

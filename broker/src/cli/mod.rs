@@ -2,14 +2,41 @@
 //! to a running broker over gRPC with the admin client certificate.
 
 mod admin;
+pub mod backup;
+mod keys;
 mod output;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 pub use admin::run_admin;
+
+/// Commands that run here rather than talk to a broker: `--broker` and
+/// `--output` mean nothing to them, so their help leaves those out.
+const LOCAL_COMMANDS: [&str; 2] = ["serve", "backup"];
+
+/// The command line, with the admin-only global flags hidden from the help
+/// of the local commands (`serve`, `backup`).
+pub fn command() -> clap::Command {
+    let cmd = Cli::command();
+    // A subcommand that already has an argument of a global's id does not
+    // get the global pushed in; so give the local commands hidden copies.
+    let hidden: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| ["broker", "output"].contains(&a.get_id().as_str()))
+        .map(|a| a.clone().hide(true))
+        .collect();
+    LOCAL_COMMANDS.iter().fold(cmd, |cmd, local| {
+        cmd.mut_subcommand(local, |sub| sub.args(hidden.clone()))
+    })
+}
+
+/// Parses the process's arguments (exiting with clap's message on error).
+pub fn parse() -> Cli {
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+}
 
 /// credbroker: short-lived workload credentials.
 #[derive(Debug, Parser)]
@@ -47,11 +74,33 @@ pub enum Output {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the broker.
+    /// Run the broker. Without --config it serves `dev` on embedded
+    /// defaults; CREDBROKER_* variables override the file, and these flags
+    /// override both.
     Serve {
         /// TOML configuration file; without one, built-in defaults apply.
         #[arg(long, env = "CREDBROKER_CONFIG")]
         config: Option<PathBuf>,
+        /// gRPC (TLS) listen address. [default: 127.0.0.1:7443]
+        #[arg(long, env = "CREDBROKER_GRPC_LISTEN", value_name = "ADDR")]
+        grpc_listen: Option<std::net::SocketAddr>,
+        /// HTTP listen address (JWKS, bundles, CRLs, health). [default:
+        /// 127.0.0.1:7080]
+        #[arg(long, env = "CREDBROKER_HTTP_LISTEN", value_name = "ADDR")]
+        http_listen: Option<std::net::SocketAddr>,
+        /// File holding the key-encryption key (32 bytes, base64 or hex).
+        /// [default: DATA_DIR/kek, generated on first start]
+        #[arg(long, env = "CREDBROKER_KEK_FILE", value_name = "FILE")]
+        kek_file: Option<PathBuf>,
+    },
+    /// Copy a running broker's SQLite database into FILE, consistently
+    /// (SQLite `VACUUM INTO`; the broker keeps serving). Run it as the
+    /// broker's user, with its --data-dir. The KEK is not in the copy: keep
+    /// it with the backup, apart from it.
+    Backup {
+        /// The new backup file (must not exist; created 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Manage identities.
     #[command(subcommand)]
@@ -63,6 +112,9 @@ pub enum Command {
     Audit(AuditArgs),
     /// Revoke credentials at once (or `--list` what is revoked).
     Revoke(RevokeArgs),
+    /// Each environment's rotating CA and JWT keys: list, rotate, retire.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 /// `credbroker revoke (--jti J | --serial S | --identity E/N | --env E | --owner O) --reason R`
@@ -184,6 +236,11 @@ pub enum IdentityCommand {
         /// (repeatable); without any, every address is allowed.
         #[arg(long = "allow-cidr")]
         allow_cidrs: Vec<String>,
+        /// Bind its JWTs to the certificate they are issued to (RFC 8705
+        /// `cnf`): verifiers then refuse them unless presented over mTLS by
+        /// that certificate. Without it JWTs are bearer tokens.
+        #[arg(long)]
+        require_binding: bool,
         /// JWT lifetime, e.g. 5m.
         #[arg(long, value_parser = parse_duration)]
         jwt_ttl: Option<Duration>,
@@ -253,15 +310,14 @@ pub enum TokenCommand {
         /// Lifetime, e.g. 10m.
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
-        /// How many attestations it allows.
-        #[arg(long, default_value_t = 1)]
+        /// How many attestations it allows (1 to 1000).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
         uses: u32,
     },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 90s, 5m, 1h, 30d: {e}"))
+    crate::model::parse_duration(s)
 }
 
 fn parse_selector(s: &str) -> Result<(String, String), String> {
@@ -346,6 +402,24 @@ mod tests {
         assert!(Cli::try_parse_from(["credbroker", "identity", "create", "--env", "dev"]).is_err());
         assert!(parse_selector("novalue").is_err());
         assert!(parse_duration("soon").is_err());
+        // A join token nobody can use is a mistake, not a default.
+        let uses = |n: &str| {
+            Cli::try_parse_from([
+                "credbroker",
+                "token",
+                "create",
+                "--env",
+                "dev",
+                "--name",
+                "api",
+                "--uses",
+                n,
+            ])
+        };
+        let err = uses("0").unwrap_err().to_string();
+        assert!(err.contains("--uses") && err.contains("1..=1000"), "{err}");
+        assert!(uses("1001").is_err());
+        assert!(uses("3").is_ok());
         assert_eq!(
             parse_past_time("2030-01-01T00:00:00Z"),
             Ok(1_893_456_000_000)

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::Output;
 use super::admin::AdminError;
 
-fn time(secs: i64) -> Value {
+pub(super) fn time(secs: i64) -> Value {
     if secs == 0 {
         Value::Null
     } else {
@@ -22,7 +22,7 @@ fn time(secs: i64) -> Value {
     }
 }
 
-fn time_text(secs: i64) -> String {
+pub(super) fn time_text(secs: i64) -> String {
     match time(secs) {
         Value::String(s) => s,
         _ => "-".to_owned(),
@@ -53,16 +53,17 @@ pub fn identity_json(id: &Identity) -> Value {
         "last_seen_at": time(id.last_seen_at),
         "outstanding_credentials": id.outstanding_credentials,
         "allow_cidrs": id.allow_cidrs,
+        "require_binding": id.require_binding,
         "reachable_by": id.reachable_by,
     })
 }
 
-fn emit(text: &str) -> Result<(), AdminError> {
+pub(super) fn emit(text: &str) -> Result<(), AdminError> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{text}").map_err(|e| AdminError::Output(e.to_string()))
 }
 
-fn json_text(value: &Value) -> String {
+pub(super) fn json_text(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
@@ -100,15 +101,24 @@ pub fn print_identity(id: &Identity, out: Output) -> Result<(), AdminError> {
         ),
         ("attested by", join(&id.reachable_by)),
         ("allow cidrs", join(&id.allow_cidrs)),
+        (
+            "jwt binding",
+            if id.require_binding {
+                "required (cnf: presented over mTLS by its certificate)"
+            } else {
+                "none (bearer)"
+            }
+            .to_owned(),
+        ),
         ("audiences", join(&id.audiences)),
         ("scopes", join(&id.scopes)),
         (
             "jwt ttl",
-            humantime::format_duration(Duration::from_secs(id.jwt_ttl_seconds.into())).to_string(),
+            crate::model::format_duration(Duration::from_secs(id.jwt_ttl_seconds.into())),
         ),
         (
             "x509 ttl",
-            humantime::format_duration(Duration::from_secs(id.x509_ttl_seconds.into())).to_string(),
+            crate::model::format_duration(Duration::from_secs(id.x509_ttl_seconds.into())),
         ),
         ("expires at", time_text(id.expires_at)),
         ("created", time_text(id.created_at)),
@@ -159,7 +169,7 @@ pub fn print_identities(ids: &[Identity], out: Output) -> Result<(), AdminError>
 }
 
 /// Aligned columns.
-fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+pub(super) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -230,10 +240,11 @@ pub fn print_audit(events: &[AuditEvent], out: Output) -> Result<(), AdminError>
         "DECISION",
         "IDENTITY",
         "ACTOR",
+        "PEER",
         "CREDENTIAL",
         "REASON / DETAIL",
     ];
-    let rows: Vec<[String; 8]> = events
+    let rows: Vec<[String; 9]> = events
         .iter()
         .map(|e| {
             let credential = match (e.jti.is_empty(), e.serial.is_empty()) {
@@ -260,6 +271,7 @@ pub fn print_audit(events: &[AuditEvent], out: Output) -> Result<(), AdminError>
                 e.decision.clone(),
                 dash(&e.identity),
                 dash(&e.actor),
+                dash(&e.peer),
                 credential,
                 dash(why),
             ]

@@ -12,6 +12,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
 use x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256;
 
 use super::KeyError;
@@ -19,6 +20,9 @@ use super::KeyError;
 /// A CA that signs certificates with its P-256 key.
 pub struct CertificateAuthority {
     cert_der: CertificateDer<'static>,
+    /// Its key identifier (hex): the SubjectKeyIdentifier, which every
+    /// certificate it signs names as AuthorityKeyIdentifier.
+    key_id: String,
     issuer: Issuer<'static, KeyPair>,
     public_key: Vec<u8>,
     not_after: i64,
@@ -40,6 +44,16 @@ impl CertificateAuthority {
         uri_san: Option<&str>,
         ttl: Duration,
     ) -> Result<(Self, Vec<u8>), KeyError> {
+        let not_after = time::OffsetDateTime::now_utc() + ttl;
+        Self::generate_until(common_name, uri_san, not_after.unix_timestamp())
+    }
+
+    /// Creates a CA valid until `not_after` (unix seconds).
+    pub fn generate_until(
+        common_name: &str,
+        uri_san: Option<&str>,
+        not_after: i64,
+    ) -> Result<(Self, Vec<u8>), KeyError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -57,7 +71,8 @@ impl CertificateAuthority {
         ];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);
-        params.not_after = now + ttl;
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
+            .map_err(|e| KeyError::BadCertificate(format!("CA expiry {not_after}: {e}")))?;
         params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key)?;
         let pkcs8 = key.serialize_der();
@@ -79,14 +94,25 @@ impl CertificateAuthority {
             ));
         }
         let not_after = parsed.validity().not_after.timestamp();
+        let key_id = subject_key_id(&parsed)
+            .unwrap_or_else(|| hex(&CertificateParams::default().key_identifier(&key)));
         let public_key = key.der_bytes().to_vec();
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
         Ok(Self {
             cert_der,
+            key_id,
             issuer,
             public_key,
             not_after,
         })
+    }
+
+    /// The CA's public id: its key identifier (upper-case hex), which every
+    /// certificate it signed carries as AuthorityKeyIdentifier (so a
+    /// relying party can tell which CA signed a certificate from the
+    /// certificate alone).
+    pub fn id(&self) -> &str {
+        &self.key_id
     }
 
     /// The CA certificate (DER).
@@ -145,6 +171,30 @@ fn cert_subject(der: &[u8]) -> Option<x509_parser::x509::X509Name<'_>> {
         .map(|(_, c)| c.tbs_certificate.subject)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// A CA certificate's SubjectKeyIdentifier (upper-case hex).
+pub fn subject_key_id(cert: &X509Certificate<'_>) -> Option<String> {
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => Some(hex(id.0)),
+            _ => None,
+        })
+}
+
+pub use credbroker_client::{authority_key_id, pem_encode};
+
+/// A certificate's serial as the broker records it: upper-case hex.
+pub fn serial_of(cert: &X509Certificate<'_>) -> String {
+    cert.raw_serial()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
 /// A random positive 126-bit serial whose first byte is never zero, so its
 /// hex form is the same however a parser trims leading zeros.
 pub fn random_serial() -> Result<SerialNumber, KeyError> {
@@ -156,15 +206,24 @@ pub fn random_serial() -> Result<SerialNumber, KeyError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-/// PEM-encodes one DER object.
-pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_name_their_ca_by_its_id() {
+        let (ca, _) =
+            CertificateAuthority::generate("test CA", None, Duration::from_secs(3600)).unwrap();
+        let (other, _) =
+            CertificateAuthority::generate("test CA", None, Duration::from_secs(3600)).unwrap();
+        assert_ne!(ca.id(), other.id());
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.use_authority_key_identifier_extension = true;
+        let leaf = ca.sign(&params, &key).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        assert_eq!(authority_key_id(&parsed).as_deref(), Some(ca.id()));
+        assert!(ca.signed(&parsed));
+        assert!(!other.signed(&parsed));
     }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }

@@ -1,28 +1,43 @@
-//! Key material: per-environment CAs and JWT signing keys, the broker's own
-//! TLS identity and the admin CA, all sealed under the KEK in the store.
+//! Key material: per-environment CAs and JWT signing keys that rotate on a
+//! schedule, the broker's own TLS identity, the admin CA and the audit
+//! signing key, all sealed under the KEK in the store.
 //!
 //! [`KeyRing::load_or_create`] runs once at start-up: the first start
-//! generates everything, every later start loads the same keys (same CA, same
-//! `kid`).
+//! generates everything, every later start loads the same keys and resumes
+//! the rotation schedule. The environments' keys are published through a
+//! `watch` ([`KeyRing::snapshot`], [`KeyRing::subscribe`]): every reader
+//! takes the current snapshot per request, so a rotation reaches every
+//! endpoint at once and nothing holds a key captured at start.
 
 mod ca;
+mod config;
+mod environment;
 mod jwt_key;
 mod kek;
+pub mod rotation;
+pub mod slot;
 mod tls;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::CertificateDer;
 use thiserror::Error;
+use tokio::sync::{Mutex, watch};
 
-pub use ca::{CertificateAuthority, pem_encode, random_serial};
+pub use ca::{
+    CertificateAuthority, authority_key_id, pem_encode, random_serial, serial_of, subject_key_id,
+};
+pub use config::KeysConfig;
+pub use environment::EnvironmentKeys;
 pub use jwt_key::JwtSigningKey;
 pub use kek::{Kek, write_private_file};
+pub use rotation::{KeyCommandError, KeyInfo, Retired, Rotator, Snapshot};
+pub use slot::KeyState;
 pub use tls::{AdminFiles, ServerTls};
 
-use crate::config::{Config, Environment};
+use crate::config::Config;
 use crate::model::{EnvName, TrustDomain, unix_now};
 use crate::store::{KeyKind, KeyRecord, Store, StoreError};
 
@@ -58,6 +73,9 @@ pub enum KeyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No key can sign right now (none active, or past its life).
+    #[error("{0}")]
+    NoUsableKey(String),
     /// Writing a file under the data directory failed.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -68,85 +86,177 @@ pub enum KeyError {
     },
 }
 
-/// One environment's signing material.
-#[derive(Debug)]
-pub struct EnvironmentKeys {
-    /// Name and trust domain.
-    pub env: Environment,
-    /// X.509-SVID CA.
-    pub ca: CertificateAuthority,
-    /// JWT-SVID signing key.
-    pub jwt: JwtSigningKey,
-}
-
 /// Every key the broker uses.
 #[derive(Debug)]
 pub struct KeyRing {
-    envs: BTreeMap<EnvName, Arc<EnvironmentKeys>>,
+    current: watch::Sender<Arc<Snapshot>>,
+    generation: AtomicU64,
+    rotator: Mutex<Rotator>,
     admin_ca: CertificateAuthority,
-    server_tls: ServerTls,
+    tls_ca: CertificateAuthority,
+    tls_names: Vec<String>,
+    server_tls: RwLock<Arc<ServerTls>>,
     audit_signer: Arc<JwtSigningKey>,
 }
 
 impl KeyRing {
-    /// Loads all keys from `store`, generating (and storing) what is missing,
-    /// then issues the broker's TLS certificate and writes `broker-ca.pem` and
-    /// the admin credentials under the data directory.
+    /// Loads all keys from `store`, generating (and storing) what is missing
+    /// and what the rotation schedule calls for, then issues the broker's
+    /// TLS certificate and writes `broker-ca.pem` and the admin credentials
+    /// under the data directory.
     pub async fn load_or_create(
         config: &Config,
-        store: &dyn Store,
-        kek: &Kek,
+        store: Arc<dyn Store>,
+        kek: Arc<Kek>,
     ) -> Result<Self, KeyError> {
-        let mut envs = BTreeMap::new();
-        for env in config
+        let envs = config
             .environments()
-            .map_err(|e| KeyError::BadKey(e.to_string()))?
-        {
-            let ca = load_or_create_ca(
-                store,
-                kek,
-                env.name.as_str(),
-                KeyKind::X509Ca,
-                &format!("credbroker {} SPIFFE CA", env.name),
-                Some(&format!("spiffe://{}", env.trust_domain)),
-                config,
-            )
-            .await?;
-            let jwt = load_or_create_jwt_key(store, kek, env.name.as_str()).await?;
-            tracing::info!(env = %env.name, trust_domain = %env.trust_domain, kid = jwt.kid(), "environment keys ready");
-            envs.insert(env.name.clone(), Arc::new(EnvironmentKeys { env, ca, jwt }));
+            .map_err(|e| KeyError::BadKey(e.to_string()))?;
+        let mut rotator = Rotator::load(
+            Arc::clone(&store),
+            Arc::clone(&kek),
+            &config.keys,
+            &config.ttl,
+            envs,
+        )
+        .await?;
+        let now = unix_now();
+        rotator.schedule(now).await?;
+        let (snapshot, _) = rotator.snapshot(now).await?;
+        for keys in snapshot.values() {
+            let kid = keys
+                .jwts
+                .active()
+                .map(|(s, _)| s.id.clone())
+                .unwrap_or_default();
+            tracing::info!(env = %keys.env.name, trust_domain = %keys.env.trust_domain, kid, sequence = keys.sequence, "environment keys ready");
         }
+        let store = store.as_ref();
+        let long = std::time::Duration::from_secs(5 * 365 * 24 * 60 * 60);
         let tls_ca = load_or_create_ca(
             store,
-            kek,
-            "",
+            &kek,
             KeyKind::TlsCa,
             "credbroker broker TLS CA",
-            None,
-            config,
+            long,
         )
         .await?;
-        let admin_ca = load_or_create_ca(
-            store,
-            kek,
-            "",
-            KeyKind::AdminCa,
-            "credbroker admin CA",
-            None,
-            config,
-        )
-        .await?;
+        let admin_ca =
+            load_or_create_ca(store, &kek, KeyKind::AdminCa, "credbroker admin CA", long).await?;
         let audit_signer =
-            Arc::new(load_or_create_signing_key(store, kek, "", KeyKind::AuditSigning).await?);
+            Arc::new(load_or_create_signing_key(store, &kek, "", KeyKind::AuditSigning).await?);
         let server_tls = ServerTls::issue(&tls_ca, &config.tls_names)?;
         tls::write_broker_ca(&config.data_dir, &tls_ca)?;
         AdminFiles::ensure(&config.data_dir, &admin_ca)?;
         Ok(Self {
-            envs,
+            current: watch::Sender::new(Arc::new(snapshot)),
+            generation: AtomicU64::new(1),
+            rotator: Mutex::new(rotator),
             admin_ca,
-            server_tls,
+            tls_ca,
+            tls_names: config.tls_names.clone(),
+            server_tls: RwLock::new(Arc::new(server_tls)),
             audit_signer,
         })
+    }
+
+    /// Runs the schedule at `now`: prepares, activates and retires keys as
+    /// due, publishes a changed snapshot, renews the broker's TLS
+    /// certificate past half its life. Returns when to run it next.
+    pub async fn tick(&self, now: i64) -> Result<i64, KeyError> {
+        let mut rotator = self.rotator.lock().await;
+        rotator.schedule(now).await?;
+        let (snapshot, changed) = rotator.snapshot(now).await?;
+        let next = rotator.next_wakeup(&snapshot, now);
+        if changed {
+            self.publish(snapshot);
+        }
+        self.renew_server_tls(now)?;
+        Ok(next)
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        for keys in snapshot.values() {
+            tracing::info!(env = %keys.env.name, sequence = keys.sequence, cas = keys.cas.published().count(), jwt_keys = keys.jwts.published().count(), "published key sets changed");
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+        self.current.send_replace(Arc::new(snapshot));
+    }
+
+    fn renew_server_tls(&self, now: i64) -> Result<(), KeyError> {
+        let due = self
+            .server_tls
+            .read()
+            .map(|t| t.renew_at() <= now)
+            .unwrap_or(false);
+        if due {
+            let fresh = ServerTls::issue(&self.tls_ca, &self.tls_names)?;
+            tracing::info!(
+                not_after = fresh.not_after(),
+                "renewed the broker's TLS certificate"
+            );
+            if let Ok(mut slot) = self.server_tls.write() {
+                *slot = Arc::new(fresh);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares and activates a new key of `kind` (both kinds when `None`)
+    /// in `env` now. Returns the new keys' ids.
+    pub async fn rotate(
+        &self,
+        env: &str,
+        kind: Option<KeyKind>,
+        now: i64,
+    ) -> Result<Vec<(KeyKind, String)>, KeyCommandError> {
+        let mut rotator = self.rotator.lock().await;
+        let mut made = Vec::new();
+        for k in rotation::ROTATING {
+            if kind.is_none_or(|want| want == k) {
+                made.push((k, rotator.rotate_now(env, k, now).await?));
+            }
+        }
+        let (snapshot, _) = rotator.snapshot(now).await?;
+        self.publish(snapshot);
+        Ok(made)
+    }
+
+    /// Retires key `id` of `env` (see [`Rotator::retire`]) and publishes
+    /// the result.
+    pub async fn retire(
+        &self,
+        env: &str,
+        id: &str,
+        reason: &str,
+        immediately: bool,
+        now: i64,
+    ) -> Result<Retired, KeyCommandError> {
+        let mut rotator = self.rotator.lock().await;
+        let retired = rotator.retire(env, id, reason, immediately, now).await?;
+        let (snapshot, _) = rotator.snapshot(now).await?;
+        self.publish(snapshot);
+        Ok(retired)
+    }
+
+    /// Every rotating key of `env` (all environments when `None`).
+    pub fn list(&self, env: Option<&str>) -> Vec<KeyInfo> {
+        Rotator::list(&self.snapshot(), env)
+    }
+
+    /// The published keys of every environment, now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.borrow())
+    }
+
+    /// Follows every change of the published keys.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.current.subscribe()
+    }
+
+    /// Raised on every published change; cheap to compare.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The key signing the audit log's checkpoints.
@@ -154,19 +264,23 @@ impl KeyRing {
         &self.audit_signer
     }
 
-    /// The keys of `env`, if it is served.
-    pub fn env(&self, env: &EnvName) -> Option<&Arc<EnvironmentKeys>> {
-        self.envs.get(env)
+    /// The current keys of `env`, if it is served.
+    pub fn env(&self, env: &EnvName) -> Option<Arc<EnvironmentKeys>> {
+        self.current.borrow().get(env).cloned()
     }
 
     /// The environment whose trust domain is `td`.
-    pub fn env_for_trust_domain(&self, td: &TrustDomain) -> Option<&Arc<EnvironmentKeys>> {
-        self.envs.values().find(|k| &k.env.trust_domain == td)
+    pub fn env_for_trust_domain(&self, td: &TrustDomain) -> Option<Arc<EnvironmentKeys>> {
+        self.current
+            .borrow()
+            .values()
+            .find(|k| &k.env.trust_domain == td)
+            .cloned()
     }
 
-    /// All environments.
-    pub fn envs(&self) -> impl Iterator<Item = &Arc<EnvironmentKeys>> {
-        self.envs.values()
+    /// All environments' current keys.
+    pub fn envs(&self) -> Vec<Arc<EnvironmentKeys>> {
+        self.current.borrow().values().cloned().collect()
     }
 
     /// The admin CA.
@@ -174,63 +288,70 @@ impl KeyRing {
         &self.admin_ca
     }
 
-    /// The broker's TLS certificate and key.
-    pub fn server_tls(&self) -> &ServerTls {
-        &self.server_tls
+    /// The broker's current TLS certificate and key.
+    pub fn server_tls(&self) -> Arc<ServerTls> {
+        self.server_tls
+            .read()
+            .map(|t| Arc::clone(&t))
+            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
     }
 
     /// Every CA whose certificates the gRPC listener accepts as client
-    /// certificates: each environment's CA and the admin CA.
+    /// certificates now: each environment's published CAs and the admin CA.
     pub fn client_ca_certs(&self) -> Vec<CertificateDer<'static>> {
-        self.envs
+        let snapshot = self.snapshot();
+        snapshot
             .values()
-            .map(|k| k.ca.cert_der().clone())
+            .flat_map(|k| {
+                k.cas
+                    .published()
+                    .map(|(_, ca)| ca.cert_der().clone())
+                    .collect::<Vec<_>>()
+            })
             .chain(std::iter::once(self.admin_ca.cert_der().clone()))
             .collect()
     }
 }
 
-fn seal_label(env: &str, kind: KeyKind) -> String {
+pub(crate) fn seal_label(env: &str, kind: KeyKind) -> String {
     format!("credbroker/{env}/{}", kind.as_str())
 }
 
+/// A broker-wide CA (not rotating yet): the newest stored, else a new one.
 async fn load_or_create_ca(
     store: &dyn Store,
     kek: &Kek,
-    env: &str,
     kind: KeyKind,
     common_name: &str,
-    uri_san: Option<&str>,
-    config: &Config,
+    ttl: std::time::Duration,
 ) -> Result<CertificateAuthority, KeyError> {
-    let label = seal_label(env, kind);
-    if let Some(record) = store.latest_key(env, kind).await? {
+    let label = seal_label("", kind);
+    if let Some(record) = store.latest_key("", kind).await? {
         let cert = record
             .cert_der
             .ok_or_else(|| KeyError::BadCertificate(format!("{label} has no certificate")))?;
         let pkcs8 = kek.open(&label, &record.sealed_key)?;
         return CertificateAuthority::from_parts(CertificateDer::from(cert), &pkcs8);
     }
-    let (ca, pkcs8) = CertificateAuthority::generate(common_name, uri_san, config.ttl.ca)?;
+    let (ca, pkcs8) = CertificateAuthority::generate(common_name, None, ttl)?;
+    let now = unix_now();
     store
         .insert_key(&KeyRecord {
-            env: env.to_owned(),
+            id: 0,
+            env: String::new(),
             kind,
-            created_at: unix_now(),
+            created_at: now,
+            activates_at: now,
+            not_after: ca.not_after(),
+            retired_at: None,
+            unpublish_at: None,
+            retire_reason: None,
             cert_der: Some(ca.cert_der().to_vec()),
             sealed_key: kek.seal(&label, &pkcs8)?,
         })
         .await?;
     tracing::info!(key = %label, "generated CA");
     Ok(ca)
-}
-
-async fn load_or_create_jwt_key(
-    store: &dyn Store,
-    kek: &Kek,
-    env: &str,
-) -> Result<JwtSigningKey, KeyError> {
-    load_or_create_signing_key(store, kek, env, KeyKind::JwtSigning).await
 }
 
 /// An ES256 key of `kind`, sealed under the KEK in the store.
@@ -245,11 +366,18 @@ async fn load_or_create_signing_key(
         return JwtSigningKey::from_pkcs8(&kek.open(&label, &record.sealed_key)?);
     }
     let (key, pkcs8) = JwtSigningKey::generate()?;
+    let now = unix_now();
     store
         .insert_key(&KeyRecord {
+            id: 0,
             env: env.to_owned(),
             kind,
-            created_at: unix_now(),
+            created_at: now,
+            activates_at: now,
+            not_after: i64::MAX,
+            retired_at: None,
+            unpublish_at: None,
+            retire_reason: None,
             cert_der: None,
             sealed_key: kek.seal(&label, &pkcs8)?,
         })

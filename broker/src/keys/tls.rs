@@ -20,24 +20,31 @@ const ADMIN_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// An admin certificate closer than this to expiry is replaced at start-up.
 const ADMIN_RENEW_BEFORE: i64 = 30 * 24 * 60 * 60;
 
-/// The broker's gRPC TLS certificate chain and key, PEM.
+/// The broker's TLS certificate (chained to `broker-ca.pem`) and its key.
 #[derive(Clone)]
 pub struct ServerTls {
     /// Leaf then CA, PEM.
     pub cert_chain_pem: String,
-    /// PKCS#8 private key, PEM.
+    /// PKCS#8 key, PEM.
     pub key_pem: String,
+    /// Leaf then CA, DER.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// PKCS#8 key, DER.
+    pub key_der: Vec<u8>,
+    issued_at: i64,
+    not_after: i64,
 }
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ServerTls(..)")
+        f.debug_struct("ServerTls")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
     }
 }
 
 impl ServerTls {
-    /// Issues a server certificate for `names` (DNS names or IP addresses)
-    /// from the broker TLS CA. The key exists only in memory.
+    /// Issues a certificate for `names` (DNS names or IP addresses).
     pub fn issue(ca: &CertificateAuthority, names: &[String]) -> Result<Self, KeyError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(names.to_vec())?;
@@ -51,11 +58,26 @@ impl ServerTls {
         set_validity(&mut params, SERVER_CERT_TTL, ca);
         params.serial_number = Some(random_serial()?);
         params.use_authority_key_identifier_extension = true;
+        let not_after = params.not_after.unix_timestamp();
         let cert = ca.sign(&params, &key)?;
         Ok(Self {
             cert_chain_pem: pem_encode("CERTIFICATE", &cert) + &ca.cert_pem(),
             key_pem: key.serialize_pem(),
+            cert_chain: vec![cert, ca.cert_der().clone()],
+            key_der: key.serialize_der(),
+            issued_at: unix_now(),
+            not_after,
         })
+    }
+
+    /// When the certificate expires (unix seconds).
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
+    /// When to replace it: half-way through its life.
+    pub fn renew_at(&self) -> i64 {
+        self.issued_at + (self.not_after - self.issued_at) / 2
     }
 }
 

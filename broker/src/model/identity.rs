@@ -77,6 +77,10 @@ pub struct Identity {
     pub expires_at: Option<i64>,
     /// Whether credentials may be issued.
     pub enabled: bool,
+    /// Whether its JWTs are sender-constrained: they carry `cnf.x5t#S256`
+    /// and are valid only when presented over mTLS by that certificate
+    /// (RFC 8705). Without it they are bearer tokens and carry no `cnf`.
+    pub require_binding: bool,
     /// When the identity was retired for good (unix seconds).
     pub retired_at: Option<i64>,
     /// Creation time (unix seconds).
@@ -159,6 +163,7 @@ pub(crate) fn test_identity() -> Identity {
         x509_ttl: Duration::from_secs(3600),
         expires_at: None,
         enabled: true,
+        require_binding: false,
         retired_at: None,
         created_at: 0,
         updated_at: 0,

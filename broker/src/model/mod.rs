@@ -1,8 +1,12 @@
 //! The broker's domain model: validated names and identities.
 
+mod duration;
 mod identity;
 mod names;
 
+pub use duration::{
+    DURATION_FORMS, deserialize_duration, format_duration, parse_duration, rfc3339,
+};
 #[cfg(test)]
 pub(crate) use identity::test_identity;
 pub use identity::{Identity, IdentityKey, IdentityStatus, Selector};

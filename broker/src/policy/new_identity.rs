@@ -38,6 +38,9 @@ pub struct IdentityRequest {
     pub parent: Option<String>,
     /// Peer networks (CIDR) credential calls may come from; empty = any.
     pub allow_cidrs: Vec<String>,
+    /// JWTs bound to the caller's certificate (`cnf`), refused as bearer
+    /// tokens.
+    pub require_binding: bool,
 }
 
 fn invalid(msg: impl Into<String>) -> PolicyError {
@@ -71,9 +74,9 @@ fn ttl(
     if value < floor || value > ceiling {
         return Err(invalid(format!(
             "{field} {} must lie within [{}, {}]",
-            humantime::format_duration(value),
-            humantime::format_duration(floor),
-            humantime::format_duration(ceiling)
+            crate::model::format_duration(value),
+            crate::model::format_duration(floor),
+            crate::model::format_duration(ceiling)
         )));
     }
     Ok(value)
@@ -166,6 +169,14 @@ pub fn validate_new_identity(
         .map_err(|e| invalid(format!("allow_cidr {e}")))?;
     allow_cidrs.sort();
     allow_cidrs.dedup();
+    if req.require_binding && parent.is_some() {
+        // A node's workloads take their JWTs from the SPIFFE Workload API,
+        // which hands out bearer tokens: no certificate to bind them to.
+        return Err(invalid(
+            "require_binding cannot be combined with a parent: workloads served by a node agent \
+             receive JWTs through the Workload API as bearer tokens",
+        ));
+    }
     Ok(Identity {
         key: IdentityKey {
             env: env.name.clone(),
@@ -183,6 +194,7 @@ pub fn validate_new_identity(
         x509_ttl,
         expires_at: req.expires_at,
         enabled: true,
+        require_binding: req.require_binding,
         retired_at: None,
         created_at: now,
         updated_at: now,
@@ -311,6 +323,13 @@ mod tests {
             (
                 "allow_cidr",
                 Box::new(|r| r.allow_cidrs = vec!["10.0.0.1/8".into()]),
+            ),
+            (
+                "require_binding cannot be combined with a parent",
+                Box::new(|r| {
+                    r.require_binding = true;
+                    r.parent = Some("dev/node-1".into());
+                }),
             ),
         ];
         for (needle, mutate) in cases {

@@ -90,6 +90,10 @@ async fn lookup(store: &dyn Store, rev: &Revocation, now: i64) -> Result<Vec<Cov
         Target::Env(e) => queries.push((CertKey::Env, e.to_string(), until)),
         // The owner's identities, as listed when it was revoked.
         Target::Owner(_) => {}
+        // The audit log does not record which key signed a certificate:
+        // a retired CA's certificates are refused by their AuthorityKeyIdentifier
+        // (and leave trust with the CA), not listed on the CRL.
+        Target::SigningKey(_) => {}
     }
     // A node's (or an owner's) revocation lists the identities it carries.
     for id in &rev.identities {

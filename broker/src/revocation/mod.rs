@@ -38,6 +38,9 @@ pub enum Target {
     Env(EnvName),
     /// Every credential of every identity an owner owns.
     Owner(String),
+    /// Every credential a signing key signed: a JWT key's `kid`, a CA's
+    /// key identifier (certificates carry it as AuthorityKeyIdentifier).
+    SigningKey(String),
 }
 
 impl Target {
@@ -49,13 +52,14 @@ impl Target {
             Self::Identity(_) => "identity",
             Self::Env(_) => "env",
             Self::Owner(_) => "owner",
+            Self::SigningKey(_) => "key",
         }
     }
 
     /// The value as stored (`env/name` for identities).
     pub fn value(&self) -> String {
         match self {
-            Self::Jti(v) | Self::Serial(v) | Self::Owner(v) => v.clone(),
+            Self::Jti(v) | Self::Serial(v) | Self::Owner(v) | Self::SigningKey(v) => v.clone(),
             Self::Identity(key) => key.to_string(),
             Self::Env(env) => env.to_string(),
         }
@@ -69,6 +73,7 @@ impl Target {
             "owner" => Self::Owner(value.to_owned()),
             "env" => Self::Env(EnvName::new(value).map_err(|e| e.to_string())?),
             "identity" => Self::Identity(IdentityKey::parse(value)?),
+            "key" => Self::SigningKey(value.to_owned()),
             other => return Err(format!("unknown revocation kind {other:?}")),
         })
     }
@@ -114,6 +119,9 @@ pub struct CredentialFacts<'a> {
     pub owner: Option<&'a str>,
     /// When it was issued (unix seconds).
     pub issued_at: i64,
+    /// The key that signed it: a JWT's `kid`, a certificate's
+    /// AuthorityKeyIdentifier (hex).
+    pub signed_by: Option<&'a str>,
 }
 
 /// The live revocations, indexed for the verification path.
@@ -124,6 +132,7 @@ pub struct RevocationList {
     by_identity: DashMap<IdentityKey, Arc<Revocation>>,
     by_env: DashMap<EnvName, Arc<Revocation>>,
     by_owner: DashMap<String, Arc<Revocation>>,
+    by_key: DashMap<String, Arc<Revocation>>,
     /// Every live entry in stream order, for subscribers catching up.
     all: RwLock<BTreeMap<i64, Arc<Revocation>>>,
     events: broadcast::Sender<Arc<Revocation>>,
@@ -145,6 +154,7 @@ impl Default for RevocationList {
             by_identity: DashMap::new(),
             by_env: DashMap::new(),
             by_owner: DashMap::new(),
+            by_key: DashMap::new(),
             all: RwLock::new(BTreeMap::new()),
             events: broadcast::channel(EVENT_BUFFER).0,
             version: AtomicU64::new(0),
@@ -212,6 +222,9 @@ impl RevocationList {
             }
             Target::Env(e) => keep_latest(&self.by_env, e.clone(), rev),
             Target::Owner(o) => keep_latest(&self.by_owner, o.clone(), rev),
+            Target::SigningKey(k) => {
+                self.by_key.insert(k.clone(), Arc::clone(rev));
+            }
         }
         if let Ok(mut all) = self.all.write() {
             all.insert(rev.seq, Arc::clone(rev));
@@ -241,6 +254,7 @@ impl RevocationList {
         match target {
             Target::Jti(j) => self.by_jti.get(j).map(|r| Arc::clone(&r)),
             Target::Serial(s) => self.by_serial.get(s).map(|r| Arc::clone(&r)),
+            Target::SigningKey(k) => self.by_key.get(k).map(|r| Arc::clone(&r)),
             _ => None,
         }
     }
@@ -256,6 +270,13 @@ impl RevocationList {
         }
         if let Some(serial) = c.serial
             && let Some(rev) = self.by_serial.get(serial)
+        {
+            return Some(Arc::clone(&rev));
+        }
+        // A retired key stops signing at once: all it signed is covered,
+        // whenever it was issued.
+        if let Some(key) = c.signed_by
+            && let Some(rev) = self.by_key.get(key)
         {
             return Some(Arc::clone(&rev));
         }
@@ -291,6 +312,7 @@ impl RevocationList {
         self.by_identity.retain(|_, r| live(r));
         self.by_env.retain(|_, r| live(r));
         self.by_owner.retain(|_, r| live(r));
+        self.by_key.retain(|_, r| live(r));
         let Ok(mut all) = self.all.write() else {
             return 0;
         };
@@ -345,6 +367,7 @@ mod tests {
             identity: id,
             owner: Some("team"),
             issued_at,
+            signed_by: Some("K1"),
         }
     }
 
@@ -373,6 +396,17 @@ mod tests {
         assert_eq!(list.covers(&facts(&other, None, 150)).unwrap().seq, 3);
         list.insert(rev(4, Target::Env(EnvName::new("dev").unwrap()), 300, 600));
         assert_eq!(list.covers(&facts(&other, None, 250)).unwrap().seq, 4);
+
+        // A retired key covers what it signed whenever it was issued.
+        let later = 10_000;
+        assert!(list.covers(&facts(&other, None, later)).is_none());
+        list.insert(rev(5, Target::SigningKey("K1".into()), 300, 600));
+        assert_eq!(list.covers(&facts(&other, None, later)).unwrap().seq, 5);
+        let by_other_key = CredentialFacts {
+            signed_by: Some("K2"),
+            ..facts(&other, None, later)
+        };
+        assert!(list.covers(&by_other_key).is_none());
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Ordering {
                         Target::Env(env) => *env == identity.env,
                         Target::Owner(o) => Some(o.as_str()) == owner,
                         Target::Serial(s) => Some(s.as_str()) == serial,
-                        Target::Jti(_) => false,
+                        Target::Jti(_) | Target::SigningKey(_) => false,
                     }
             })
             .map(|(_, target, _)| target.clone())

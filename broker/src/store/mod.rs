@@ -42,6 +42,18 @@ pub enum StoreError {
         /// What failed.
         source: std::io::Error,
     },
+    /// The database was migrated by a newer credbroker than this one.
+    #[error(
+        "the database schema is at version {found}, newer than this credbroker knows (version {known}): \
+         a newer credbroker upgraded it; run that release or a later one, or restore the backup \
+         taken before the upgrade (nothing was changed)"
+    )]
+    SchemaTooNew {
+        /// The database's schema version.
+        found: i64,
+        /// The newest version this binary knows.
+        known: i64,
+    },
     /// The store URL names no supported database.
     #[error("unsupported store URL {0:?} (expected sqlite://PATH)")]
     UnsupportedUrl(String),
@@ -75,19 +87,46 @@ impl KeyKind {
     }
 }
 
-/// A private key sealed under the KEK, with its certificate if it has one.
+/// A private key sealed under the KEK, with its certificate if it has one,
+/// and its place in the rotation schedule.
 #[derive(Debug, Clone)]
 pub struct KeyRecord {
+    /// Row id, assigned by [`Store::insert_key`] (0 before).
+    pub id: i64,
     /// Environment, or empty for broker-wide keys.
     pub env: String,
     /// Purpose.
     pub kind: KeyKind,
-    /// Creation time (unix seconds).
+    /// Creation time (unix seconds): published (prepared) from then.
     pub created_at: i64,
+    /// When it starts signing (unix seconds).
+    pub activates_at: i64,
+    /// End of its life (unix seconds): a CA's NotAfter; `i64::MAX` when it
+    /// has none.
+    pub not_after: i64,
+    /// When an operator retired it (unix seconds).
+    pub retired_at: Option<i64>,
+    /// When a retired key leaves the published sets (unix seconds).
+    pub unpublish_at: Option<i64>,
+    /// Why it was retired.
+    pub retire_reason: Option<String>,
     /// DER certificate for CA keys.
     pub cert_der: Option<Vec<u8>>,
     /// PKCS#8 private key sealed with [`crate::keys::Kek::seal`].
     pub sealed_key: Vec<u8>,
+}
+
+/// An operator's retirement of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRetirement {
+    /// Row id of the key.
+    pub id: i64,
+    /// When (unix seconds).
+    pub retired_at: i64,
+    /// When it leaves the published sets (unix seconds).
+    pub unpublish_at: i64,
+    /// Why.
+    pub reason: String,
 }
 
 /// A join token as stored: only the SHA-256 of the secret.
@@ -124,8 +163,16 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
 
     /// The newest key of `kind` for `env`, if any.
     async fn latest_key(&self, env: &str, kind: KeyKind) -> Result<Option<KeyRecord>, StoreError>;
-    /// Stores a new key.
-    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Every key of `kind` for `env`, oldest first.
+    async fn list_keys(&self, env: &str, kind: KeyKind) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Stores a new key and returns its row id.
+    async fn insert_key(&self, key: &KeyRecord) -> Result<i64, StoreError>;
+    /// Records an operator's retirement of a key that was not retired yet.
+    async fn retire_key(&self, retirement: &KeyRetirement) -> Result<(), StoreError>;
+    /// The version of `env`'s published key set described by
+    /// `fingerprint`: the stored one if it describes the same set, else one
+    /// higher.
+    async fn key_sequence(&self, env: &str, fingerprint: &str) -> Result<i64, StoreError>;
 
     /// Every identity.
     async fn list_identities(&self) -> Result<Vec<Identity>, StoreError>;
@@ -185,8 +232,12 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<ChainedEntry>, StoreError>;
     /// Entries matching `filter`, newest first.
     async fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError>;
-    /// Per identity (`env/name`), how many issued credentials are unexpired at `now`.
-    async fn outstanding_credentials(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Every issued credential unexpired at `now` (from the audit log);
+    /// whether one is revoked is the caller's to judge.
+    async fn outstanding_credentials(
+        &self,
+        now: i64,
+    ) -> Result<Vec<OutstandingCredential>, StoreError>;
     /// X.509-SVIDs matching `query`, issued at or before `query.until`
     /// and unexpired at `now` (from the audit log, by an index).
     async fn issued_certificates(
@@ -221,6 +272,19 @@ pub struct NewRevocation {
     pub covers_until: i64,
     /// For owner revocations: the owner's identities at the time.
     pub identities: Vec<String>,
+}
+
+/// An issued, unexpired credential as the audit log remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutstandingCredential {
+    /// `env/name`.
+    pub identity: String,
+    /// JWT id, for JWTs.
+    pub jti: Option<String>,
+    /// Upper-case hex serial, for certificates.
+    pub serial: Option<String>,
+    /// Issue time (unix seconds).
+    pub issued_at: i64,
 }
 
 /// Which issued certificates a revocation covers.

@@ -54,6 +54,14 @@ pub enum AgentError {
     /// The Workload API socket could not be created or stopped serving.
     #[error("Workload API socket: {0}")]
     Socket(std::io::Error),
+    /// The `--health-addr` endpoint could not be bound.
+    #[error("cannot serve --health-addr {addr}: {source}")]
+    Health {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// No valid credentials can be had any more (revoked, or expired with
     /// evidence that cannot be reused); the files were removed.
     #[error("{0}; credentials removed")]
@@ -115,6 +123,16 @@ pub async fn run_once(config: &AgentConfig) -> Result<(), AgentError> {
 /// removed rather than left to be used; if the source cannot recover
 /// (revoked SVID, spent evidence) the agent exits with the reason.
 pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
+    run_until(config, std::future::pending()).await
+}
+
+/// [`run`], until `shutdown` completes (SIGTERM): then the Workload API
+/// socket is removed and `Ok` returned. The credential files stay: they
+/// are valid until they expire, and the next start replaces them.
+pub async fn run_until(
+    config: &AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
     let source = CredentialSource::start(SourceConfig {
         broker: config.broker.clone(),
         bundle_pem: config.bundle_pem.clone(),
@@ -122,36 +140,99 @@ pub async fn run(config: &AgentConfig) -> Result<(), AgentError> {
         jwt_audiences: config.jwt_audiences.clone(),
         policy: RefreshPolicy::default(),
     });
-    let mut api_stopped = None;
-    if let Some(path) = &config.workload_api_socket {
-        // Bound here, so a bad path (say, a file that is not a socket)
-        // stops the agent with its name before anything is served.
-        let listener =
-            crate::uds::bind(path, &config.socket_options).map_err(AgentError::Socket)?;
-        let client = Client::connect(&config.broker, &config.bundle_pem).await?;
-        let api = WorkloadApi::new(&source, client).allow_peers(config.allowed_peers.clone());
-        api_stopped = Some(tokio::spawn(
-            api.serve_listener(listener, std::future::pending()),
-        ));
-    }
+    // Bound here, so a bad path (say, a file that is not a socket) stops
+    // the agent with its name before anything is served.
+    let listener = match &config.workload_api_socket {
+        Some(path) => {
+            Some(crate::uds::bind(path, &config.socket_options).map_err(AgentError::Socket)?)
+        }
+        None => None,
+    };
     if let Some(addr) = config.health_addr {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tokio::spawn(health::serve(listener, source.watch()));
+        serve_health(addr, source.watch()).await?;
     }
-    let files = keep_files(config, &source);
-    match api_stopped {
-        None => files.await,
-        Some(api) => tokio::select! {
-            result = files => result,
-            // The socket server only returns on failure: without it the
-            // agent is not doing its job, so stop rather than linger.
-            stopped = api => Err(AgentError::Socket(match stopped {
-                Ok(Ok(())) => std::io::Error::other("the Workload API server stopped"),
-                Ok(Err(e)) => e,
-                Err(e) => std::io::Error::other(e),
-            })),
-        },
+    // Boxed so that on shutdown it can be dropped, which closes the
+    // listener and removes the socket file, before saying so.
+    let mut work = Box::pin(async {
+        let api = match listener {
+            None => None,
+            Some(listener) => {
+                // The Workload API needs the broker too: if it is away,
+                // wait (the source logs each retry) rather than exit.
+                let client = match Client::connect(&config.broker, &config.bundle_pem).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        tracing::warn!(
+                            "the Workload API waits for the broker ({e}); the socket answers once it is back"
+                        );
+                        first_credentials(&source).await?;
+                        Client::connect(&config.broker, &config.bundle_pem).await?
+                    }
+                };
+                let api =
+                    WorkloadApi::new(&source, client).allow_peers(config.allowed_peers.clone());
+                Some(api.serve_listener(listener, std::future::pending()))
+            }
+        };
+        let files = keep_files(config, &source);
+        match api {
+            None => files.await,
+            Some(api) => tokio::select! {
+                result = files => result,
+                // The socket server only returns on failure: without it the
+                // agent is not doing its job, so stop rather than linger.
+                stopped = api => Err(AgentError::Socket(match stopped {
+                    Ok(()) => std::io::Error::other("the Workload API server stopped"),
+                    Err(e) => e,
+                })),
+            },
+        }
+    });
+    tokio::select! {
+        result = &mut work => result,
+        () = shutdown => {
+            drop(work);
+            match &config.workload_api_socket {
+                Some(socket) => tracing::info!(socket = %socket.display(), "stopping on signal; removed the Workload API socket"),
+                None => tracing::info!("stopping on signal"),
+            }
+            Ok(())
+        }
     }
+}
+
+/// Waits until the source holds credentials, or fails with why it gave up.
+async fn first_credentials(source: &CredentialSource) -> Result<(), AgentError> {
+    let mut state = source.watch();
+    loop {
+        match &*state.borrow_and_update() {
+            SourceState::Ready(_) => return Ok(()),
+            SourceState::Unavailable {
+                reason,
+                retrying: false,
+            } => return Err(AgentError::Unavailable(reason.clone())),
+            _ => {}
+        }
+        if state.changed().await.is_err() {
+            return Err(AgentError::Unavailable(
+                "the credential source stopped".into(),
+            ));
+        }
+    }
+}
+
+/// Binds the health endpoint and says where, so an operator (or a probe
+/// configured with port 0) knows what to ask.
+async fn serve_health(
+    addr: std::net::SocketAddr,
+    state: tokio::sync::watch::Receiver<SourceState>,
+) -> Result<(), AgentError> {
+    let health = |source| AgentError::Health { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(health)?;
+    let bound = listener.local_addr().map_err(health)?;
+    tracing::info!(addr = %bound, "serving GET /healthz on http://{bound}/healthz");
+    tokio::spawn(health::serve(listener, state));
+    Ok(())
 }
 
 /// Writes every change the source publishes until it gives up.
@@ -200,12 +281,40 @@ pub async fn run_node(
     socket_options: &SocketOptions,
     health_addr: Option<std::net::SocketAddr>,
 ) -> Result<(), AgentError> {
+    run_node_until(
+        config,
+        socket,
+        socket_options,
+        health_addr,
+        std::future::pending(),
+    )
+    .await
+}
+
+/// [`run_node`], until `shutdown` completes (SIGTERM): then the server
+/// stops, the socket is removed and `Ok` returned.
+pub async fn run_node_until(
+    config: NodeConfig,
+    socket: &std::path::Path,
+    socket_options: &SocketOptions,
+    health_addr: Option<std::net::SocketAddr>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
     // Bound first, so a bad path stops the agent before it attests.
     let listener = crate::uds::bind(socket, socket_options).map_err(AgentError::Socket)?;
-    let agent = NodeAgent::start(config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Attesting waits for an unreachable broker: a signal meanwhile still
+    // stops the agent cleanly (the listener, dropped, removes the socket).
+    let agent = tokio::select! {
+        agent = NodeAgent::start(config) => agent?,
+        () = &mut shutdown => {
+            drop(listener);
+            tracing::info!(socket = %socket.display(), "stopping on signal; removed the Workload API socket");
+            return Ok(());
+        }
+    };
     if let Some(addr) = health_addr {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tokio::spawn(health::serve(listener, agent.node_source().watch()));
+        serve_health(addr, agent.node_source().watch()).await?;
     }
     let mut state = agent.node_source().watch();
     let gone = async move {
@@ -233,6 +342,12 @@ pub async fn run_node(
             let _ = stop_tx.send(());
             let _ = serve.await;
             Err(AgentError::Unavailable(reason))
+        }
+        () = &mut shutdown => {
+            let _ = stop_tx.send(());
+            let _ = serve.await;
+            tracing::info!(socket = %socket.display(), "stopping on signal; removed the Workload API socket");
+            Ok(())
         }
     }
 }

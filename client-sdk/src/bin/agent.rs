@@ -5,15 +5,37 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use credbroker_client::Evidence;
-use credbroker_client::agent::{AgentConfig, AgentError, OutputDir, run, run_node, run_once};
+use credbroker_client::agent::{
+    AgentConfig, AgentError, OutputDir, run_node_until, run_once, run_until,
+};
 use credbroker_client::node::NodeConfig;
 use credbroker_client::uds::{AllowedPeers, SocketOptions};
 use tracing_subscriber::EnvFilter;
 
-/// Sidecar that obtains short-lived credentials from credbroker and keeps
-/// them fresh on disk.
+/// credbroker-agent: gets this workload's short-lived SPIFFE credentials
+/// from a credbroker broker and keeps them fresh.
+///
+/// It attests once with one piece of evidence (a join token from
+/// `credbroker token create`, passed by --join-token-file or
+/// CREDBROKER_JOIN_TOKEN, or platform evidence), writes svid.pem,
+/// svid_key.pem (0600), bundle.pem and jwt/<audience>.token under --out-dir,
+/// renews them at about half their lifetime, and can serve the SPIFFE
+/// Workload API on a Unix socket. With --node it attests the host instead
+/// and serves every workload registered with `--parent ENV/NODE`.
 #[derive(Debug, Parser)]
-#[command(name = "credbroker-agent", version, about)]
+#[command(
+    name = "credbroker-agent",
+    version,
+    after_help = "\
+Examples:
+  credbroker-agent --bundle credbroker-data/broker-ca.pem --join-token-file join.token \\
+      --out-dir svid --jwt-audience billing --once
+  CREDBROKER_JOIN_TOKEN=\"$(cat join.token)\" credbroker-agent --bundle broker-ca.pem \\
+      --out-dir /run/svid --workload-api-socket /run/credbroker/agent.sock
+
+Environment: CREDBROKER_BROKER (--broker), CREDBROKER_JOIN_TOKEN (the join token),
+CREDBROKER_LOG (log filter, default info). SIGTERM stops it and removes the socket."
+)]
 #[command(group(clap::ArgGroup::new("evidence").required(true).multiple(false).args(
     ["join_token", "join_token_file", "k8s_token", "oidc_token", "github_actions_audience", "aws_iid"]
 )))]
@@ -172,7 +194,16 @@ async fn main() -> ExitCode {
             .expect("clap requires --workload-api-socket with --node");
         let config =
             NodeConfig::new(args.broker, bundle_pem, evidence).max_svids(args.svid_cache_size);
-        return exit(run_node(config, &socket, &socket_options, args.health_addr).await);
+        return exit(
+            run_node_until(
+                config,
+                &socket,
+                &socket_options,
+                args.health_addr,
+                shutdown_signal(),
+            )
+            .await,
+        );
     }
     let Some(out_dir) = args.out_dir else {
         eprintln!("error: --out-dir is required");
@@ -196,9 +227,26 @@ async fn main() -> ExitCode {
     let result = if args.once {
         run_once(&config).await
     } else {
-        run(&config).await
+        run_until(&config, shutdown_signal()).await
     };
     exit(result)
+}
+
+/// Completes on SIGTERM or Ctrl-C, saying which.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops the agent cleanly");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 mod revocation;
 pub(crate) mod timing;
 
-use revocation::{Revocations, Verdict, check_revoked};
+use revocation::{Revocations, Verdict, check_revoked, signed_by_retired_ca};
 use timing::{backoff, honour_hint, renew_after};
 
 use crate::client::{Client, WorkloadClient};
@@ -286,11 +286,21 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
             Ok(client) => break client,
             Err(e) => {
                 failures += 1;
+                let delay = backoff(failures, &policy);
+                // Said at every attempt: an agent that waits in silence
+                // looks hung to whoever started it.
+                tracing::warn!(
+                    broker = %config.broker,
+                    attempt = failures,
+                    retry_in = ?delay,
+                    "cannot reach the broker ({e}); retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
                 let _ = tx.send(SourceState::Unavailable {
                     reason: format!("cannot reach the broker: {e}"),
                     retrying: true,
                 });
-                tokio::time::sleep(backoff(failures, &policy)).await;
+                tokio::time::sleep(delay).await;
             }
         }
     };
@@ -327,8 +337,15 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                             retrying: true,
                         });
                     }
-                    tracing::warn!(error = %e, "attestation failed; retrying");
-                    tokio::time::sleep(honour_hint(backoff(failures, &policy), &e)).await;
+                    let delay = honour_hint(backoff(failures, &policy), &e);
+                    tracing::warn!(
+                        error = %e,
+                        attempt = failures,
+                        retry_in = ?delay,
+                        "attestation failed; retrying in {:.1}s",
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(delay).await;
                 }
             }
             continue;
@@ -359,10 +376,18 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             event = revocations.next() => {
-                if event.is_none() {
+                let Some(event) = event else {
                     // Broken or never established: `next` already waited a
                     // jittered delay, so a fleet does not reconnect at once.
                     revocations.subscribe(&current.session).await;
+                    continue;
+                };
+                if signed_by_retired_ca(&current.creds.svid, &event) {
+                    // The CA that signed our SVID was retired: renew now
+                    // from its successor (the broker still renews a
+                    // certificate it issued, and nothing else, for it).
+                    tracing::warn!(serial = %current.creds.svid.serial, reason = %event.reason, "the CA of this SVID was retired; renewing now");
+                    current.svid_due = Instant::now();
                     continue;
                 }
                 match check_revoked(current).await {

@@ -58,6 +58,17 @@ impl Revocations {
     }
 }
 
+/// Whether `event` retires the CA key that signed `svid`.
+pub(super) fn signed_by_retired_ca(svid: &crate::X509Svid, event: &crate::Revocation) -> bool {
+    event.kind == "key"
+        && svid
+            .cert_chain
+            .first()
+            .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+            .and_then(|(_, cert)| crate::authority_key_id(&cert))
+            .is_some_and(|id| id == event.value)
+}
+
 /// What a revocation event means for the held credentials.
 pub(super) enum Verdict {
     /// Nothing held is affected (or some JWTs were withdrawn for refetch).

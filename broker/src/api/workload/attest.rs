@@ -10,11 +10,38 @@ use tonic::{Request, Status};
 
 use super::WorkloadService;
 use crate::api::{limits, status};
-use crate::attest::{Attested, Binding, Evidence, RequestFacts};
+use crate::attest::{AttestError, Attested, Binding, Evidence, RequestFacts};
 use crate::audit::AuditRecord;
-use crate::issue::VerifiedCsr;
+use crate::issue::{Confirmation, VerifiedCsr};
 use crate::model::{Identity, IdentityKey, unix_now};
 use crate::policy::{check_active, check_peer, selectors};
+
+/// Notes in `audit` which evidence was refused and the identity it was
+/// bound to, so `credbroker audit --identity E/N` answers "who reused my
+/// token" (the owner knows the identity, not the caller).
+fn refused(audit: &mut AuditRecord, e: AttestError) -> Status {
+    if let AttestError::Spent {
+        method,
+        evidence_id,
+        bound_to,
+    }
+    | AttestError::Expired {
+        method,
+        evidence_id,
+        bound_to,
+    } = &e
+    {
+        audit.evidence = Some(match audit.evidence.take() {
+            Some(attestor) if attestor != *method => format!("{attestor} {evidence_id}"),
+            _ => format!("{method}:{evidence_id}"),
+        });
+        if let Some(key) = bound_to {
+            audit.identity = Some(key.to_string());
+            audit.env = Some(key.env.to_string());
+        }
+    }
+    status::attest(e)
+}
 
 impl WorkloadService {
     pub(super) async fn attest_inner(
@@ -56,7 +83,7 @@ impl WorkloadService {
         let attested = attestor
             .verify(&evidence, &facts, now)
             .await
-            .map_err(status::attest)?;
+            .map_err(|e| refused(audit, e))?;
         audit.evidence = Some(match &attested.binding {
             Binding::Identity(_) => format!("{}:{}", attested.method, attested.evidence_id),
             Binding::Selectors { attestor, .. } => {
@@ -79,11 +106,20 @@ impl WorkloadService {
         attestor
             .commit(&attested, now)
             .await
-            .map_err(status::attest)?;
-        let svid = self.svid(env, &identity, &csr, now, audit)?;
+            .map_err(|e| refused(audit, e))?;
+        let svid = self.svid(&env, &identity, &csr, now, audit)?;
+        // JWTs issued with the first SVID are bound to it when required.
+        let cnf = identity
+            .require_binding
+            .then(|| {
+                svid.cert_chain
+                    .first()
+                    .map(|leaf| Confirmation::for_certificate(leaf))
+            })
+            .flatten();
         let jwts = grants
             .iter()
-            .map(|g| self.mint_jwt(env, &identity, g, None, now, audit))
+            .map(|g| self.mint_jwt(&env, &identity, g, cnf.clone(), now, audit))
             .collect::<Result<Vec<_>, _>>()?;
         self.broker.registry.record_issued(&identity.key, now);
         Ok(AttestResponse {
@@ -92,7 +128,7 @@ impl WorkloadService {
                 name: identity.key.name.to_string(),
             }),
             svid: Some(svid),
-            trust_bundle: vec![env.ca.cert_der().to_vec()],
+            trust_bundle: env.trust_bundle(),
             jwts,
         })
     }

@@ -47,8 +47,9 @@ impl WorkloadService {
     ) -> Result<JwtSvid, Status> {
         let _signing = self.issuable(identity)?;
         let issuer = self.broker.issuer(identity.key.env.as_str());
+        let key = env.signing_jwt(now).map_err(status::key)?;
         let minted = mint(
-            &env.jwt,
+            key,
             JwtSpec {
                 issuer: &issuer,
                 spiffe_id: &identity.spiffe_id,
@@ -61,7 +62,7 @@ impl WorkloadService {
             now,
         )
         .map_err(status::key)?;
-        self.born_revoked(identity, Some(&minted.claims.jti), None, now)?;
+        self.born_revoked(identity, Some(&minted.claims.jti), None, key.kid(), now)?;
         audit.issued_jwt(&minted.claims.jti, &minted.claims.aud, minted.claims.exp);
         Ok(JwtSvid {
             token: minted.token,
@@ -101,6 +102,7 @@ impl WorkloadService {
         identity: &Identity,
         jti: Option<&str>,
         serial: Option<&str>,
+        signed_by: &str,
         now: i64,
     ) -> Result<(), Status> {
         match self.broker.revocations.covers(&CredentialFacts {
@@ -109,6 +111,7 @@ impl WorkloadService {
             identity: &identity.key,
             owner: Some(&identity.owner),
             issued_at: now,
+            signed_by: Some(signed_by),
         }) {
             Some(rev) => Err(Status::unavailable(format!(
                 "{} was revoked a moment ago ({}); retry",
@@ -127,13 +130,14 @@ impl WorkloadService {
         audit: &AuditRecord,
     ) -> Result<X509Svid, Status> {
         let _signing = self.issuable(identity)?;
+        let ca = env.signing_ca(now).map_err(status::key)?;
         let IssuedSvid {
             chain,
             serial,
             expires_at,
-        } = issue_svid(&env.ca, csr, &identity.spiffe_id, identity.x509_ttl, now)
+        } = issue_svid(ca, csr, &identity.spiffe_id, identity.x509_ttl, now)
             .map_err(status::key)?;
-        self.born_revoked(identity, None, Some(&serial), now)?;
+        self.born_revoked(identity, None, Some(&serial), ca.id(), now)?;
         audit.issued_x509(&serial, expires_at);
         Ok(X509Svid {
             spiffe_id: identity.spiffe_id.to_string(),

@@ -4,7 +4,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::corrupt;
 use crate::audit::{AuditEntry, AuditFilter, ChainedEntry};
-use crate::store::{CertKey, CertQuery, IssuedCert, StoreError};
+use crate::store::{CertKey, CertQuery, IssuedCert, OutstandingCredential, StoreError};
 
 fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
     bytes
@@ -124,17 +124,23 @@ pub(super) async fn query_audit(
 pub(super) async fn outstanding_credentials(
     pool: &SqlitePool,
     now: i64,
-) -> Result<Vec<(String, i64)>, StoreError> {
+) -> Result<Vec<OutstandingCredential>, StoreError> {
     let rows = sqlx::query(
-        "SELECT identity, COUNT(*) AS n FROM audit_log
-         WHERE decision = 'issued' AND expires_at > ? AND identity IS NOT NULL
-         GROUP BY identity",
+        "SELECT identity, jti, serial, at_ms FROM audit_log
+         WHERE decision = 'issued' AND expires_at > ? AND identity IS NOT NULL",
     )
     .bind(now)
     .fetch_all(pool)
     .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get("identity")?, r.try_get("n")?)))
+        .map(|r| {
+            Ok(OutstandingCredential {
+                identity: r.try_get("identity")?,
+                jti: r.try_get("jti")?,
+                serial: r.try_get("serial")?,
+                issued_at: r.try_get::<i64, _>("at_ms")? / 1000,
+            })
+        })
         .collect()
 }
 

@@ -9,8 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    CertQuery, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, NewRevocation, Store, StoreError,
-    UsageUpdate,
+    CertQuery, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, KeyRetirement, NewRevocation,
+    OutstandingCredential, Store, StoreError, UsageUpdate,
 };
 use crate::audit::{AuditFilter, ChainedEntry};
 use crate::model::{
@@ -21,6 +21,7 @@ use crate::revocation::Revocation;
 
 mod attestation;
 mod audit;
+mod keys;
 mod revocations;
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
@@ -30,6 +31,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0003_revocations.sql"),
     include_str!("../../../migrations/sqlite/0004_nodes.sql"),
     include_str!("../../../migrations/sqlite/0005_attestation.sql"),
+    include_str!("../../../migrations/sqlite/0006_binding.sql"),
+    include_str!("../../../migrations/sqlite/0008_key_lifecycle.sql"),
 ];
 
 /// Creates the database file 0600 if it does not exist yet (so SQLite never
@@ -127,6 +130,15 @@ impl SqliteStore {
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&mut *tx)
             .await?;
+        // Older binaries must not run on a newer schema: they would write
+        // rows the newer one does not expect, or miss columns it relies on.
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known,
+            });
+        }
         for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             // Both strings are compile-time constants or a formatted integer.
             sqlx::raw_sql(sqlx::AssertSqlSafe(*step))
@@ -190,6 +202,7 @@ fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreErr
         x509_ttl: Duration::from_secs(row.try_get::<i64, _>("x509_ttl_seconds")? as u64),
         expires_at: row.try_get("expires_at")?,
         enabled: row.try_get::<i64, _>("enabled")? != 0,
+        require_binding: row.try_get::<i64, _>("require_binding")? != 0,
         retired_at: row.try_get("retired_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -227,39 +240,23 @@ impl Store for SqliteStore {
     }
 
     async fn latest_key(&self, env: &str, kind: KeyKind) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT created_at, cert_der, sealed_key FROM key_material
-             WHERE env = ? AND kind = ? ORDER BY id DESC LIMIT 1",
-        )
-        .bind(env)
-        .bind(kind.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(KeyRecord {
-                env: env.to_owned(),
-                kind,
-                created_at: row.try_get("created_at")?,
-                cert_der: row.try_get("cert_der")?,
-                sealed_key: row.try_get("sealed_key")?,
-            })
-        })
-        .transpose()
+        keys::latest_key(&self.pool, env, kind).await
     }
 
-    async fn insert_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO key_material (env, kind, created_at, cert_der, sealed_key)
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&key.env)
-        .bind(key.kind.as_str())
-        .bind(key.created_at)
-        .bind(&key.cert_der)
-        .bind(&key.sealed_key)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    async fn list_keys(&self, env: &str, kind: KeyKind) -> Result<Vec<KeyRecord>, StoreError> {
+        keys::list_keys(&self.pool, env, kind).await
+    }
+
+    async fn insert_key(&self, key: &KeyRecord) -> Result<i64, StoreError> {
+        keys::insert_key(&self.pool, key).await
+    }
+
+    async fn retire_key(&self, retirement: &KeyRetirement) -> Result<(), StoreError> {
+        keys::retire_key(&self.pool, retirement).await
+    }
+
+    async fn key_sequence(&self, env: &str, fingerprint: &str) -> Result<i64, StoreError> {
+        keys::key_sequence(&self.pool, env, fingerprint).await
     }
 
     async fn list_identities(&self) -> Result<Vec<Identity>, StoreError> {
@@ -273,8 +270,9 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "INSERT INTO identities (env, name, spiffe_id, owner, purpose, selectors, audiences,
                  scopes, jwt_ttl_seconds, x509_ttl_seconds, expires_at, enabled, retired_at,
-                 created_at, updated_at, last_issued_at, last_seen_at, parent, allow_cidrs)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, last_issued_at, last_seen_at, parent, allow_cidrs,
+                 require_binding)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
@@ -295,6 +293,7 @@ impl Store for SqliteStore {
         .bind(id.last_seen_at)
         .bind(id.parent.as_ref().map(ToString::to_string))
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
+        .bind(id.require_binding as i64)
         .execute(&self.pool)
         .await;
         match result {
@@ -310,7 +309,8 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "UPDATE identities SET owner = ?, purpose = ?, selectors = ?, audiences = ?,
                  scopes = ?, jwt_ttl_seconds = ?, x509_ttl_seconds = ?, expires_at = ?,
-                 enabled = ?, retired_at = ?, updated_at = ?, allow_cidrs = ?
+                 enabled = ?, retired_at = ?, updated_at = ?, allow_cidrs = ?,
+                 require_binding = ?
              WHERE env = ? AND name = ?",
         )
         .bind(&id.owner)
@@ -325,6 +325,7 @@ impl Store for SqliteStore {
         .bind(id.retired_at)
         .bind(id.updated_at)
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
+        .bind(id.require_binding as i64)
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
         .execute(&self.pool)
@@ -478,7 +479,10 @@ impl Store for SqliteStore {
         audit::query_audit(&self.pool, f).await
     }
 
-    async fn outstanding_credentials(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn outstanding_credentials(
+        &self,
+        now: i64,
+    ) -> Result<Vec<OutstandingCredential>, StoreError> {
         audit::outstanding_credentials(&self.pool, now).await
     }
 

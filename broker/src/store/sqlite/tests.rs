@@ -90,3 +90,29 @@ async fn the_database_is_private_and_every_commit_is_synchronous() {
         assert_eq!(mode & 0o777, 0o600, "{file} is {:o}", mode & 0o777);
     }
 }
+
+#[tokio::test]
+async fn a_schema_newer_than_this_binary_is_refused_and_left_alone() {
+    let (dir, store) = store().await;
+    let known = MIGRATIONS.len() as i64;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PRAGMA user_version = {}",
+        known + 1
+    )))
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    store.pool.close().await;
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let err = SqliteStore::open(&url).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found, known: k } if found == known + 1 && k == known),
+        "{err}"
+    );
+    let pool = SqlitePool::connect(&url).await.unwrap();
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(version, known + 1, "left as it was");
+}
