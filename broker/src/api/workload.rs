@@ -349,35 +349,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let (scope, caller) = self.authenticated_caller(&request)?;
-        let request_peer = request.remote_addr();
-        let after = request.into_inner().after_seq;
-        if after < 0 {
-            return Err(Status::invalid_argument("after_seq must not be negative"));
-        }
-        let latest = self.broker.revocations.latest_seq();
-        if after > latest {
-            // Accepted, it would wait for an entry numbered past one that
-            // was never assigned: silence, forever.
-            return Err(Status::out_of_range(format!(
-                "after_seq {after} is beyond the latest revocation sequence {latest}; resume from {latest} or below"
-            )));
-        }
-        let slot = self.streams.open(caller)?;
-        let busy = self.connections.stream(request_peer);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = revocation_stream::stream_revocations(
-            Arc::clone(&self.broker),
-            after,
-            scope,
-            tx,
-            self.stop.clone(),
-        );
-        tokio::spawn(async move {
-            stream.await;
-            drop((slot, busy));
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.open_revocation_stream(request)
     }
 
     async fn get_jwks(
