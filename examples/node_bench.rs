@@ -17,11 +17,13 @@
 //!   agent renews every SVID at half its life, per renewed SVID.
 //!
 //! It must run as root (callers switch uids). Build everything in release
-//! mode first, start a broker, then run:
+//! mode first, start a broker with its per-peer rate limits off (all load
+//! comes from one address), then run:
 //!
 //! ```text
 //! cargo build --release --workspace --examples
-//! ./target/release/credbroker serve &
+//! printf '[rate_limits]\nattest_per_second_per_peer = 0\nsign_per_second_per_peer = 0\n' > bench.toml
+//! ./target/release/credbroker serve --config bench.toml &
 //! ./target/release/examples/node_bench --broker-pid $(pgrep -f 'credbroker serve')
 //! ```
 

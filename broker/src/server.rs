@@ -11,9 +11,11 @@ use credbroker_proto::v1::workload_server::WorkloadServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::api::bounded::BoundedListener;
+use crate::api::grpc_idle::Connections;
 use crate::api::{AdminService, WorkloadService, grpc_tls, http, http_serve, limits};
 use crate::broker::{Broker, StartError};
 use crate::config::Config;
@@ -87,22 +89,37 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
             what: "configuring gRPC TLS".into(),
             source: std::io::Error::other(e),
         })?;
+    // Every call marks its connection as in use (see api::grpc_idle).
+    let connections = Connections::default();
+    let touch = {
+        let connections = connections.clone();
+        move |request: tonic::Request<()>| {
+            connections.touch(request.remote_addr());
+            Ok(request)
+        }
+    };
     let grpc_server = Server::builder()
         .timeout(RPC_TIMEOUT)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(
-            WorkloadServer::new(WorkloadService::new(Arc::clone(&broker), stop_rx.clone()))
-                .max_decoding_message_size(limits::MAX_WORKLOAD_MESSAGE),
-        )
-        .add_service(
+        .add_service(InterceptedService::new(
+            WorkloadServer::new(
+                WorkloadService::new(Arc::clone(&broker), stop_rx.clone())
+                    .with_connections(connections.clone()),
+            )
+            .max_decoding_message_size(limits::MAX_WORKLOAD_MESSAGE),
+            touch.clone(),
+        ))
+        .add_service(InterceptedService::new(
             AdminServer::new(AdminService::new(Arc::clone(&broker)))
                 .max_decoding_message_size(limits::MAX_ADMIN_MESSAGE),
-        )
+            touch,
+        ))
         .serve_with_incoming_shutdown(
             grpc_tls::incoming(
                 BoundedListener::new(grpc, broker.config.connections.grpc_max_connections, "gRPC"),
                 Arc::new(tls_config),
                 HANDSHAKE_TIMEOUT,
+                (connections, broker.config.connections.grpc_idle_timeout),
             ),
             stopped(stop_rx.clone()),
         );

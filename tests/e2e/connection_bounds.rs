@@ -193,3 +193,70 @@ async fn revocation_streams_are_capped_per_caller_and_cursors_checked() {
         }
     }
 }
+
+/// A TLS connection to the broker's gRPC port that never makes a call.
+async fn silent_tls(broker: &TestBroker) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in credbroker_e2e::x509::pem_certs(&broker.bundle_pem()) {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let port: u16 = broker.url().rsplit(':').next().unwrap().parse().unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
+#[tokio::test]
+async fn idle_grpc_connections_are_closed_but_streams_are_kept() {
+    let broker =
+        TestBroker::start_with(&["dev"], "[connections]\ngrpc_idle_timeout = \"2s\"\n").await;
+    // A revocation stream, quiet for longer than the idle timeout.
+    let admin = broker.channel(Some(broker.admin_identity())).await.unwrap();
+    let mut stream = WorkloadClient::new(admin)
+        .watch_revocations(WatchRevocationsRequest { after_seq: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A connection that never makes a call is closed.
+    let mut silent = silent_tls(&broker).await;
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            use tokio::io::AsyncReadExt;
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // e.g. the server's HTTP/2 SETTINGS
+            }
+        }
+    })
+    .await;
+    println!("silent connection closed after {:?}", started.elapsed());
+    assert!(closed.is_ok(), "an idle gRPC connection stayed open");
+
+    // The stream's connection was spared: it still delivers.
+    broker.create_identity("dev", "api", &[], &[]);
+    broker
+        .revoke(
+            credbroker_proto::v1::revoke_request::Target::Identity(
+                credbroker_proto::v1::IdentityRef {
+                    env: "dev".into(),
+                    name: "api".into(),
+                },
+            ),
+            "test",
+        )
+        .await;
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the event arrives")
+        .expect("the stream is still open")
+        .expect("an event");
+    assert_eq!(event.kind, "identity");
+}

@@ -97,3 +97,38 @@ async fn the_sdk_waits_out_a_rate_limit_instead_of_giving_up() {
         .expect("the source recovers from the rate limit");
     assert_eq!(creds.identity, ("dev".to_owned(), "api".to_owned()));
 }
+
+#[tokio::test]
+async fn signing_per_identity_is_limited_whatever_the_address() {
+    let broker = TestBroker::start_with(
+        &["dev"],
+        "[rate_limits]\nattest_per_second_per_peer = 0\nsign_per_second_per_peer = 0\n\
+         sign_per_second_per_identity = 1\n",
+    )
+    .await;
+    broker.create_identity("dev", "api", &["billing"], &[]);
+    let client = broker.client().await;
+    // The Attest signs for the identity too: one of its two-token burst.
+    let attested = client
+        .attest(&Evidence::JoinToken(broker.join_token("dev", "api")), &[])
+        .await
+        .unwrap();
+    let session = client.authenticated(&attested.svid).await.unwrap();
+    let mut refused = None;
+    for _ in 0..5 {
+        if let Err(e) = session.fetch_jwt(&JwtRequest::audience("billing")).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("signing past the identity's rate is refused");
+    println!("{e}");
+    assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+    assert!(
+        e.to_string().contains(
+            "sign_per_second_per_identity = 1/s (bursts of 2) exceeded by identity dev/api"
+        ),
+        "{e}"
+    );
+    assert!((1..=1000).contains(&hint_ms(&e)));
+}

@@ -32,6 +32,10 @@ pub struct ConnectionsConfig {
     pub http_idle_timeout: Duration,
     /// Most gRPC (TLS) connections open at once.
     pub grpc_max_connections: usize,
+    /// A gRPC connection on which no call has started for this long and no
+    /// stream is open is closed (keep it above the longest call, 30 s).
+    #[serde(with = "crate::config::humantime_serde_compat")]
+    pub grpc_idle_timeout: Duration,
     /// Most WatchRevocations streams one caller (one SPIFFE ID, or the
     /// admin) may hold open at once.
     pub revocation_streams_per_caller: usize,
@@ -44,6 +48,7 @@ impl Default for ConnectionsConfig {
             http_header_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
             grpc_max_connections: 4096,
+            grpc_idle_timeout: Duration::from_secs(5 * 60),
             revocation_streams_per_caller: 16,
         }
     }
@@ -71,6 +76,9 @@ impl ConnectionsConfig {
             return Err(
                 "connections.http_header_timeout and http_idle_timeout must be positive".into(),
             );
+        }
+        if self.grpc_idle_timeout < Duration::from_secs(1) {
+            return Err("connections.grpc_idle_timeout must be at least 1s".into());
         }
         Ok(())
     }
@@ -231,13 +239,5 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for IdleIo<TcpStream> {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
     }
 }

@@ -20,13 +20,13 @@ use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::bounded::{BoundedListener, IdleIo};
+use super::bounded::BoundedListener;
+use super::grpc_idle::{Connections, TrackedIo};
 use crate::keys::{KeyRing, ServerTls};
 
 /// Handshakes waiting to be served, at most.
@@ -49,12 +49,14 @@ pub fn server_config(keys: Arc<KeyRing>) -> Result<ServerConfig, rustls::Error> 
 /// Accepts TCP connections on `listener` (which caps how many are open)
 /// and completes their TLS handshakes concurrently, each bounded by
 /// `handshake_timeout`, yielding the established streams for
-/// `Server::serve_with_incoming`.
+/// `Server::serve_with_incoming`; each is closed once idle for `idle`
+/// (tracked in `connections`).
 pub fn incoming(
     mut listener: BoundedListener,
     config: Arc<ServerConfig>,
     handshake_timeout: Duration,
-) -> ReceiverStream<Result<TlsStream<IdleIo<TcpStream>>, io::Error>> {
+    (connections, idle): (Connections, Duration),
+) -> ReceiverStream<Result<TlsStream<TrackedIo>, io::Error>> {
     let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -65,8 +67,9 @@ pub fn incoming(
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            // Closed once idle (see super::grpc_idle).
+            let io = connections.track(tcp, peer, idle, permit);
             tokio::spawn(async move {
-                let io = IdleIo::new(tcp, None, permit);
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;

@@ -4,6 +4,7 @@
 pub mod admin;
 mod audit_api;
 pub mod bounded;
+pub mod grpc_idle;
 pub mod grpc_tls;
 pub mod http;
 pub mod http_serve;

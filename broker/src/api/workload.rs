@@ -18,6 +18,7 @@ mod attest;
 mod issuance;
 mod revocation_stream;
 
+use super::grpc_idle::Connections;
 use super::peer::{Caller, WorkloadPeer};
 use super::rate::RateLimits;
 use super::{introspect, node_api, status};
@@ -38,6 +39,7 @@ pub struct WorkloadService {
     stop: watch::Receiver<bool>,
     pub(super) rates: Arc<RateLimits>,
     streams: Arc<revocation_stream::StreamSlots>,
+    connections: Connections,
 }
 
 impl WorkloadService {
@@ -52,7 +54,15 @@ impl WorkloadService {
             stop,
             rates,
             streams,
+            connections: Connections::default(),
         }
+    }
+
+    /// Streams mark their connections busy in `connections`, so the idle
+    /// timeout spares them.
+    pub fn with_connections(mut self, connections: Connections) -> Self {
+        self.connections = connections;
+        self
     }
 
     /// The shared broker state.
@@ -297,12 +307,13 @@ impl Workload for WorkloadService {
             }
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(node_api::stream_node_entries(
-            Arc::clone(&self.broker),
-            peer,
-            tx,
-            self.stop.clone(),
-        ));
+        let busy = self.connections.stream(request.remote_addr());
+        let stream =
+            node_api::stream_node_entries(Arc::clone(&self.broker), peer, tx, self.stop.clone());
+        tokio::spawn(async move {
+            stream.await;
+            drop(busy);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -338,33 +349,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let (scope, caller) = self.authenticated_caller(&request)?;
-        let after = request.into_inner().after_seq;
-        if after < 0 {
-            return Err(Status::invalid_argument("after_seq must not be negative"));
-        }
-        let latest = self.broker.revocations.latest_seq();
-        if after > latest {
-            // Accepted, it would wait for an entry numbered past one that
-            // was never assigned: silence, forever.
-            return Err(Status::out_of_range(format!(
-                "after_seq {after} is beyond the latest revocation sequence {latest}; resume from {latest} or below"
-            )));
-        }
-        let slot = self.streams.open(caller)?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = revocation_stream::stream_revocations(
-            Arc::clone(&self.broker),
-            after,
-            scope,
-            tx,
-            self.stop.clone(),
-        );
-        tokio::spawn(async move {
-            stream.await;
-            drop(slot);
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.open_revocation_stream(request)
     }
 
     async fn get_jwks(

@@ -16,8 +16,8 @@ use crate::store::{CertKey, CertQuery, Store, StoreError};
 struct Covered {
     /// Upper-case hex serial.
     serial: Box<str>,
-    /// The environment of the identity it was issued to.
-    env: Box<str>,
+    /// The environment of the identity it was issued to (shared).
+    env: Arc<str>,
     expires_at: i64,
 }
 
@@ -106,11 +106,17 @@ async fn lookup(store: &dyn Store, rev: &Revocation, now: i64) -> Result<Vec<Cov
             value: &value,
             until,
         };
+        let mut env: Option<Arc<str>> = None;
         for cert in store.issued_certificates(&query, now).await? {
-            let env = cert.identity.split('/').next().unwrap_or_default();
+            let name = cert.identity.split('/').next().unwrap_or_default();
+            // One allocation per environment, not per certificate.
+            let env = match &env {
+                Some(e) if &**e == name => Arc::clone(e),
+                _ => Arc::clone(env.insert(Arc::from(name))),
+            };
             out.push(Covered {
                 serial: cert.serial.into(),
-                env: env.into(),
+                env,
                 expires_at: cert.expires_at,
             });
         }

@@ -5,13 +5,55 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use credbroker_proto::v1::Revocation as ProtoRevocation;
+use credbroker_proto::v1::{Revocation as ProtoRevocation, WatchRevocationsRequest};
 use tokio::sync::{broadcast, mpsc, watch};
-use tonic::Status;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{STREAM_BUFFER, WorkloadService};
 
 use crate::api::revoke_api;
 use crate::broker::Broker;
 use crate::model::EnvName;
+
+impl WorkloadService {
+    /// `WatchRevocations`: checks the caller, its cursor and its stream
+    /// allowance, then streams from the cursor.
+    pub(super) fn open_revocation_stream(
+        &self,
+        request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<ReceiverStream<Result<ProtoRevocation, Status>>>, Status> {
+        let (scope, caller) = self.authenticated_caller(&request)?;
+        let request_peer = request.remote_addr();
+        let after = request.into_inner().after_seq;
+        if after < 0 {
+            return Err(Status::invalid_argument("after_seq must not be negative"));
+        }
+        let latest = self.broker.revocations.latest_seq();
+        if after > latest {
+            // Accepted, it would wait for an entry numbered past one that
+            // was never assigned: silence, forever.
+            return Err(Status::out_of_range(format!(
+                "after_seq {after} is beyond the latest revocation sequence {latest}; resume from {latest} or below"
+            )));
+        }
+        let slot = self.streams.open(caller)?;
+        let busy = self.connections.stream(request_peer);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let stream = stream_revocations(
+            Arc::clone(&self.broker),
+            after,
+            scope,
+            tx,
+            self.stop.clone(),
+        );
+        tokio::spawn(async move {
+            stream.await;
+            drop((slot, busy));
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
 
 /// Sends every live revocation after `after`, then new ones as they come,
 /// until the client goes away or the broker stops. A subscriber that falls

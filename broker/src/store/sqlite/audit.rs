@@ -169,20 +169,22 @@ pub(super) async fn issued_certificates(
                AND identity IS NOT NULL"
         }
     };
-    let rows = sqlx::query(sql)
+    // Row by row: an environment's revocation can cover 100,000s of
+    // certificates, and their rows need not all be held at once.
+    let mut rows = sqlx::query(sql)
         .bind(query.value)
         .bind(query.until.saturating_add(1).saturating_mul(1000))
         .bind(now)
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(IssuedCert {
-                serial: r.try_get("serial")?,
-                identity: r.try_get("identity")?,
-                issued_at: r.try_get::<i64, _>("at_ms")? / 1000,
-                expires_at: r.try_get("expires_at")?,
-            })
-        })
-        .collect()
+        .fetch(pool);
+    let mut out = Vec::new();
+    while let Some(r) = tokio_stream::StreamExt::next(&mut rows).await {
+        let r = r?;
+        out.push(IssuedCert {
+            serial: r.try_get("serial")?,
+            identity: r.try_get("identity")?,
+            issued_at: r.try_get::<i64, _>("at_ms")? / 1000,
+            expires_at: r.try_get("expires_at")?,
+        });
+    }
+    Ok(out)
 }
