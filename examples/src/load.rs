@@ -103,20 +103,14 @@ async fn one_call(session: &WorkloadClient, rpc: Rpc, csr: &[u8], audience: &str
                 .await
                 .map(|_| ()),
             Rpc::RenewX509 => grpc
-                .renew_x509(RenewX509Request {
-                    csr: csr.to_vec(),
-                })
+                .renew_x509(RenewX509Request { csr: csr.to_vec() })
                 .await
                 .map(|_| ()),
         }
     };
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(status)) => Err(anyhow::anyhow!(
-            "{:?}: {}",
-            status.code(),
-            status.message()
-        )),
+        Ok(Err(status)) => Err(anyhow::anyhow!("{:?}: {}", status.code(), status.message())),
         Err(_) => Err(anyhow::anyhow!("no answer within {CALL_TIMEOUT:?}")),
     }
 }

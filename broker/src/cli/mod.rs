@@ -121,8 +121,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["jti", "serial", "identity", "env", "owner", "list"])))]
 pub struct RevokeArgs {
-    /// One JWT.
-    #[arg(long)]
+    /// One JWT. A `jti` is base64url and may start with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     pub jti: Option<String>,
     /// One certificate (hex serial).
     #[arg(long)]
@@ -154,8 +154,8 @@ pub struct AuditArgs {
     /// Only this identity (ENV/NAME).
     #[arg(long)]
     pub identity: Option<String>,
-    /// Only this JWT id ("who used this token").
-    #[arg(long)]
+    /// Only this JWT id ("who used this token"); it may start with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     pub jti: Option<String>,
     /// Only this certificate serial (hex).
     #[arg(long)]
@@ -432,6 +432,14 @@ mod tests {
         };
         assert_eq!(args.jti.as_deref(), Some("abc"));
         assert!(args.command.is_none());
+        // One jti in 64 starts with '-' (base64url): it is a value, not a flag.
+        let cli = Cli::try_parse_from(["credbroker", "audit", "--jti", "-bM2PvHmKwWq"]).unwrap();
+        let Command::Audit(args) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.jti.as_deref(), Some("-bM2PvHmKwWq"));
+        let cli = Cli::try_parse_from(["credbroker", "revoke", "--jti", "-x", "--reason", "r"]);
+        assert!(cli.is_ok(), "{cli:?}");
         assert!(
             Cli::try_parse_from(["credbroker", "revoke", "--jti", "j"]).is_err(),
             "reason required"
