@@ -2,6 +2,7 @@
 //! the HTTP endpoints.
 
 pub mod admin;
+mod admin_auth;
 mod audit_api;
 pub mod bounded;
 pub mod grpc_tls;
@@ -12,6 +13,8 @@ mod join_token_api;
 mod keys_api;
 pub mod limits;
 mod node_api;
+pub mod operators;
+mod operators_api;
 mod outstanding;
 pub mod peer;
 pub mod rate;
