@@ -170,7 +170,8 @@ pub struct AuditArgs {
     /// Only this certificate serial (hex).
     #[arg(long)]
     pub serial: Option<String>,
-    /// Only this actor: `admin`, `anonymous` or a SPIFFE ID.
+    /// Only this actor: `admin`, an operator's name, `anonymous` or a
+    /// SPIFFE ID.
     #[arg(long)]
     pub actor: Option<String>,
     /// Only this environment.
