@@ -191,6 +191,7 @@ async fn an_operator_revokes_but_cannot_rotate_keys_and_its_actions_carry_its_na
         "{}",
         stderr(&out)
     );
+    let eve = broker.scratch("operators").join("eve");
     let out = as_operator(
         &broker,
         &oscar,
@@ -202,13 +203,18 @@ async fn an_operator_revokes_but_cannot_rotate_keys_and_its_actions_carry_its_na
             "--role",
             "admin",
             "--out-dir",
-            "/nonexistent/eve",
+            eve.to_str().unwrap(),
         ],
     );
     assert!(
         stderr(&out).contains("needs role admin"),
         "{}",
         stderr(&out)
+    );
+    assert!(
+        !eve.exists(),
+        "a refused operator create left {}",
+        eve.display()
     );
 
     let entries = audit_of(&broker, "oscar");

@@ -161,15 +161,9 @@ pub async fn run(
             let csr = CertificateParams::default()
                 .serialize_request(&key)
                 .map_err(|e| AdminError::Output(format!("cannot make a CSR: {e}")))?;
-            let created = client
-                .create_operator(CreateOperatorRequest {
-                    name: name.clone(),
-                    role: role.clone(),
-                    ttl_seconds: ttl.as_secs().min(u64::from(u32::MAX)) as u32,
-                    csr_der: csr.der().to_vec(),
-                })
-                .await?
-                .into_inner();
+            // The directory must be writable before the broker is asked: a
+            // certificate whose key could not be saved would hold the name.
+            let made_dir = !out_dir.exists();
             {
                 use std::os::unix::fs::DirBuilderExt;
                 std::fs::DirBuilder::new()
@@ -178,20 +172,48 @@ pub async fn run(
                     .create(out_dir)
                     .map_err(|e| io_error(out_dir, e))?;
             }
-            write_new(
+            let created = client
+                .create_operator(CreateOperatorRequest {
+                    name: name.clone(),
+                    role: role.clone(),
+                    ttl_seconds: ttl.as_secs().min(u64::from(u32::MAX)) as u32,
+                    csr_der: csr.der().to_vec(),
+                })
+                .await;
+            let created = match created {
+                Ok(created) => created.into_inner(),
+                Err(e) => {
+                    if made_dir {
+                        let _ = std::fs::remove_dir(out_dir);
+                    }
+                    return Err(e.into());
+                }
+            };
+            let op = created.operator.clone().unwrap_or_default();
+            let bundle = out_dir.join(OPERATOR_BUNDLE);
+            let written = write_new(
                 &out_dir.join(OPERATOR_KEY),
                 key.serialize_pem().as_bytes(),
                 0o600,
-            )?;
-            write_new(
-                &out_dir.join(OPERATOR_CERT),
-                created.certificate_pem.as_bytes(),
-                0o644,
-            )?;
-            let bundle = out_dir.join(OPERATOR_BUNDLE);
-            std::fs::write(&bundle, created.broker_ca_pem.as_bytes())
-                .map_err(|e| io_error(&bundle, e))?;
-            let op = created.operator.unwrap_or_default();
+            )
+            .and_then(|()| {
+                write_new(
+                    &out_dir.join(OPERATOR_CERT),
+                    created.certificate_pem.as_bytes(),
+                    0o644,
+                )
+            })
+            .and_then(|()| {
+                std::fs::write(&bundle, created.broker_ca_pem.as_bytes())
+                    .map_err(|e| io_error(&bundle, e))
+            });
+            if let Err(e) = written {
+                return Err(AdminError::Output(format!(
+                    "{e}; the broker issued certificate {} to operator {}: revoke it with \
+                     `credbroker operator revoke --name {} --reason \"files not written\"`",
+                    op.serial, op.name, op.name
+                )));
+            }
             if out == Output::Json {
                 return emit(&json_text(&operator_json(&op)));
             }
