@@ -365,3 +365,32 @@ async fn a_certificate_from_another_ca_naming_an_operator_is_refused() {
         .await
         .expect("alice's own certificate");
 }
+
+#[tokio::test]
+async fn operators_and_their_revocations_survive_a_restart() {
+    let mut broker = TestBroker::start().await;
+    let kept = create(&broker, "kept", "auditor");
+    let gone = create(&broker, "gone", "auditor");
+    broker.cli_ok(&[
+        "operator",
+        "revoke",
+        "--name",
+        "gone",
+        "--reason",
+        "rotated out",
+    ]);
+    broker.restart().await;
+    let out = as_operator(&broker, &kept, &["keys", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = as_operator(&broker, &gone, &["keys", "list"]);
+    assert!(
+        !out.status.success(),
+        "a revoked operator works after a restart"
+    );
+    assert!(stderr(&out).contains("revoked"), "{}", stderr(&out));
+    let list = broker.cli_ok(&["operator", "list", "--all"]);
+    assert!(
+        list.contains("kept") && list.contains("gone") && list.contains("revoked"),
+        "{list}"
+    );
+}
