@@ -77,3 +77,50 @@ pub(super) async fn revoke_operator(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::roles::Role;
+    use crate::store::{OperatorRecord, SqliteStore, Store, StoreError};
+
+    #[tokio::test]
+    async fn operators_round_trip_and_revoke_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let op = OperatorRecord {
+            serial: "4A".into(),
+            name: "alice".into(),
+            role: Role::Auditor,
+            created_at: 10,
+            expires_at: 100,
+            created_by: "admin".into(),
+            revoked_at: None,
+            revoked_by: None,
+            revoke_reason: None,
+        };
+        store.insert_operator(&op).await.unwrap();
+        assert!(matches!(
+            store.insert_operator(&op).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
+        store
+            .revoke_operator("4A", 20, "bob", "left")
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.revoke_operator("4A", 30, "bob", "again").await,
+            Err(StoreError::NotFound(_))
+        ));
+        let listed = store.list_operators().await.unwrap();
+        assert_eq!(
+            listed,
+            vec![OperatorRecord {
+                revoked_at: Some(20),
+                revoked_by: Some("bob".into()),
+                revoke_reason: Some("left".into()),
+                ..op
+            }]
+        );
+    }
+}
