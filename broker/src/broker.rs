@@ -151,6 +151,8 @@ impl Broker {
         let revocations = RevocationList::default();
         revocations.load(store.live_revocations(unix_now()).await?);
         revocations.saw_seq(store.latest_revocation_seq().await?);
+        let callers = CallerCache::default();
+        callers.operators.load(store.list_operators().await?);
         Ok(Arc::new(Self {
             envs: config.environments()?,
             limits: TtlLimits::from(&config.ttl),
@@ -159,7 +161,7 @@ impl Broker {
             attestors,
             store,
             config,
-            callers: CallerCache::default(),
+            callers,
             audit,
             revocations,
             crls: CrlCache::default(),

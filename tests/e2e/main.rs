@@ -20,6 +20,7 @@ mod first_hour;
 mod happy_path;
 mod jwt;
 mod node_agent;
+mod operators;
 mod platform_agent;
 mod platform_attestation;
 mod platform_selectors;

@@ -1,5 +1,6 @@
-//! The `Admin` gRPC service: identities and join tokens. Every call needs
-//! the admin client certificate.
+//! The `Admin` gRPC service: identities, join tokens, revocation, audit,
+//! keys and operators. Every call needs an admin CA client certificate
+//! whose role reaches the RPC's (see [`crate::policy::roles`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,17 @@ use credbroker_proto::v1::{
     QueryAuditRequest, QueryAuditResponse, RetireKeyRequest, RetireKeyResponse, RevokeRequest,
     RotateKeysRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
+use credbroker_proto::v1::{
+    CreateOperatorRequest, CreateOperatorResponse, ListOperatorsRequest, ListOperatorsResponse,
+    RevokeOperatorRequest, RevokeOperatorResponse,
+};
 use tonic::{Request, Response, Status};
 
-use super::peer::Caller;
+use super::operators::OperatorPeer;
 use super::status;
-use super::{audit_api, join_token_api, keys_api, limits, outstanding, revoke_api};
+use super::{
+    admin_auth, audit_api, join_token_api, keys_api, limits, operators_api, outstanding, revoke_api,
+};
 use crate::attest::AttestorInfo;
 use crate::audit::AuditRecord;
 use crate::broker::Broker;
@@ -39,34 +46,14 @@ impl AdminService {
         Self { broker }
     }
 
+    /// Authenticates the caller of `rpc` and checks its role (audited).
     fn require_admin<T>(
         &self,
         request: &Request<T>,
+        rpc: &'static str,
         audit: &mut AuditRecord,
-    ) -> Result<(), Status> {
-        let caller = self
-            .broker
-            .callers
-            .authenticate(request, &self.broker.keys, unix_now());
-        let caller = match caller {
-            Ok(c) => c,
-            Err(e) => {
-                audit.denied(&status::reason(&e));
-                return Err(e);
-            }
-        };
-        audit.actor = Some(caller.actor());
-        let refusal = match caller {
-            Caller::Admin => return Ok(()),
-            Caller::Anonymous => {
-                Status::unauthenticated("admin calls need the admin client certificate")
-            }
-            Caller::Workload(_) => Status::permission_denied(
-                "admin calls need the admin client certificate, not an SVID",
-            ),
-        };
-        audit.denied(&status::reason(&refusal));
-        Err(refusal)
+    ) -> Result<Arc<OperatorPeer>, Status> {
+        admin_auth::authorize(&self.broker, request, rpc, audit)
     }
 }
 
@@ -147,11 +134,12 @@ impl AdminService {
     async fn change(
         &self,
         request: Request<ChangeIdentityRequest>,
+        rpc: &'static str,
         action: &'static str,
         change: impl FnOnce(&mut crate::model::Identity, i64) -> Result<(), PolicyError>,
     ) -> Result<Response<pb::Identity>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, action, request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, rpc, &mut audit)?;
         let req = request.into_inner();
         let result = async {
             let key = identity_key(req.identity.as_ref())?;
@@ -197,7 +185,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::Identity>, Status> {
         let mut audit =
             AuditRecord::new(&self.broker.audit, "identity.create", request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "CreateIdentity", &mut audit)?;
         let req = request.into_inner();
         if let Err(e) = limits::create_identity(&req) {
             audit.denied(&status::reason(&e));
@@ -286,7 +274,7 @@ impl Admin for AdminService {
         request: Request<IdentityRef>,
     ) -> Result<Response<pb::Identity>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "identity.get", request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "GetIdentity", &mut audit)?;
         let key = identity_key(Some(request.get_ref()))?;
         let view = self
             .broker
@@ -302,7 +290,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ListIdentitiesResponse>, Status> {
         let mut audit =
             AuditRecord::new(&self.broker.audit, "identity.list", request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "ListIdentities", &mut audit)?;
         let req = request.into_inner();
         let env = if req.env.is_empty() {
             None
@@ -340,7 +328,7 @@ impl Admin for AdminService {
         request: Request<ChangeIdentityRequest>,
     ) -> Result<Response<pb::Identity>, Status> {
         // Disabling a retired identity changes nothing it could do: allowed.
-        self.change(request, "identity.disable", |id, _| {
+        self.change(request, "DisableIdentity", "identity.disable", |id, _| {
             id.enabled = false;
             Ok(())
         })
@@ -351,7 +339,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ChangeIdentityRequest>,
     ) -> Result<Response<pb::Identity>, Status> {
-        self.change(request, "identity.enable", |id, _| {
+        self.change(request, "EnableIdentity", "identity.enable", |id, _| {
             if id.retired_at.is_some() {
                 return Err(PolicyError::Invalid(format!(
                     "identity {} is retired and cannot be re-enabled; create a new one",
@@ -368,7 +356,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ChangeIdentityRequest>,
     ) -> Result<Response<pb::Identity>, Status> {
-        self.change(request, "identity.retire", |id, now| {
+        self.change(request, "RetireIdentity", "identity.retire", |id, now| {
             if id.retired_at.is_none() {
                 id.retired_at = Some(now);
             }
@@ -387,7 +375,7 @@ impl Admin for AdminService {
             "join_token.create",
             request.remote_addr(),
         );
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "CreateJoinToken", &mut audit)?;
         let result = join_token_api::create(&self.broker, request.into_inner(), &mut audit).await;
         audited(result, &audit)
     }
@@ -397,7 +385,7 @@ impl Admin for AdminService {
         request: Request<QueryAuditRequest>,
     ) -> Result<Response<QueryAuditResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "audit.query", request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "QueryAudit", &mut audit)?;
         audit_api::query(&self.broker, request.into_inner())
             .await
             .map(Response::new)
@@ -408,7 +396,7 @@ impl Admin for AdminService {
         request: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "audit.verify", request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "VerifyAudit", &mut audit)?;
         let checkpoints = request.into_inner().checkpoints;
         let report = audit_api::verify(&self.broker, checkpoints).await?;
         if report.intact {
@@ -430,7 +418,7 @@ impl Admin for AdminService {
         request: Request<RevokeRequest>,
     ) -> Result<Response<pb::Revocation>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "revoke", request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "Revoke", &mut audit)?;
         let result = revoke_api::revoke(&self.broker, request.into_inner(), &mut audit).await;
         audited(result, &audit)
     }
@@ -440,7 +428,7 @@ impl Admin for AdminService {
         request: Request<ListKeysRequest>,
     ) -> Result<Response<ListKeysResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "keys.list", request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "ListKeys", &mut audit)?;
         keys_api::list(&self.broker, &request.into_inner().env).map(Response::new)
     }
 
@@ -449,7 +437,7 @@ impl Admin for AdminService {
         request: Request<RotateKeysRequest>,
     ) -> Result<Response<ListKeysResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "keys.rotate", request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "RotateKeys", &mut audit)?;
         let req = request.into_inner();
         let result = keys_api::rotate(&self.broker, &req.env, &req.kind, &mut audit).await;
         audited(result, &audit)
@@ -460,7 +448,7 @@ impl Admin for AdminService {
         request: Request<RetireKeyRequest>,
     ) -> Result<Response<RetireKeyResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "keys.retire", request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "RetireKey", &mut audit)?;
         let result = keys_api::retire(&self.broker, request.into_inner(), &mut audit).await;
         audited(result, &audit)
     }
@@ -470,7 +458,7 @@ impl Admin for AdminService {
         request: Request<ListRevocationsRequest>,
     ) -> Result<Response<ListRevocationsResponse>, Status> {
         let mut audit = AuditRecord::new(&self.broker.audit, "revoke.list", request.remote_addr());
-        self.require_admin(&request, &mut audit)?;
+        self.require_admin(&request, "ListRevocations", &mut audit)?;
         self.broker.revocations.prune(unix_now());
         let revocations = self
             .broker
@@ -480,5 +468,42 @@ impl Admin for AdminService {
             .map(|r| revoke_api::to_proto(r))
             .collect();
         Ok(Response::new(ListRevocationsResponse { revocations }))
+    }
+
+    async fn create_operator(
+        &self,
+        request: Request<CreateOperatorRequest>,
+    ) -> Result<Response<CreateOperatorResponse>, Status> {
+        let mut audit =
+            AuditRecord::new(&self.broker.audit, "operator.create", request.remote_addr());
+        let caller = self.require_admin(&request, "CreateOperator", &mut audit)?;
+        let result =
+            operators_api::create(&self.broker, &caller, request.into_inner(), &audit).await;
+        audited(result, &audit)
+    }
+
+    async fn list_operators(
+        &self,
+        request: Request<ListOperatorsRequest>,
+    ) -> Result<Response<ListOperatorsResponse>, Status> {
+        let mut audit =
+            AuditRecord::new(&self.broker.audit, "operator.list", request.remote_addr());
+        self.require_admin(&request, "ListOperators", &mut audit)?;
+        Ok(Response::new(operators_api::list(
+            &self.broker,
+            request.into_inner().all,
+        )))
+    }
+
+    async fn revoke_operator(
+        &self,
+        request: Request<RevokeOperatorRequest>,
+    ) -> Result<Response<RevokeOperatorResponse>, Status> {
+        let mut audit =
+            AuditRecord::new(&self.broker.audit, "operator.revoke", request.remote_addr());
+        let caller = self.require_admin(&request, "RevokeOperator", &mut audit)?;
+        let result =
+            operators_api::revoke(&self.broker, &caller, request.into_inner(), &audit).await;
+        audited(result, &audit)
     }
 }

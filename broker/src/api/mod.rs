@@ -2,6 +2,7 @@
 //! the HTTP endpoints.
 
 pub mod admin;
+mod admin_auth;
 mod audit_api;
 pub mod bounded;
 pub mod grpc_idle;
@@ -13,6 +14,8 @@ mod join_token_api;
 mod keys_api;
 pub mod limits;
 mod node_api;
+pub mod operators;
+mod operators_api;
 mod outstanding;
 pub mod peer;
 pub mod rate;

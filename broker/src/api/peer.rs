@@ -18,6 +18,7 @@ use tonic::{Request, Status};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
+use super::operators::{OperatorPeer, OperatorRegistry, operator_name};
 use crate::issue::Confirmation;
 use crate::issue::x509::BACKDATE;
 use crate::keys::{EnvironmentKeys, KeyRing};
@@ -69,8 +70,9 @@ pub enum Caller {
     Anonymous,
     /// A workload with a valid X.509-SVID.
     Workload(Arc<WorkloadPeer>),
-    /// The operator, with the admin certificate.
-    Admin,
+    /// The bootstrap admin or a named operator (admin CA certificate),
+    /// with its role; checked for revocation on this call.
+    Admin(Arc<OperatorPeer>),
 }
 
 impl Caller {
@@ -79,7 +81,7 @@ impl Caller {
         match self {
             Self::Anonymous => "anonymous".to_owned(),
             Self::Workload(w) => w.spiffe_id.to_string(),
-            Self::Admin => "admin".to_owned(),
+            Self::Admin(op) => op.name.clone(),
         }
     }
 }
@@ -87,7 +89,7 @@ impl Caller {
 /// A certificate already verified, with its validity window.
 #[derive(Debug, Clone)]
 struct Verified {
-    caller: Caller,
+    caller: VerifiedCaller,
     not_before: i64,
     not_after: i64,
     /// The key-set generation it was verified against: a rotation or a
@@ -95,10 +97,20 @@ struct Verified {
     generation: u64,
 }
 
+/// Who a verified certificate names. A named operator's standing (role,
+/// revocation) is looked up at every call, never cached.
+#[derive(Debug, Clone)]
+enum VerifiedCaller {
+    Known(Caller),
+    Operator { name: String, serial: String },
+}
+
 /// Remembers which client certificates were verified, and as whom.
 #[derive(Debug, Default)]
 pub struct CallerCache {
     verified: DashMap<[u8; 32], Verified>,
+    /// Named operators' certificates, checked at every admin call.
+    pub operators: OperatorRegistry,
 }
 
 impl CallerCache {
@@ -145,7 +157,12 @@ impl CallerCache {
                 "client certificate is not valid now",
             ));
         }
-        Ok(verified.caller)
+        match verified.caller {
+            VerifiedCaller::Known(caller) => Ok(caller),
+            VerifiedCaller::Operator { name, serial } => Ok(Caller::Admin(Arc::new(
+                self.operators.authenticate(&name, &serial, now)?,
+            ))),
+        }
     }
 }
 
@@ -162,9 +179,27 @@ fn verify(
         validity.not_before.timestamp(),
         validity.not_after.timestamp(),
     );
+    if let Some(name) = operator_name(&cert).map_err(Status::unauthenticated)? {
+        // Only the admin CA's signature makes a name an operator: TLS also
+        // accepts every environment CA.
+        if !keys.admin_ca().signed(&cert) {
+            return Err(Status::unauthenticated(format!(
+                "operator certificate for {name} was not issued by this broker's admin CA"
+            )));
+        }
+        return Ok(Verified {
+            caller: VerifiedCaller::Operator {
+                name,
+                serial: serial_hex(&cert),
+            },
+            not_before,
+            not_after,
+            generation,
+        });
+    }
     if keys.admin_ca().signed(&cert) {
         return Ok(Verified {
-            caller: Caller::Admin,
+            caller: VerifiedCaller::Known(Caller::Admin(Arc::new(OperatorPeer::bootstrap()))),
             not_before,
             not_after,
             generation,
@@ -187,7 +222,7 @@ fn verify(
     };
     let signed_by = signer.id.clone();
     Ok(Verified {
-        caller: Caller::Workload(Arc::new(WorkloadPeer {
+        caller: VerifiedCaller::Known(Caller::Workload(Arc::new(WorkloadPeer {
             identity: IdentityKey {
                 env: env.env.name.clone(),
                 name: spiffe_id.path().clone(),
@@ -198,7 +233,7 @@ fn verify(
             serial: serial_hex(&cert),
             issued_at: issued_at(&cert),
             signed_by,
-        })),
+        }))),
         not_before,
         not_after,
         generation,
@@ -291,7 +326,9 @@ mod tests {
         let keys = keys(dir.path()).await;
         let own = leaf(&keys, "prod", "spiffe://prod.example.org/api");
         match verify(&own, &[0; 32], &keys, 0).unwrap().caller {
-            Caller::Workload(peer) => assert_eq!(peer.identity.to_string(), "prod/api"),
+            VerifiedCaller::Known(Caller::Workload(peer)) => {
+                assert_eq!(peer.identity.to_string(), "prod/api")
+            }
             other => panic!("{other:?}"),
         }
         // Signed by dev's CA (which the TLS layer trusts) but naming prod.

@@ -92,7 +92,7 @@ impl WorkloadService {
             Caller::Anonymous => Err(Status::unauthenticated(
                 "this call needs a client certificate (an X.509-SVID)",
             )),
-            Caller::Admin => Ok((None, "admin".to_owned())),
+            Caller::Admin(op) => Ok((None, op.name.clone())),
             Caller::Workload(peer) => {
                 let identity = self.broker.registry.get(&peer.identity).ok_or_else(|| {
                     Status::permission_denied(format!(

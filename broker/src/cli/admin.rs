@@ -1,5 +1,5 @@
 //! Admin commands: one gRPC call each, authenticated with the admin client
-//! certificate from the data directory.
+//! certificate from the data directory, or a named operator's (`--operator`).
 
 use std::path::Path;
 
@@ -68,12 +68,42 @@ fn read(path: &Path) -> Result<Vec<u8>, AdminError> {
     })
 }
 
-async fn connect(url: &str, data_dir: &Path) -> Result<AdminClient<Channel>, AdminError> {
+/// Reads a named operator's files from `dir` (`--operator`).
+fn read_operator(dir: &Path) -> Result<[Vec<u8>; 3], AdminError> {
+    use super::operator::{OPERATOR_BUNDLE, OPERATOR_CERT, OPERATOR_KEY};
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read(&path).map_err(|e| {
+            AdminError::Output(format!(
+                "cannot read {}: {e} (is --operator a directory written by `credbroker operator create`?)",
+                path.display()
+            ))
+        })
+    };
+    Ok([
+        read(OPERATOR_BUNDLE)?,
+        read(OPERATOR_CERT)?,
+        read(OPERATOR_KEY)?,
+    ])
+}
+
+async fn connect(
+    url: &str,
+    data_dir: &Path,
+    operator: Option<&Path>,
+) -> Result<AdminClient<Channel>, AdminError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let files = AdminFiles::locate(data_dir);
-    let ca = read(&data_dir.join("broker-ca.pem"))?;
-    let cert = read(&files.cert)?;
-    let key = read(&files.key)?;
+    let [ca, cert, key] = match operator {
+        Some(dir) => read_operator(dir)?,
+        None => {
+            let files = AdminFiles::locate(data_dir);
+            [
+                read(&data_dir.join("broker-ca.pem"))?,
+                read(&files.cert)?,
+                read(&files.key)?,
+            ]
+        }
+    };
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key));
@@ -121,7 +151,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
         .data_dir
         .clone()
         .unwrap_or_else(|| "./credbroker-data".into());
-    let mut client = connect(&cli.broker, &data_dir).await?;
+    let mut client = connect(&cli.broker, &data_dir, cli.operator.as_deref()).await?;
     let out = cli.output;
     match &cli.command {
         Command::Serve { .. } | Command::Backup { .. } => Err(AdminError::Output(
@@ -295,6 +325,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
             print_audit(&events.events, out)
         }
         Command::Keys(command) => super::keys::run(&mut client, command, out).await,
+        Command::Operator(command) => super::operator::run(&mut client, command, out).await,
         Command::Token(TokenCommand::Create { id, ttl, uses }) => {
             let token = client
                 .create_join_token(CreateJoinTokenRequest {

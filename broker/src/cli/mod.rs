@@ -4,6 +4,7 @@
 mod admin;
 pub mod backup;
 mod keys;
+mod operator;
 mod output;
 
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ pub fn command() -> clap::Command {
     // get the global pushed in; so give the local commands hidden copies.
     let hidden: Vec<clap::Arg> = cmd
         .get_arguments()
-        .filter(|a| ["broker", "output"].contains(&a.get_id().as_str()))
+        .filter(|a| ["broker", "output", "operator"].contains(&a.get_id().as_str()))
         .map(|a| a.clone().hide(true))
         .collect();
     LOCAL_COMMANDS.iter().fold(cmd, |cmd, local| {
@@ -46,6 +47,11 @@ pub struct Cli {
     /// find `admin/` and `broker-ca.pem`. [default: ./credbroker-data]
     #[arg(long, global = true, env = "CREDBROKER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Admin commands authenticate as this named operator: a directory
+    /// written by `operator create` (operator.pem, operator.key,
+    /// broker-ca.pem), used instead of the data directory's admin files.
+    #[arg(long, global = true, env = "CREDBROKER_OPERATOR", value_name = "DIR")]
+    pub operator: Option<PathBuf>,
     /// Broker gRPC URL for admin commands.
     #[arg(
         long,
@@ -115,6 +121,10 @@ pub enum Command {
     /// Each environment's rotating CA and JWT keys: list, rotate, retire.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Named operators with roles (admin, operator, auditor): create,
+    /// list, revoke.
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
 }
 
 /// `credbroker revoke (--jti J | --serial S | --identity E/N | --env E | --owner O) --reason R`
@@ -160,7 +170,8 @@ pub struct AuditArgs {
     /// Only this certificate serial (hex).
     #[arg(long)]
     pub serial: Option<String>,
-    /// Only this actor: `admin`, `anonymous` or a SPIFFE ID.
+    /// Only this actor: `admin`, an operator's name, `anonymous` or a
+    /// SPIFFE ID.
     #[arg(long)]
     pub actor: Option<String>,
     /// Only this environment.

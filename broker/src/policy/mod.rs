@@ -8,6 +8,7 @@ mod new_identity;
 pub mod node;
 pub mod rate_limit;
 mod registry;
+pub mod roles;
 pub mod selectors;
 
 pub use cidr::{Cidr, CidrError};

@@ -6,6 +6,7 @@
 //! batches. What must be durable before a call returns — a new identity, a
 //! join token, its consumption — goes through here.
 
+mod operators;
 mod sqlite;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use thiserror::Error;
 
+pub use operators::OperatorRecord;
 pub use sqlite::SqliteStore;
 
 use crate::audit::{AuditFilter, ChainedEntry};
@@ -255,6 +257,20 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     /// The highest revocation sequence number ever assigned (0 if none),
     /// purged entries included: the end of the WatchRevocations stream.
     async fn latest_revocation_seq(&self) -> Result<i64, StoreError>;
+
+    /// Stores a named operator's new certificate.
+    async fn insert_operator(&self, op: &OperatorRecord) -> Result<(), StoreError>;
+    /// Every operator certificate ever issued, by name then age.
+    async fn list_operators(&self) -> Result<Vec<OperatorRecord>, StoreError>;
+    /// Marks an unrevoked operator certificate revoked;
+    /// [`StoreError::NotFound`] if there is none with `serial`.
+    async fn revoke_operator(
+        &self,
+        serial: &str,
+        at: i64,
+        by: &str,
+        reason: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// A revocation before it is stored (no sequence number yet).

@@ -10,7 +10,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     CertQuery, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, KeyRetirement, NewRevocation,
-    OutstandingCredential, Store, StoreError, UsageUpdate,
+    OperatorRecord, OutstandingCredential, Store, StoreError, UsageUpdate,
 };
 use crate::audit::{AuditFilter, ChainedEntry};
 use crate::model::{
@@ -22,6 +22,7 @@ use crate::revocation::Revocation;
 mod attestation;
 mod audit;
 mod keys;
+mod operators;
 mod revocations;
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
@@ -33,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0005_attestation.sql"),
     include_str!("../../../migrations/sqlite/0006_binding.sql"),
     include_str!("../../../migrations/sqlite/0008_key_lifecycle.sql"),
+    include_str!("../../../migrations/sqlite/0009_operators.sql"),
 ];
 
 /// Creates the database file 0600 if it does not exist yet (so SQLite never
@@ -508,6 +510,24 @@ impl Store for SqliteStore {
 
     async fn latest_revocation_seq(&self) -> Result<i64, StoreError> {
         revocations::latest_seq(&self.pool).await
+    }
+
+    async fn insert_operator(&self, op: &OperatorRecord) -> Result<(), StoreError> {
+        operators::insert_operator(&self.pool, op).await
+    }
+
+    async fn list_operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        operators::list_operators(&self.pool).await
+    }
+
+    async fn revoke_operator(
+        &self,
+        serial: &str,
+        at: i64,
+        by: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        operators::revoke_operator(&self.pool, serial, at, by, reason).await
     }
 }
 
