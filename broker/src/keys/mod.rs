@@ -99,6 +99,7 @@ pub struct KeyRing {
     admin_ca: CertificateAuthority,
     tls_ca: CertificateAuthority,
     tls_names: Vec<String>,
+    data_dir: PathBuf,
     server_tls: RwLock<Arc<ServerTls>>,
     audit_signer: Arc<JwtSigningKey>,
 }
@@ -169,6 +170,7 @@ impl KeyRing {
             admin_ca,
             tls_ca,
             tls_names: config.tls_names.clone(),
+            data_dir: config.data_dir.clone(),
             server_tls: RwLock::new(Arc::new(server_tls)),
             audit_signer,
         })
@@ -186,6 +188,9 @@ impl KeyRing {
             self.publish(snapshot);
         }
         self.renew_server_tls(now)?;
+        // The bootstrap admin certificate is short-lived: keep a valid one
+        // in the data directory.
+        AdminFiles::ensure(&self.data_dir, &self.admin_ca)?;
         Ok(next)
     }
 

@@ -15,10 +15,14 @@ use crate::model::unix_now;
 
 /// Lifetime of the broker's TLS certificate; it is re-issued at every start.
 const SERVER_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 60 * 60);
-/// Lifetime of the admin client certificate.
-const ADMIN_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-/// An admin certificate closer than this to expiry is replaced at start-up.
-const ADMIN_RENEW_BEFORE: i64 = 30 * 24 * 60 * 60;
+/// Lifetime of the bootstrap admin certificate (DATA_DIR/admin/): a copy
+/// taken off the machine stops working within a day; people and automation
+/// use named operators instead.
+const ADMIN_CERT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The running broker replaces the bootstrap admin certificate once it is
+/// this close to expiry (half its life), so whoever can read the data
+/// directory always finds a valid one.
+const ADMIN_RENEW_BEFORE: i64 = 12 * 60 * 60;
 
 /// The broker's TLS certificate (chained to `broker-ca.pem`) and its key.
 #[derive(Clone)]
@@ -157,5 +161,39 @@ impl AdminFiles {
         };
         ca.signed(&parsed)
             && parsed.validity().not_after.timestamp() - unix_now() > ADMIN_RENEW_BEFORE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_after(files: &AdminFiles) -> i64 {
+        let cert = CertificateDer::from_pem_file(&files.cert).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).unwrap();
+        parsed.validity().not_after.timestamp()
+    }
+
+    #[test]
+    fn the_bootstrap_admin_certificate_is_short_lived_and_renewed_at_half_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) =
+            CertificateAuthority::generate("admin CA", None, Duration::from_secs(86400 * 30))
+                .unwrap();
+        let files = AdminFiles::ensure(dir.path(), &ca).unwrap();
+        let first = std::fs::read(&files.cert).unwrap();
+        let life = not_after(&files) - unix_now();
+        assert!((86_000..=86_400).contains(&life), "{life}");
+        // Fresh: kept as it is.
+        AdminFiles::ensure(dir.path(), &ca).unwrap();
+        assert_eq!(std::fs::read(&files.cert).unwrap(), first);
+        // Past half its life: replaced.
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        set_validity(&mut params, Duration::from_secs(3600), &ca);
+        let old = ca.sign(&params, &key).unwrap();
+        std::fs::write(&files.cert, pem_encode("CERTIFICATE", &old)).unwrap();
+        AdminFiles::ensure(dir.path(), &ca).unwrap();
+        assert!(not_after(&files) - unix_now() > 86_000, "renewed");
     }
 }
