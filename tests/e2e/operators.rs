@@ -394,3 +394,74 @@ async fn operators_and_their_revocations_survive_a_restart() {
         "{list}"
     );
 }
+
+/// The issuer key identifier of the certificate in `pem` (which admin CA).
+fn aki_of(pem: &[u8]) -> String {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    credbroker_client::authority_key_id(&cert).unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_ca_rotates_without_cutting_anyone_off() {
+    let mut broker = TestBroker::start().await;
+    let admin_keys = |broker: &TestBroker| -> Vec<Value> {
+        serde_json::from_str::<Value>(&broker.cli_ok(&["keys", "list", "--output", "json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["kind"] == "admin")
+            .cloned()
+            .collect()
+    };
+    let before = admin_keys(&broker);
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0]["state"], "active");
+    let old_ca = before[0]["id"].as_str().unwrap().to_owned();
+    let alice = create(&broker, "alice", "auditor");
+    assert_eq!(
+        aki_of(&std::fs::read(alice.join("operator.pem")).unwrap()),
+        old_ca
+    );
+
+    broker.cli_ok(&["keys", "rotate", "--kind", "admin"]);
+    let after = admin_keys(&broker);
+    let state_of = |id: &str| {
+        after
+            .iter()
+            .find(|k| k["id"] == id)
+            .map(|k| k["state"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(state_of(&old_ca).as_deref(), Some("previous"), "{after:?}");
+    let new_ca = after.iter().find(|k| k["state"] == "active").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_ca, old_ca);
+
+    // The bootstrap admin certificate moved to the new CA; an operator of the
+    // old one keeps working until its certificate expires; a new operator
+    // comes from the new CA. Both hold across a restart.
+    let admin_pem = std::fs::read(broker.data_dir().join("admin/admin.pem")).unwrap();
+    assert_eq!(aki_of(&admin_pem), new_ca);
+    let bob = create(&broker, "bob", "auditor");
+    assert_eq!(
+        aki_of(&std::fs::read(bob.join("operator.pem")).unwrap()),
+        new_ca
+    );
+    broker.restart().await;
+    for dir in [&alice, &bob] {
+        let out = as_operator(&broker, dir, &["identity", "list"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    broker.cli_ok(&["identity", "list"]);
+    // Operators cannot rotate it; the environment is not needed for it.
+    let out = as_operator(&broker, &alice, &["keys", "rotate", "--kind", "admin"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("needs role admin"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -16,6 +16,7 @@ use crate::store::{KeyKind, NewRevocation};
 pub(super) fn kind_name(kind: KeyKind) -> &'static str {
     match kind {
         KeyKind::X509Ca => "x509",
+        KeyKind::AdminCa => "admin",
         _ => "jwt",
     }
 }
@@ -26,8 +27,9 @@ pub(super) fn parse_kind(kind: &str) -> Result<Option<KeyKind>, Status> {
         "" => Ok(None),
         "x509" => Ok(Some(KeyKind::X509Ca)),
         "jwt" => Ok(Some(KeyKind::JwtSigning)),
+        "admin" => Ok(Some(KeyKind::AdminCa)),
         other => Err(Status::invalid_argument(format!(
-            "key kind {other:?} is not x509 or jwt"
+            "key kind {other:?} is not x509, jwt or admin"
         ))),
     }
 }
@@ -82,7 +84,14 @@ pub(super) async fn rotate(
     audit: &mut AuditRecord,
 ) -> Result<ListKeysResponse, Status> {
     let kind = parse_kind(kind)?;
-    audit.env = Some(env.to_owned());
+    if kind != Some(KeyKind::AdminCa) {
+        if env.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "an environment is required (or --kind admin for the admin CA)",
+            ));
+        }
+        audit.env = Some(env.to_owned());
+    }
     let made = broker
         .keys
         .rotate(env, kind, unix_now())
@@ -90,7 +99,7 @@ pub(super) async fn rotate(
         .map_err(command_error)?;
     let ids: Vec<&str> = made.iter().map(|(_, id)| id.as_str()).collect();
     audit.changed(&format!("rotated: now signing with {}", ids.join(", ")));
-    let listed = broker.keys.list(Some(env));
+    let listed = broker.keys.list(None);
     Ok(ListKeysResponse {
         keys: listed
             .iter()

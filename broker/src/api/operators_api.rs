@@ -84,7 +84,7 @@ pub(super) async fn create(
             crate::model::rfc3339(live.expires_at)
         )));
     }
-    let ca = broker.keys.admin_ca();
+    let ca = broker.keys.admin_ca().map_err(status::key)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "credbroker");

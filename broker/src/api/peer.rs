@@ -182,7 +182,7 @@ fn verify(
     if let Some(name) = operator_name(&cert).map_err(Status::unauthenticated)? {
         // Only the admin CA's signature makes a name an operator: TLS also
         // accepts every environment CA.
-        if !keys.admin_ca().signed(&cert) {
+        if !keys.admin_signed(&cert) {
             return Err(Status::unauthenticated(format!(
                 "operator certificate for {name} was not issued by this broker's admin CA"
             )));
@@ -197,7 +197,7 @@ fn verify(
             generation,
         });
     }
-    if keys.admin_ca().signed(&cert) {
+    if keys.admin_signed(&cert) {
         return Ok(Verified {
             caller: VerifiedCaller::Known(Caller::Admin(Arc::new(OperatorPeer::bootstrap()))),
             not_before,

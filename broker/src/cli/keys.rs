@@ -24,11 +24,13 @@ pub enum KeysCommand {
     /// Prepare and activate new keys now; the current ones become previous
     /// and stay published until what they signed has expired.
     Rotate {
-        /// Environment.
-        #[arg(long)]
-        env: String,
-        /// Only this kind: x509 (the CA) or jwt; both without it.
-        #[arg(long, value_parser = ["x509", "jwt"])]
+        /// Environment (not with `--kind admin`).
+        #[arg(long, required_unless_present = "kind")]
+        env: Option<String>,
+        /// Only this kind: x509 (the environment's CA) or jwt; both without
+        /// it. `admin`: the broker-wide admin CA signing operator
+        /// certificates.
+        #[arg(long, value_parser = ["x509", "jwt", "admin"])]
         kind: Option<String>,
     },
     /// Retire a key (compromise): it stops signing at once, everything it
@@ -70,7 +72,7 @@ pub async fn run(
         KeysCommand::Rotate { env, kind } => {
             let keys = client
                 .rotate_keys(RotateKeysRequest {
-                    env: env.clone(),
+                    env: env.clone().unwrap_or_default(),
                     kind: kind.clone().unwrap_or_default(),
                 })
                 .await?

@@ -181,6 +181,14 @@ fn info<K>(env: &str, kind: KeyKind, s: &Slot<K>) -> KeyInfo {
     }
 }
 
+/// The admin CAs as `keys list` shows them (environment empty).
+pub(super) fn admin_infos(set: &KeySet<super::CertificateAuthority>) -> Vec<KeyInfo> {
+    set.all()
+        .iter()
+        .map(|s| info("", KeyKind::AdminCa, s))
+        .collect()
+}
+
 /// The record id, public id, state and activation time of key `id`.
 fn find<K>(set: &KeySet<K>, id: &str) -> Option<(i64, String, KeyState, i64)> {
     set.all()

@@ -25,6 +25,11 @@ pub struct KeysConfig {
     /// Lifetime of each JWT signing key, on the same schedule.
     #[serde(with = "humantime_serde_compat")]
     pub jwt_key_lifetime: Duration,
+    /// Validity of each admin CA (signing operator certificates), on the
+    /// same schedule; at least six times the longest operator certificate
+    /// (90 days).
+    #[serde(with = "humantime_serde_compat")]
+    pub admin_ca_lifetime: Duration,
 }
 
 impl Default for KeysConfig {
@@ -32,6 +37,7 @@ impl Default for KeysConfig {
         Self {
             ca_lifetime: Duration::from_secs(30 * 24 * 60 * 60),
             jwt_key_lifetime: Duration::from_secs(24 * 60 * 60),
+            admin_ca_lifetime: Duration::from_secs(730 * 24 * 60 * 60),
         }
     }
 }
@@ -60,6 +66,14 @@ impl KeysConfig {
                  X.509-SVID is cut short by its CA's expiry",
                 crate::model::format_duration(self.ca_lifetime),
                 crate::model::format_duration(ttl.x509_ceiling)
+            ));
+        }
+        let longest_operator = Duration::from_secs(90 * 24 * 60 * 60);
+        if self.admin_ca_lifetime < longest_operator * 6 {
+            return Err(format!(
+                "keys.admin_ca_lifetime = {} must be at least 540d (6 x the longest operator \
+                 certificate, 90d)",
+                crate::model::format_duration(self.admin_ca_lifetime)
             ));
         }
         Ok(())

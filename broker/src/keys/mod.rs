@@ -9,6 +9,7 @@
 //! takes the current snapshot per request, so a rotation reaches every
 //! endpoint at once and nothing holds a key captured at start.
 
+mod admin_ca;
 mod ca;
 mod commands;
 mod config;
@@ -96,7 +97,7 @@ pub struct KeyRing {
     current: watch::Sender<Arc<Snapshot>>,
     generation: AtomicU64,
     rotator: Mutex<Rotator>,
-    admin_ca: CertificateAuthority,
+    admin: RwLock<Arc<slot::KeySet<CertificateAuthority>>>,
     tls_ca: CertificateAuthority,
     tls_names: Vec<String>,
     data_dir: PathBuf,
@@ -138,6 +139,7 @@ impl KeyRing {
         .await?;
         rotator.schedule(now).await?;
         let (snapshot, _) = rotator.snapshot(now).await?;
+        let (admin, _) = rotator.admin_set(now)?;
         for keys in snapshot.values() {
             let kid = keys
                 .jwts
@@ -156,18 +158,16 @@ impl KeyRing {
             long,
         )
         .await?;
-        let admin_ca =
-            load_or_create_ca(store, &kek, KeyKind::AdminCa, "credbroker admin CA", long).await?;
         let audit_signer =
             Arc::new(load_or_create_signing_key(store, &kek, "", KeyKind::AuditSigning).await?);
         let server_tls = ServerTls::issue(&tls_ca, &config.tls_names)?;
         tls::write_broker_ca(&config.data_dir, &tls_ca)?;
-        AdminFiles::ensure(&config.data_dir, &admin_ca)?;
+        AdminFiles::ensure(&config.data_dir, &*admin_ca::signer(&admin)?)?;
         Ok(Self {
             current: watch::Sender::new(Arc::new(snapshot)),
             generation: AtomicU64::new(1),
             rotator: Mutex::new(rotator),
-            admin_ca,
+            admin: RwLock::new(Arc::new(admin)),
             tls_ca,
             tls_names: config.tls_names.clone(),
             data_dir: config.data_dir.clone(),
@@ -183,14 +183,27 @@ impl KeyRing {
         let mut rotator = self.rotator.lock().await;
         rotator.schedule(now).await?;
         let (snapshot, changed) = rotator.snapshot(now).await?;
-        let next = rotator.next_wakeup(&snapshot, now);
+        let (admin, admin_changed) = rotator.admin_set(now)?;
+        let next = rotator.next_wakeup(&snapshot, now).min(
+            admin
+                .next_change(now)
+                .unwrap_or(i64::MAX)
+                .min(admin_ca::half_life_point(
+                    &admin,
+                    rotator.admin_lifetime(),
+                    now,
+                )),
+        );
+        if admin_changed {
+            self.publish_admin(admin);
+        }
         if changed {
             self.publish(snapshot);
         }
         self.renew_server_tls(now)?;
-        // The bootstrap admin certificate is short-lived: keep a valid one
-        // in the data directory.
-        AdminFiles::ensure(&self.data_dir, &self.admin_ca)?;
+        // The bootstrap admin certificate is short-lived (and follows the
+        // admin CA): keep a valid one in the data directory.
+        AdminFiles::ensure(&self.data_dir, &*self.admin_ca()?)?;
         Ok(next)
     }
 
@@ -200,6 +213,14 @@ impl KeyRing {
         }
         self.generation.fetch_add(1, Ordering::Release);
         self.current.send_replace(Arc::new(snapshot));
+    }
+
+    fn publish_admin(&self, admin: slot::KeySet<CertificateAuthority>) {
+        tracing::info!(published = admin.published().count(), "admin CAs changed");
+        if let Ok(mut slot) = self.admin.write() {
+            *slot = Arc::new(admin);
+        }
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn renew_server_tls(&self, now: i64) -> Result<(), KeyError> {
@@ -230,6 +251,14 @@ impl KeyRing {
         now: i64,
     ) -> Result<Vec<(KeyKind, String)>, KeyCommandError> {
         let mut rotator = self.rotator.lock().await;
+        if kind == Some(KeyKind::AdminCa) {
+            let id = rotator.create_admin(now, now).await?;
+            let (admin, _) = rotator.admin_set(now)?;
+            self.publish_admin(admin);
+            // The bootstrap admin certificate moves to the new CA at once.
+            AdminFiles::ensure(&self.data_dir, &*self.admin_ca()?)?;
+            return Ok(vec![(KeyKind::AdminCa, id)]);
+        }
         let mut made = Vec::new();
         for k in rotation::ROTATING {
             if kind.is_none_or(|want| want == k) {
@@ -258,9 +287,14 @@ impl KeyRing {
         Ok(retired)
     }
 
-    /// Every rotating key of `env` (all environments when `None`).
+    /// Every rotating key of `env` (all environments and the admin CAs
+    /// when `None`).
     pub fn list(&self, env: Option<&str>) -> Vec<KeyInfo> {
-        Rotator::list(&self.snapshot(), env)
+        let mut keys = Rotator::list(&self.snapshot(), env);
+        if env.is_none() {
+            keys.extend(commands::admin_infos(&self.admin_set()));
+        }
+        keys
     }
 
     /// The published keys of every environment, now.
@@ -302,9 +336,23 @@ impl KeyRing {
         self.current.borrow().values().cloned().collect()
     }
 
-    /// The admin CA.
-    pub fn admin_ca(&self) -> &CertificateAuthority {
-        &self.admin_ca
+    /// The admin CA that signs now (operator and bootstrap admin
+    /// certificates).
+    pub fn admin_ca(&self) -> Result<Arc<CertificateAuthority>, KeyError> {
+        admin_ca::signer(&self.admin_set())
+    }
+
+    /// Whether a published admin CA signed `cert`.
+    pub fn admin_signed(&self, cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+        admin_ca::signed_by_any(&self.admin_set(), cert)
+    }
+
+    /// The admin CAs with their states.
+    pub fn admin_set(&self) -> Arc<slot::KeySet<CertificateAuthority>> {
+        self.admin
+            .read()
+            .map(|a| Arc::clone(&a))
+            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()))
     }
 
     /// The broker's current TLS certificate and key.
@@ -327,7 +375,12 @@ impl KeyRing {
                     .map(|(_, ca)| ca.cert_der().clone())
                     .collect::<Vec<_>>()
             })
-            .chain(std::iter::once(self.admin_ca.cert_der().clone()))
+            .chain(
+                self.admin_set()
+                    .published()
+                    .map(|(_, ca)| ca.cert_der().clone())
+                    .collect::<Vec<_>>(),
+            )
             .collect()
     }
 }

@@ -35,8 +35,8 @@ pub type Snapshot = BTreeMap<EnvName, Arc<EnvironmentKeys>>;
 #[derive(Debug)]
 pub struct Rotator {
     pub(super) store: Arc<dyn Store>,
-    kek: Arc<Kek>,
-    config: KeysConfig,
+    pub(super) kek: Arc<Kek>,
+    pub(super) config: KeysConfig,
     keep_x509: i64,
     keep_jwt: i64,
     envs: Vec<Environment>,
@@ -47,6 +47,9 @@ pub struct Rotator {
     jwts: HashMap<i64, (Arc<JwtSigningKey>, String)>,
     fingerprints: HashMap<EnvName, Vec<(i64, KeyState)>>,
     sequences: HashMap<EnvName, i64>,
+    /// The broker-wide admin CA's records (see [`super::admin_ca`]).
+    pub(super) admin_records: Vec<KeyRecord>,
+    pub(super) admin_fingerprint: Vec<(i64, KeyState)>,
 }
 
 fn lifetime(config: &KeysConfig, kind: KeyKind) -> i64 {
@@ -74,6 +77,12 @@ impl Rotator {
                 records.insert((env.name.clone(), kind), list);
             }
         }
+        let admin_records = store
+            .list_keys("", KeyKind::AdminCa)
+            .await?
+            .into_iter()
+            .map(super::admin_ca::bounded_by_certificate)
+            .collect();
         Ok(Self {
             store,
             kek,
@@ -87,6 +96,8 @@ impl Rotator {
             jwts: HashMap::new(),
             fingerprints: HashMap::new(),
             sequences: HashMap::new(),
+            admin_records,
+            admin_fingerprint: Vec::new(),
         })
     }
 
@@ -108,47 +119,24 @@ impl Rotator {
     /// Creates what the schedule calls for at `now`: a first key where
     /// none can sign, a successor for a key past half its life.
     pub async fn schedule(&mut self, now: i64) -> Result<(), KeyError> {
+        let hint = self.config.refresh_hint().as_secs() as i64;
         for env in self.envs.clone() {
             for kind in ROTATING {
-                let life = lifetime(&self.config, kind);
-                let keep = self.keep(kind);
                 let records = &self.records[&(env.name.clone(), kind)];
-                let set = KeySet::<()>::build::<KeyError>(
+                let due = next_key_due(
                     records,
                     now,
-                    keep,
-                    |_| Ok((Arc::new(()), String::new())),
-                    |_| String::new(),
+                    lifetime(&self.config, kind),
+                    self.keep(kind),
+                    hint,
                 )?;
-                let Some((active, _)) = set.active() else {
-                    tracing::info!(env = %env.name, kind = kind.as_str(), "no usable key: creating one that signs now");
-                    self.create(&env, kind, now, now).await?;
-                    continue;
-                };
-                let has_successor = set.all().iter().any(|s| {
-                    s.activates_at > active.activates_at
-                        && s.retired.is_none()
-                        && s.state != KeyState::Retired
-                });
-                if has_successor || now < active.activates_at + life / 2 {
-                    continue;
+                if let Some(activates) = due {
+                    tracing::info!(env = %env.name, kind = kind.as_str(), activates_at = activates, "creating the next key");
+                    self.create(&env, kind, now, activates).await?;
                 }
-                // Activate at five sixths of the active key's life; when late
-                // (the broker was down), give relying parties a refresh
-                // interval to learn the new key, but never past the active
-                // key's end.
-                let hint = self.config.refresh_hint().as_secs() as i64;
-                let mut activates = active.activates_at + life * 5 / 6;
-                if activates < now + hint {
-                    activates = (now + hint)
-                        .min(active.not_after.saturating_sub(1))
-                        .max(now);
-                }
-                tracing::info!(env = %env.name, kind = kind.as_str(), activates_at = activates, "preparing the next key");
-                self.create(&env, kind, now, activates).await?;
             }
         }
-        Ok(())
+        self.schedule_admin(now).await
     }
 
     /// Generates, seals and stores a key that signs from `activates_at`.
@@ -199,7 +187,10 @@ impl Rotator {
         Ok(id)
     }
 
-    fn load_ca(&mut self, r: &KeyRecord) -> Result<(Arc<CertificateAuthority>, String), KeyError> {
+    pub(super) fn load_ca(
+        &mut self,
+        r: &KeyRecord,
+    ) -> Result<(Arc<CertificateAuthority>, String), KeyError> {
         if let Some(hit) = self.cas.get(&r.id) {
             return Ok(hit.clone());
         }
@@ -208,8 +199,11 @@ impl Rotator {
             .cert_der
             .clone()
             .ok_or_else(|| KeyError::BadCertificate(format!("{label} has no certificate")))?;
-        let env = EnvName::new(&r.env).map_err(|e| KeyError::BadKey(e.to_string()))?;
-        let root = self.upstreams.get(&env).map(|u| u.cert_der().clone());
+        // Broker-wide CAs (env "") have no upstream root.
+        let root = EnvName::new(&r.env)
+            .ok()
+            .and_then(|env| self.upstreams.get(&env))
+            .map(|u| u.cert_der().clone());
         let ca =
             CertificateAuthority::from_parts(cert.into(), &self.kek.open(&label, &r.sealed_key)?)?
                 .under(root);
@@ -325,8 +319,46 @@ impl Rotator {
     }
 }
 
+/// When the schedule wants a new key of a line (`records`, each living
+/// `life` seconds) to start signing, if it wants one now: at once when none
+/// can sign; when the active key is past half its life and has no
+/// successor, at five sixths of its life — or, when late (the broker was
+/// down), a refresh interval (`hint`) from now so relying parties learn it
+/// first, but never past the active key's end.
+pub(super) fn next_key_due(
+    records: &[KeyRecord],
+    now: i64,
+    life: i64,
+    keep: i64,
+    hint: i64,
+) -> Result<Option<i64>, KeyError> {
+    let set = KeySet::<()>::build::<KeyError>(
+        records,
+        now,
+        keep,
+        |_| Ok((Arc::new(()), String::new())),
+        |_| String::new(),
+    )?;
+    let Some((active, _)) = set.active() else {
+        return Ok(Some(now));
+    };
+    let has_successor = set.all().iter().any(|s| {
+        s.activates_at > active.activates_at && s.retired.is_none() && s.state != KeyState::Retired
+    });
+    if has_successor || now < active.activates_at + life / 2 {
+        return Ok(None);
+    }
+    let mut activates = active.activates_at + life * 5 / 6;
+    if activates < now + hint {
+        activates = (now + hint)
+            .min(active.not_after.saturating_sub(1))
+            .max(now);
+    }
+    Ok(Some(activates))
+}
+
 /// A CA's id (its serial) read from its certificate without its key.
-fn ca_id_of(r: &KeyRecord) -> String {
+pub(super) fn ca_id_of(r: &KeyRecord) -> String {
     r.cert_der
         .as_deref()
         .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
