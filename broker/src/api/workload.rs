@@ -352,6 +352,7 @@ impl Workload for WorkloadService {
             )));
         }
         let slot = self.streams.open(caller)?;
+        let subscriber = self.broker.metrics.revocation_subscriber();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = revocation_stream::stream_revocations(
             Arc::clone(&self.broker),
@@ -362,7 +363,7 @@ impl Workload for WorkloadService {
         );
         tokio::spawn(async move {
             stream.await;
-            drop(slot);
+            drop((slot, subscriber));
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -411,8 +412,11 @@ impl Workload for WorkloadService {
     ) -> Result<Response<AttestResponse>, Status> {
         self.rates.attest(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "attest", request.remote_addr());
+        let method = attest::method(request.get_ref());
         let result = self.attest_inner(request, &mut audit).await;
-        deliver(result, &audit).await
+        let result = deliver(result, &audit).await;
+        self.broker.metrics.attested(method, result.is_ok());
+        result
     }
 
     async fn fetch_jwt(

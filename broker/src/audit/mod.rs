@@ -130,7 +130,16 @@ impl AuditRecord {
             .lock()
             .map(|mut issued| std::mem::take(&mut *issued))
             .unwrap_or_default();
-        self.log.commit(entries).await
+        let metrics = &self.log.metrics;
+        let issued: Vec<_> = entries
+            .iter()
+            .map(|e| metrics.issued_slot(e.env.as_deref(), e.credential.as_deref()))
+            .collect();
+        self.log.commit(entries).await?;
+        for slot in issued {
+            metrics.issued(slot);
+        }
+        Ok(())
     }
 
     /// Records that an X.509-SVID with `serial` was issued.
@@ -166,6 +175,7 @@ impl AuditRecord {
     /// Records a refusal and why.
     pub fn denied(&self, reason: &str) {
         audit_event!(warn, self, "denied", reason);
+        self.log.metrics.denied(self.env.as_deref(), reason);
         self.log.append(AuditEntry {
             reason: Some(reason.to_owned()),
             ..self.entry("denied")
