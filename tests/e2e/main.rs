@@ -19,6 +19,7 @@ mod day_two;
 mod first_hour;
 mod happy_path;
 mod jwt;
+mod logs;
 mod metrics;
 mod node_agent;
 mod platform_agent;
