@@ -184,3 +184,77 @@ async fn broker_metrics_parse_and_move() {
         .expect("GET");
     assert!(!text.contains("already used"), "{text}");
 }
+
+#[tokio::test]
+async fn agent_metrics_on_the_health_address() {
+    use crate::agent_socket::SocketAgent;
+    use spiffe::WorkloadApiClient;
+
+    let broker = TestBroker::start().await;
+    broker.create_identity("dev", "api", &["billing"], &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let socket = broker.scratch("metrics").join("agent.sock");
+    let agent = SocketAgent::start(&broker, "dev", "api", &socket, &["--health-addr", &addr]).await;
+    let client = WorkloadApiClient::connect_to(&format!("unix:{}", socket.display()))
+        .await
+        .expect("connect");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let token = loop {
+        match client.fetch_jwt_svid(&["billing"], None).await {
+            Ok(token) => break token,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "no JWT-SVID: {e:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let calls = |m: &Value, method: &str, result: &str| {
+        sample(
+            m,
+            "credbroker_agent_workload_api_calls_total",
+            json!({"method": method, "result": result}),
+        )
+        .unwrap_or(0.0)
+    };
+    let scrape_agent = || async {
+        let (status, body) = http::get(port, "/metrics").await.expect("GET /metrics");
+        assert_eq!(status, 200, "{body}");
+        parse_exposition(&body)
+    };
+    let before = scrape_agent().await;
+    for (family, kind) in [
+        ("credbroker_agent_svid_expiry_seconds", "gauge"),
+        ("credbroker_agent_rotations", "counter"),
+        ("credbroker_agent_failures", "counter"),
+        ("credbroker_agent_workload_api_calls", "counter"),
+    ] {
+        assert_eq!(before["families"][family], kind, "{family}: {before}");
+    }
+    let left = sample(&before, "credbroker_agent_svid_expiry_seconds", json!({})).expect("expiry");
+    assert!(left > 0.0 && left <= 3600.0, "{left}");
+    assert!(calls(&before, "FetchJWTSVID", "OK") >= 1.0, "{before}");
+    client
+        .validate_jwt_token("ledger", token.token())
+        .await
+        .expect_err("wrong audience");
+    client
+        .validate_jwt_token("billing", token.token())
+        .await
+        .expect("valid");
+    let after = scrape_agent().await;
+    assert_eq!(
+        calls(&after, "ValidateJWTSVID", "INVALID_ARGUMENT"),
+        calls(&before, "ValidateJWTSVID", "INVALID_ARGUMENT") + 1.0,
+        "{after}\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        calls(&after, "ValidateJWTSVID", "OK"),
+        calls(&before, "ValidateJWTSVID", "OK") + 1.0,
+        "{after}"
+    );
+}

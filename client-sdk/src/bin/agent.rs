@@ -124,7 +124,8 @@ struct Args {
     /// Serve the SPIFFE Workload API on this Unix socket.
     #[arg(long, conflicts_with = "once")]
     workload_api_socket: Option<PathBuf>,
-    /// Serve GET /healthz on this address (e.g. 127.0.0.1:7090).
+    /// Serve GET /healthz and GET /metrics (Prometheus) on this address
+    /// (e.g. 127.0.0.1:7090).
     #[arg(long, conflicts_with = "once")]
     health_addr: Option<std::net::SocketAddr>,
     /// Shell command to run after each rotation (e.g. "kill -HUP $(cat app.pid)").
