@@ -14,6 +14,10 @@ async fn main() -> ExitCode {
         _ => LogFormat::Text,
     };
     credbroker_client::logging::init(log_format);
+    if matches!(cli.command, Command::Serve { .. }) {
+        let fds = credbroker_client::logging::raise_fd_limit();
+        tracing::debug!(?fds, "open file limit");
+    }
     let result = match &cli.command {
         Command::Completions { shell } => {
             credbroker::cli::completions(*shell, &mut std::io::stdout());

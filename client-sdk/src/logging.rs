@@ -40,3 +40,32 @@ pub fn init(format: LogFormat) {
             .init(),
     }
 }
+
+/// Raises the soft limit on open files to the hard limit, as Go programs
+/// do at start: the broker holds one descriptor per connection, the node
+/// agent one per Workload API stream, and container runtimes often start
+/// processes at a soft limit of 1024 with a far higher hard limit
+/// (Kubernetes has no per-container setting). Returns the limit now in
+/// force, or `None` when it could not be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}

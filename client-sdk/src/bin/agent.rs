@@ -167,6 +167,8 @@ fn evidence(args: &Args) -> Result<Evidence, String> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     credbroker_client::logging::init(args.log_format);
+    let fds = credbroker_client::logging::raise_fd_limit();
+    tracing::debug!(?fds, "open file limit");
     let bundle_pem = match std::fs::read(&args.bundle) {
         Ok(b) => b,
         Err(e) => {
