@@ -130,14 +130,22 @@ impl AuditRecord {
             .lock()
             .map(|mut issued| std::mem::take(&mut *issued))
             .unwrap_or_default();
+        // Resolved now, counted once committed; one request's credentials
+        // share its environment, so two slots cover them (no allocation).
         let metrics = &self.log.metrics;
-        let issued: Vec<_> = entries
-            .iter()
-            .map(|e| metrics.issued_slot(e.env.as_deref(), e.credential.as_deref()))
-            .collect();
+        let mut counts = [0u64; 2];
+        let mut slots = [None; 2];
+        for e in &entries {
+            let slot = metrics.issued_slot(e.env.as_deref(), e.credential.as_deref());
+            let k = usize::from(slot.is_x509());
+            counts[k] += 1;
+            slots[k] = Some(slot);
+        }
         self.log.commit(entries).await?;
-        for slot in issued {
-            metrics.issued(slot);
+        for (slot, n) in slots.into_iter().zip(counts) {
+            if let Some(slot) = slot {
+                metrics.issued(slot, n);
+            }
         }
         Ok(())
     }

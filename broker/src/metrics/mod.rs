@@ -24,7 +24,12 @@ pub struct Counter(AtomicU64);
 impl Counter {
     /// Adds one.
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The current value.
@@ -108,9 +113,9 @@ impl Metrics {
         IssuedSlot(self.env_slot(env), kind)
     }
 
-    /// A credential was handed out.
-    pub fn issued(&self, slot: IssuedSlot) {
-        self.issued[slot.0][slot.1].inc();
+    /// `n` credentials were handed out.
+    pub fn issued(&self, slot: IssuedSlot, n: u64) {
+        self.issued[slot.0][slot.1].add(n);
     }
 
     /// A request was refused; `reason` is the audit reason
@@ -150,6 +155,13 @@ impl Metrics {
 #[derive(Debug, Clone, Copy)]
 pub struct IssuedSlot(usize, usize);
 
+impl IssuedSlot {
+    /// Whether it counts X.509-SVIDs (else JWT-SVIDs).
+    pub fn is_x509(&self) -> bool {
+        self.1 == 1
+    }
+}
+
 /// Counts an open `WatchRevocations` stream while it lives.
 #[derive(Debug)]
 pub struct SubscriberGuard(std::sync::Arc<Metrics>);
@@ -186,8 +198,8 @@ mod tests {
             1,
             "unknown env and reason fold into none/other"
         );
-        m.issued(m.issued_slot(Some("dev"), Some("x509-svid")));
-        m.issued(m.issued_slot(Some("dev"), Some("jwt-svid")));
-        assert_eq!((m.issued[0][0].get(), m.issued[0][1].get()), (1, 1));
+        m.issued(m.issued_slot(Some("dev"), Some("x509-svid")), 1);
+        m.issued(m.issued_slot(Some("dev"), Some("jwt-svid")), 2);
+        assert_eq!((m.issued[0][0].get(), m.issued[0][1].get()), (2, 1));
     }
 }
