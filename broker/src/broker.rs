@@ -10,6 +10,7 @@ use crate::audit::{AuditLog, AuditSeal, ChainKey};
 use crate::config::{Config, Environment};
 use crate::data_dir::{DataDirLock, LockError};
 use crate::keys::{Kek, KeyError, KeyRing};
+use crate::metrics::Metrics;
 use crate::model::unix_now;
 use crate::policy::{IdentityRegistry, TtlLimits};
 use crate::revocation::RevocationList;
@@ -92,6 +93,8 @@ pub struct Broker {
     pub revocations: RevocationList,
     /// CRLs per environment.
     pub crls: CrlCache,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics: Arc<Metrics>,
     /// Held while this broker runs on an embedded (SQLite) store.
     _data_dir_lock: Option<DataDirLock>,
 }
@@ -138,8 +141,13 @@ impl Broker {
                 e => e.into(),
             })?;
         let registry = IdentityRegistry::load(Arc::clone(&store)).await?;
+        let envs = config.environments()?;
+        let metrics = Arc::new(Metrics::new(
+            &envs.iter().map(|e| e.name.to_string()).collect::<Vec<_>>(),
+        ));
         let audit = AuditLog::start(
             Arc::clone(&store),
+            Arc::clone(&metrics),
             AuditSeal {
                 chain: ChainKey::new(kek.audit_chain_key()),
                 signer: Arc::clone(keys.audit_signer()),
@@ -154,7 +162,7 @@ impl Broker {
         let callers = CallerCache::default();
         callers.operators.load(store.list_operators().await?);
         Ok(Arc::new(Self {
-            envs: config.environments()?,
+            envs,
             limits: TtlLimits::from(&config.ttl),
             keys: Arc::new(keys),
             registry,
@@ -165,6 +173,7 @@ impl Broker {
             audit,
             revocations,
             crls: CrlCache::default(),
+            metrics,
             _data_dir_lock: data_dir_lock,
         }))
     }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod data_dir;
 pub mod issue;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod revocation;

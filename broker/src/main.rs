@@ -4,24 +4,31 @@ use std::process::ExitCode;
 
 use credbroker::cli::{Command, run_admin};
 use credbroker::config::Config;
-use tracing_subscriber::EnvFilter;
+use credbroker_client::logging::LogFormat;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = credbroker::cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CREDBROKER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log_format = match &cli.command {
+        Command::Serve { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    };
+    credbroker_client::logging::init(log_format);
+    if matches!(cli.command, Command::Serve { .. }) {
+        let fds = credbroker_client::logging::raise_fd_limit();
+        tracing::debug!(?fds, "open file limit");
+    }
     let result = match &cli.command {
+        Command::Completions { shell } => {
+            credbroker::cli::completions(*shell, &mut std::io::stdout());
+            Ok(())
+        }
         Command::Serve {
             config,
             grpc_listen,
             http_listen,
             kek_file,
+            ..
         } => {
             let flags = ServeFlags {
                 data_dir: cli.data_dir.clone(),

@@ -101,6 +101,9 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let grpc_server = Server::builder()
         .timeout(RPC_TIMEOUT)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(crate::metrics::rpc::RpcMetricsLayer(Arc::clone(
+            &broker.metrics,
+        )))
         .add_service(InterceptedService::new(
             WorkloadServer::new(
                 WorkloadService::new(Arc::clone(&broker), stop_rx.clone())

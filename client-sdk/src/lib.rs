@@ -33,6 +33,7 @@ mod error;
 mod evidence;
 pub mod http;
 pub mod interceptor;
+pub mod logging;
 pub mod node;
 mod request;
 pub mod revocations;

@@ -272,6 +272,7 @@ impl WorkloadApi {
     ) -> Result<(), std::io::Error> {
         tracing::info!(socket = %listener.path().display(), "serving the SPIFFE Workload API");
         tonic::transport::Server::builder()
+            .layer(crate::agent::metrics::CallsLayer)
             .add_service(
                 SpiffeWorkloadApiServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES),
             )

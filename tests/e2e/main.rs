@@ -19,6 +19,8 @@ mod day_two;
 mod first_hour;
 mod happy_path;
 mod jwt;
+mod logs;
+mod metrics;
 mod node_agent;
 mod operators;
 mod platform_agent;

@@ -50,6 +50,8 @@ pub struct TestBroker {
     grpc_port: u16,
     http_port: u16,
     config: PathBuf,
+    /// More `serve` flags (e.g. `--log-format json`).
+    serve_args: Vec<String>,
 }
 
 impl TestBroker {
@@ -64,12 +66,26 @@ impl TestBroker {
         Self::start_prepared(envs, extra, |_| {}).await
     }
 
+    /// A broker serving `dev`, started with more `serve` flags.
+    pub async fn start_with_flags(flags: &[&str]) -> Self {
+        Self::start_full(&["dev"], "", |_| {}, flags).await
+    }
+
     /// [`TestBroker::start_with`], after `prepare` has run on the data
     /// directory's path (e.g. to mount a small file system there).
     pub async fn start_prepared(
         envs: &[&str],
         extra: &str,
         prepare: impl FnOnce(&std::path::Path),
+    ) -> Self {
+        Self::start_full(envs, extra, prepare, &[]).await
+    }
+
+    async fn start_full(
+        envs: &[&str],
+        extra: &str,
+        prepare: impl FnOnce(&std::path::Path),
+        flags: &[&str],
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         prepare(&dir.path().join("data"));
@@ -92,6 +108,7 @@ impl TestBroker {
             grpc_port,
             http_port,
             config,
+            serve_args: flags.iter().map(|f| (*f).to_owned()).collect(),
         };
         broker.spawn().await;
         broker
@@ -106,6 +123,7 @@ impl TestBroker {
         let child = Command::new(binary("credbroker"))
             .args(["serve", "--config"])
             .arg(&self.config)
+            .args(&self.serve_args)
             .env_remove("CREDBROKER_DATA_DIR")
             .env("CREDBROKER_LOG", "info")
             .stdout(Stdio::null())

@@ -25,6 +25,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/{env}/jwks.json", get(jwks))
         .route("/{env}/bundle", get(bundle))
         .route("/{env}/crl", get(crl))
+        .route("/metrics", get(crate::metrics::render::handler))
         .with_state(broker)
 }
 

@@ -396,8 +396,11 @@ impl Workload for WorkloadService {
     ) -> Result<Response<AttestResponse>, Status> {
         self.rates.attest(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "attest", request.remote_addr());
+        let method = attest::method(request.get_ref());
         let result = self.attest_inner(request, &mut audit).await;
-        deliver(result, &audit).await
+        let result = deliver(result, &audit).await;
+        self.broker.metrics.attested(method, result.is_ok());
+        result
     }
 
     async fn fetch_jwt(

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::checkpoint::{Checkpoint, CheckpointFile};
 use super::entry::{AuditEntry, ChainKey, ChainedEntry, GENESIS};
 use crate::keys::JwtSigningKey;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// How often the writer seals a checkpoint of new entries.
@@ -70,6 +71,7 @@ pub struct AuditSeal {
 pub struct AuditLog {
     tx: mpsc::Sender<Command>,
     seal: AuditSeal,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Command {
@@ -88,7 +90,11 @@ impl AuditLog {
     /// that ends before the newest checkpoint is reported (it was
     /// truncated); the broker still starts so that `audit verify` can say
     /// exactly what is missing.
-    pub async fn start(store: Arc<dyn Store>, seal: AuditSeal) -> Result<Self, StoreError> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        seal: AuditSeal,
+    ) -> Result<Self, StoreError> {
         let (seq, head) = store.audit_head().await?.unwrap_or((0, GENESIS));
         if let Ok(lines) = seal.checkpoints.lines()
             && let (Some(cp), _) = Checkpoint::newest(lines.iter().map(String::as_str))
@@ -105,8 +111,18 @@ impl AuditLog {
             );
         }
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(write_loop(store, rx, seq, head, seal.clone()));
-        Ok(Self { tx, seal })
+        let writer = Writer {
+            store,
+            seal: seal.clone(),
+            metrics: Arc::clone(&metrics),
+        };
+        tokio::spawn(write_loop(writer, rx, seq, head));
+        Ok(Self { tx, seal, metrics })
+    }
+
+    /// Commands waiting for the writer now.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// What keys and seals the chain.
@@ -158,6 +174,7 @@ impl AuditLog {
         if entries.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let (done, wait) = oneshot::channel();
         self.tx
             .try_send(Command::Commit(entries, done))
@@ -165,11 +182,13 @@ impl AuditLog {
                 mpsc::error::TrySendError::Full(_) => AuditError::Full,
                 mpsc::error::TrySendError::Closed(_) => AuditError::Stopped,
             })?;
-        match tokio::time::timeout(COMMIT_TIMEOUT, wait).await {
+        let result = match tokio::time::timeout(COMMIT_TIMEOUT, wait).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(AuditError::Stopped),
             Err(_) => Err(AuditError::Timeout),
-        }
+        };
+        self.metrics.audit_commit.observe(started.elapsed());
+        result
     }
 
     /// Waits until every entry queued before this call is committed, at
@@ -210,13 +229,24 @@ fn seal_checkpoint(seal: &AuditSeal, seq: i64, head: [u8; 32]) -> bool {
     }
 }
 
-async fn write_loop(
+/// What the writer task writes with.
+struct Writer {
     store: Arc<dyn Store>,
+    seal: AuditSeal,
+    metrics: Arc<Metrics>,
+}
+
+async fn write_loop(
+    writer: Writer,
     mut rx: mpsc::Receiver<Command>,
     mut seq: i64,
     mut head: [u8; 32],
-    seal: AuditSeal,
 ) {
+    let Writer {
+        store,
+        seal,
+        metrics,
+    } = writer;
     let mut sealed = seq;
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -263,7 +293,11 @@ async fn write_loop(
             // works. Waiters give up on their own after COMMIT_TIMEOUT, and
             // the bounded queue refuses new work meanwhile.
             let mut failures = 0u32;
-            while let Err(e) = store.append_audit(&chained).await {
+            loop {
+                let started = std::time::Instant::now();
+                let result = store.append_audit(&chained).await;
+                metrics.store_audit_append.observe(started.elapsed());
+                let Err(e) = result else { break };
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(25) {
                     tracing::error!(error = %e, pending = chained.len(), failures, "cannot write audit log; retrying");

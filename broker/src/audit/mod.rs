@@ -130,7 +130,24 @@ impl AuditRecord {
             .lock()
             .map(|mut issued| std::mem::take(&mut *issued))
             .unwrap_or_default();
-        self.log.commit(entries).await
+        // Resolved now, counted once committed; one request's credentials
+        // share its environment, so two slots cover them (no allocation).
+        let metrics = &self.log.metrics;
+        let mut counts = [0u64; 2];
+        let mut slots = [None; 2];
+        for e in &entries {
+            let slot = metrics.issued_slot(e.env.as_deref(), e.credential.as_deref());
+            let k = usize::from(slot.is_x509());
+            counts[k] += 1;
+            slots[k] = Some(slot);
+        }
+        self.log.commit(entries).await?;
+        for (slot, n) in slots.into_iter().zip(counts) {
+            if let Some(slot) = slot {
+                metrics.issued(slot, n);
+            }
+        }
+        Ok(())
     }
 
     /// Records that an X.509-SVID with `serial` was issued.
@@ -166,6 +183,7 @@ impl AuditRecord {
     /// Records a refusal and why.
     pub fn denied(&self, reason: &str) {
         audit_event!(warn, self, "denied", reason);
+        self.log.metrics.denied(self.env.as_deref(), reason);
         self.log.append(AuditEntry {
             reason: Some(reason.to_owned()),
             ..self.entry("denied")

@@ -154,9 +154,9 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
     let mut client = connect(&cli.broker, &data_dir, cli.operator.as_deref()).await?;
     let out = cli.output;
     match &cli.command {
-        Command::Serve { .. } | Command::Backup { .. } => Err(AdminError::Output(
-            "serve and backup run locally, not as admin commands".into(),
-        )),
+        Command::Serve { .. } | Command::Backup { .. } | Command::Completions { .. } => Err(
+            AdminError::Output("serve and backup run locally, not as admin commands".into()),
+        ),
         Command::Identity(cmd) => match cmd {
             IdentityCommand::Create {
                 id,

@@ -16,7 +16,7 @@ pub use admin::run_admin;
 
 /// Commands that run here rather than talk to a broker: `--broker` and
 /// `--output` mean nothing to them, so their help leaves those out.
-const LOCAL_COMMANDS: [&str; 2] = ["serve", "backup"];
+const LOCAL_COMMANDS: [&str; 3] = ["serve", "backup", "completions"];
 
 /// The command line, with the admin-only global flags hidden from the help
 /// of the local commands (`serve`, `backup`).
@@ -32,6 +32,11 @@ pub fn command() -> clap::Command {
     LOCAL_COMMANDS.iter().fold(cmd, |cmd, local| {
         cmd.mut_subcommand(local, |sub| sub.args(hidden.clone()))
     })
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut command(), "credbroker", out);
 }
 
 /// Parses the process's arguments (exiting with clap's message on error).
@@ -98,6 +103,17 @@ pub enum Command {
         /// [default: DATA_DIR/kek, generated on first start]
         #[arg(long, env = "CREDBROKER_KEK_FILE", value_name = "FILE")]
         kek_file: Option<PathBuf>,
+        /// Log lines as text, or as one JSON object per line (audit events
+        /// on target credbroker::audit included).
+        #[arg(long, value_enum, env = "CREDBROKER_LOG_FORMAT", default_value_t)]
+        log_format: credbroker_client::logging::LogFormat,
+    },
+    /// Print a shell completion script: `credbroker completions bash >
+    /// /etc/bash_completion.d/credbroker`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Copy a running broker's SQLite database into FILE, consistently
     /// (SQLite `VACUUM INTO`; the broker keeps serving). Run it as the

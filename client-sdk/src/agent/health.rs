@@ -1,5 +1,6 @@
 //! The agent's health endpoint: `GET /healthz` answers 200 while the
-//! source holds valid credentials and 503 (with the reason) otherwise.
+//! source holds valid credentials and 503 (with the reason) otherwise;
+//! `GET /metrics` is the Prometheus exposition ([`super::metrics`]).
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -18,7 +19,11 @@ pub async fn serve(listener: TcpListener, state: watch::Receiver<SourceState>) {
             let mut buf = [0u8; 1024];
             let n = stream.read(&mut buf).await.unwrap_or(0);
             let request = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if !request.starts_with("GET /healthz ") {
+            let mut content_type = "text/plain";
+            let (status, body) = if request.starts_with("GET /metrics ") {
+                content_type = "text/plain; version=0.0.4; charset=utf-8";
+                ("200 OK", super::metrics::render(&state.borrow()))
+            } else if !request.starts_with("GET /healthz ") {
                 ("404 Not Found", "not found\n".to_owned())
             } else {
                 match usable(&state.borrow()) {
@@ -27,7 +32,7 @@ pub async fn serve(listener: TcpListener, state: watch::Receiver<SourceState>) {
                 }
             };
             let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(response.as_bytes()).await;

@@ -2,6 +2,7 @@
 
 mod files;
 mod health;
+pub mod metrics;
 
 use std::sync::Arc;
 

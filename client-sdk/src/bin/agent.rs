@@ -10,7 +10,6 @@ use credbroker_client::agent::{
 };
 use credbroker_client::node::NodeConfig;
 use credbroker_client::uds::{AllowedPeers, SocketOptions};
-use tracing_subscriber::EnvFilter;
 
 /// credbroker-agent: gets this workload's short-lived SPIFFE credentials
 /// from a credbroker broker and keeps them fresh.
@@ -125,12 +124,16 @@ struct Args {
     /// Serve the SPIFFE Workload API on this Unix socket.
     #[arg(long, conflicts_with = "once")]
     workload_api_socket: Option<PathBuf>,
-    /// Serve GET /healthz on this address (e.g. 127.0.0.1:7090).
+    /// Serve GET /healthz and GET /metrics (Prometheus) on this address
+    /// (e.g. 127.0.0.1:7090).
     #[arg(long, conflicts_with = "once")]
     health_addr: Option<std::net::SocketAddr>,
     /// Shell command to run after each rotation (e.g. "kill -HUP $(cat app.pid)").
     #[arg(long, conflicts_with = "once")]
     on_rotate: Option<String>,
+    /// Log lines as text, or as one JSON object per line.
+    #[arg(long, value_enum, env = "CREDBROKER_LOG_FORMAT", default_value_t)]
+    log_format: credbroker_client::logging::LogFormat,
 }
 
 /// The one evidence source the group allows.
@@ -163,13 +166,9 @@ fn evidence(args: &Args) -> Result<Evidence, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CREDBROKER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    credbroker_client::logging::init(args.log_format);
+    let fds = credbroker_client::logging::raise_fd_limit();
+    tracing::debug!(?fds, "open file limit");
     let bundle_pem = match std::fs::read(&args.bundle) {
         Ok(b) => b,
         Err(e) => {

@@ -172,6 +172,7 @@ impl NodeAgent {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         tracing::info!(socket = %listener.path().display(), "serving the SPIFFE Workload API for this node's workloads");
         tonic::transport::Server::builder()
+            .layer(crate::agent::metrics::CallsLayer)
             .add_service(
                 SpiffeWorkloadApiServer::new(api)
                     .max_decoding_message_size(crate::workload_api::MAX_REQUEST_BYTES),

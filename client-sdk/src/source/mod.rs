@@ -286,6 +286,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
             Ok(client) => break client,
             Err(e) => {
                 failures += 1;
+                crate::agent::metrics::failed();
                 let delay = backoff(failures, &policy);
                 // Said at every attempt: an agent that waits in silence
                 // looks hung to whoever started it.
@@ -329,6 +330,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                     // Platform evidence is read afresh each time (a rotated
                     // token file, a new CI token), so a refusal may not last.
                     failures += 1;
+                    crate::agent::metrics::failed();
                     if is_permanent(&e) {
                         // Say why the broker refuses (transport errors keep
                         // the state they found, e.g. "expired").
@@ -432,12 +434,14 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                     let _ = tx.send(SourceState::Ready(Arc::new(current.creds.clone())));
                 }
                 if current.creds.svid.serial != serial_before {
+                    crate::agent::metrics::rotated();
                     // The old session's certificate is on its way out.
                     revocations.subscribe(&current.session).await;
                 }
             }
             Err(e) => {
                 failures += 1;
+                crate::agent::metrics::failed();
                 hint = e.retry_after().unwrap_or_default();
                 tracing::warn!(error = %e, attempt = failures, "renewal failed; keeping current credentials");
             }

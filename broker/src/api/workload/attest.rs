@@ -43,6 +43,17 @@ fn refused(audit: &mut AuditRecord, e: AttestError) -> Status {
     status::attest(e)
 }
 
+/// The evidence method of an Attest request (the metrics label).
+pub(super) fn method(request: &AttestRequest) -> &'static str {
+    match request.evidence {
+        Some(ProtoEvidence::JoinToken(_)) => "join_token",
+        Some(ProtoEvidence::KubernetesToken(_)) => "kubernetes",
+        Some(ProtoEvidence::OidcToken(_)) => "oidc",
+        Some(ProtoEvidence::AwsIid(_)) => "aws_iid",
+        None => "none",
+    }
+}
+
 impl WorkloadService {
     pub(super) async fn attest_inner(
         &self,

@@ -39,6 +39,7 @@ impl WorkloadService {
         }
         let slot = self.streams.open(caller)?;
         let busy = self.connections.stream(request_peer);
+        let subscriber = self.broker.metrics.revocation_subscriber();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = stream_revocations(
             Arc::clone(&self.broker),
@@ -49,7 +50,7 @@ impl WorkloadService {
         );
         tokio::spawn(async move {
             stream.await;
-            drop((slot, busy));
+            drop((slot, busy, subscriber));
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
