@@ -8,6 +8,9 @@ ALTER TABLE key_material ADD COLUMN not_after INTEGER;
 ALTER TABLE key_material ADD COLUMN retired_at INTEGER;
 ALTER TABLE key_material ADD COLUMN unpublish_at INTEGER;
 ALTER TABLE key_material ADD COLUMN retire_reason TEXT;
+-- The key's public id (a JWT key's kid, a CA's key identifier), so keys
+-- that left the published sets are still named without unsealing them.
+ALTER TABLE key_material ADD COLUMN key_id TEXT;
 
 -- Per environment, the version of its published key set
 -- (`spiffe_sequence`): raised whenever the set or the signing key changes

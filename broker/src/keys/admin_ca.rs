@@ -61,6 +61,7 @@ impl Rotator {
             retired_at: None,
             unpublish_at: None,
             retire_reason: None,
+            key_id: Some(ca.id().to_owned()),
             cert_der: Some(ca.cert_der().to_vec()),
             sealed_key: self.kek.seal(&seal_label("", KeyKind::AdminCa), &pkcs8)?,
         };

@@ -155,13 +155,8 @@ impl Rotator {
                 continue;
             }
             let env = keys.env.name.as_str();
-            out.extend(keys.cas.all().iter().map(|s| info(env, KeyKind::X509Ca, s)));
-            out.extend(
-                keys.jwts
-                    .all()
-                    .iter()
-                    .map(|s| info(env, KeyKind::JwtSigning, s)),
-            );
+            out.extend(listed(&keys.cas).map(|s| info(env, KeyKind::X509Ca, s)));
+            out.extend(listed(&keys.jwts).map(|s| info(env, KeyKind::JwtSigning, s)));
         }
         out
     }
@@ -183,10 +178,17 @@ fn info<K>(env: &str, kind: KeyKind, s: &Slot<K>) -> KeyInfo {
 
 /// The admin CAs as `keys list` shows them (environment empty).
 pub(super) fn admin_infos(set: &KeySet<super::CertificateAuthority>) -> Vec<KeyInfo> {
+    listed(set).map(|s| info("", KeyKind::AdminCa, s)).collect()
+}
+
+/// The keys worth listing: those published, and those an operator retired
+/// (with the reason). Superseded keys that left the sets are history for
+/// the audit log, not for `keys list`: a year of daily JWT keys would bury
+/// the live ones.
+fn listed<K>(set: &KeySet<K>) -> impl Iterator<Item = &Slot<K>> {
     set.all()
         .iter()
-        .map(|s| info("", KeyKind::AdminCa, s))
-        .collect()
+        .filter(|s| s.published() || s.retired.is_some())
 }
 
 /// The record id, public id, state and activation time of key `id`.

@@ -418,6 +418,7 @@ async fn load_or_create_ca(
             retired_at: None,
             unpublish_at: None,
             retire_reason: None,
+            key_id: None,
             cert_der: Some(ca.cert_der().to_vec()),
             sealed_key: kek.seal(&label, &pkcs8)?,
         })
@@ -450,6 +451,7 @@ async fn load_or_create_signing_key(
             retired_at: None,
             unpublish_at: None,
             retire_reason: None,
+            key_id: None,
             cert_der: None,
             sealed_key: kek.seal(&label, &pkcs8)?,
         })

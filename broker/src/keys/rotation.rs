@@ -175,6 +175,7 @@ impl Rotator {
             retired_at: None,
             unpublish_at: None,
             retire_reason: None,
+            key_id: Some(id.clone()),
             cert_der,
             sealed_key: self.kek.seal(&label, &pkcs8)?,
         };
@@ -246,7 +247,7 @@ impl Rotator {
                 now,
                 self.keep_jwt,
                 |r| self.load_jwt(r),
-                |_| String::from("(unpublished)"),
+                |r| r.key_id.clone().unwrap_or_default(),
             )?;
             let mut fingerprint = cas.fingerprint();
             fingerprint.extend(jwts.fingerprint());
@@ -359,6 +360,9 @@ pub(super) fn next_key_due(
 
 /// A CA's id (its serial) read from its certificate without its key.
 pub(super) fn ca_id_of(r: &KeyRecord) -> String {
+    if let Some(id) = &r.key_id {
+        return id.clone();
+    }
     r.cert_der
         .as_deref()
         .and_then(|der| x509_parser::parse_x509_certificate(der).ok())

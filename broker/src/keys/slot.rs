@@ -224,6 +224,7 @@ mod tests {
             retired_at: None,
             unpublish_at: None,
             retire_reason: None,
+            key_id: None,
             cert_der: None,
             sealed_key: vec![],
         }

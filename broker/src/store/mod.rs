@@ -112,6 +112,9 @@ pub struct KeyRecord {
     pub unpublish_at: Option<i64>,
     /// Why it was retired.
     pub retire_reason: Option<String>,
+    /// Its public id (`kid`, CA key identifier); `None` in rows written
+    /// before rotation existed.
+    pub key_id: Option<String>,
     /// DER certificate for CA keys.
     pub cert_der: Option<Vec<u8>>,
     /// PKCS#8 private key sealed with [`crate::keys::Kek::seal`].

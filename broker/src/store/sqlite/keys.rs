@@ -5,7 +5,7 @@ use sqlx::{Row, SqlitePool};
 use crate::store::{KeyKind, KeyRecord, KeyRetirement, StoreError};
 
 const COLUMNS: &str = "id, env, created_at, activates_at, not_after, retired_at, unpublish_at,
-     retire_reason, cert_der, sealed_key";
+     retire_reason, key_id, cert_der, sealed_key";
 
 fn from_row(row: &sqlx::sqlite::SqliteRow, kind: KeyKind) -> Result<KeyRecord, StoreError> {
     let created_at: i64 = row.try_get("created_at")?;
@@ -24,6 +24,7 @@ fn from_row(row: &sqlx::sqlite::SqliteRow, kind: KeyKind) -> Result<KeyRecord, S
         retired_at: row.try_get("retired_at")?,
         unpublish_at: row.try_get("unpublish_at")?,
         retire_reason: row.try_get("retire_reason")?,
+        key_id: row.try_get("key_id")?,
         cert_der: row.try_get("cert_der")?,
         sealed_key: row.try_get("sealed_key")?,
     })
@@ -62,14 +63,15 @@ pub(super) async fn list_keys(
 pub(super) async fn insert_key(pool: &SqlitePool, key: &KeyRecord) -> Result<i64, StoreError> {
     let result = sqlx::query(
         "INSERT INTO key_material
-             (env, kind, created_at, activates_at, not_after, cert_der, sealed_key)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+             (env, kind, created_at, activates_at, not_after, key_id, cert_der, sealed_key)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&key.env)
     .bind(key.kind.as_str())
     .bind(key.created_at)
     .bind(key.activates_at)
     .bind((key.not_after != i64::MAX).then_some(key.not_after))
+    .bind(&key.key_id)
     .bind(&key.cert_der)
     .bind(&key.sealed_key)
     .execute(pool)
