@@ -54,5 +54,5 @@ pub use revocations::RevocationWatcher;
 pub use source::{
     CredentialSource, Credentials, RefreshPolicy, SourceConfig, SourceError, SourceState,
 };
-pub use svid::{JwtSvid, TrustBundle, X509Svid, authority_key_id, pem_encode};
+pub use svid::{JwtSvid, TrustBundle, X509Svid, authority_key_id, pem_encode, uri_sans};
 pub use verifier::{JwtVerifier, VerifiedJwt, VerifyError};

@@ -17,6 +17,26 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// Every URI SAN of `cert` (SPIFFE IDs, operator names): one reading of
+/// the SAN extension for every check built on it.
+pub fn uri_sans<'a>(cert: &'a x509_parser::certificate::X509Certificate<'_>) -> Vec<&'a str> {
+    use x509_parser::extensions::GeneralName;
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(uri) => Some(*uri),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Which CA key signed `cert`: its AuthorityKeyIdentifier as upper-case
 /// hex — the id `credbroker keys list` shows for a CA, and the value of a
 /// `key` revocation when that CA is retired.

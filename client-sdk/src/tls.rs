@@ -24,7 +24,6 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::sync::watch;
-use x509_parser::extensions::GeneralName;
 
 use crate::revocations::RevocationWatcher;
 use crate::source::{CredentialSource, SourceState, usable};
@@ -186,21 +185,11 @@ impl SpiffeVerifier {
 pub fn spiffe_id(cert: &[u8]) -> Result<String, Error> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|_| invalid("peer certificate cannot be parsed"))?;
-    let uris: Vec<String> = parsed
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) if u.starts_with("spiffe://") => Some(u.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let uris: Vec<String> = crate::uri_sans(&parsed)
+        .into_iter()
+        .filter(|u| u.starts_with("spiffe://"))
+        .map(str::to_owned)
+        .collect();
     match uris.as_slice() {
         [one] => Ok(one.clone()),
         _ => Err(invalid("peer certificate must carry exactly one SPIFFE ID")),

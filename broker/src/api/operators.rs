@@ -15,7 +15,6 @@ use dashmap::DashMap;
 use tokio::sync::Mutex;
 use tonic::Status;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 
 use crate::model::rfc3339;
 use crate::policy::roles::Role;
@@ -49,21 +48,10 @@ impl OperatorPeer {
 /// The operator named by `cert`'s `credbroker-operator://` URI SAN, if it
 /// has one; an error if it names one badly or more than one.
 pub(crate) fn operator_name(cert: &X509Certificate<'_>) -> Result<Option<String>, String> {
-    let names: Vec<&str> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(uri) => uri.strip_prefix(OPERATOR_URI_SCHEME),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let names: Vec<&str> = credbroker_client::uri_sans(cert)
+        .into_iter()
+        .filter_map(|uri| uri.strip_prefix(OPERATOR_URI_SCHEME))
+        .collect();
     match names.as_slice() {
         [] => Ok(None),
         [name] => crate::policy::roles::check_operator_name(name)

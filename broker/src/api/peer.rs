@@ -16,7 +16,6 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tonic::{Request, Status};
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 
 use super::operators::{OperatorPeer, OperatorRegistry, operator_name};
 use crate::issue::Confirmation;
@@ -242,21 +241,7 @@ fn verify(
 
 /// The one SPIFFE ID (URI SAN) of an X.509-SVID.
 pub(crate) fn spiffe_id_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, String> {
-    let uris: Vec<&str> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(uri) => Some(*uri),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let uris = credbroker_client::uri_sans(cert);
     let [uri] = uris.as_slice() else {
         return Err("certificate must carry exactly one URI SAN (a SPIFFE ID)".to_owned());
     };

@@ -50,25 +50,7 @@ pub const METHODS: [&str; 26] = [
 pub const OTHER_METHOD: &str = "other";
 
 /// gRPC status codes by number (the `code` label).
-pub const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+pub const CODES: [&str; 17] = credbroker_proto::GRPC_CODE_NAMES;
 
 /// The slot of a gRPC path (`/credbroker.v1.Workload/FetchJwt`).
 fn method_slot(path: &str) -> usize {

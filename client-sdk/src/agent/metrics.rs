@@ -27,25 +27,7 @@ const METHODS: [&str; 6] = [
 ];
 
 /// gRPC status codes by number (the `result` label).
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+const CODES: [&str; 17] = credbroker_proto::GRPC_CODE_NAMES;
 
 struct AgentMetrics {
     rotations: AtomicU64,
