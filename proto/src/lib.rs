@@ -6,6 +6,21 @@
 
 pub mod codec;
 
+/// The gRPC status code (as a number) a server answered with: the
+/// `grpc-status` header of a response (0 when absent: trailers carry it
+/// for streams that opened fine), UNKNOWN (2) when the service failed.
+pub fn grpc_code_of<B, E>(result: &Result<tonic::codegen::http::Response<B>, E>) -> usize {
+    match result {
+        Ok(response) => response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0),
+        Err(_) => 2,
+    }
+}
+
 /// gRPC status code names by number (`tonic::Code as usize`), as metrics
 /// label them.
 pub const GRPC_CODE_NAMES: [&str; 17] = [

@@ -129,15 +129,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        let code = match &result {
-            Ok(response) => response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0),
-            Err(_) => 2,
-        };
+        let code = credbroker_proto::grpc_code_of(&result);
         this.metrics
             .rpc_done(*this.method, code, this.start.elapsed());
         Poll::Ready(result)

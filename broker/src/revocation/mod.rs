@@ -325,6 +325,11 @@ impl RevocationList {
         dropped
     }
 
+    /// Whether any signing key's retirement is in force.
+    pub fn has_key_revocations(&self) -> bool {
+        !self.by_key.is_empty()
+    }
+
     /// Number of live entries.
     pub fn len(&self) -> usize {
         self.all.read().map(|a| a.len()).unwrap_or(0)

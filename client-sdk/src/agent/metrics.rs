@@ -175,15 +175,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        let code = match &result {
-            Ok(response) => response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0),
-            Err(_) => 2,
-        };
+        let code = credbroker_proto::grpc_code_of(&result);
         METRICS.calls[*this.method][code.min(CODES.len() - 1)].fetch_add(1, Ordering::Relaxed);
         Poll::Ready(result)
     }
