@@ -17,16 +17,15 @@ fn thumbprint(der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der))
 }
 
-#[tokio::test]
-async fn bound_jwts_are_accepted_only_from_their_certificate() {
-    let broker = TestBroker::start().await;
+/// Registers `dev/NAME` with audience `billing`, requiring bound JWTs.
+fn create_bound(broker: &TestBroker, name: &str) {
     broker.cli_ok(&[
         "identity",
         "create",
         "--env",
         "dev",
         "--name",
-        "bound",
+        name,
         "--owner",
         "team-test",
         "--purpose",
@@ -35,6 +34,12 @@ async fn bound_jwts_are_accepted_only_from_their_certificate() {
         "billing",
         "--require-binding",
     ]);
+}
+
+#[tokio::test]
+async fn bound_jwts_are_accepted_only_from_their_certificate() {
+    let broker = TestBroker::start().await;
+    create_bound(&broker, "bound");
     let shown = broker.cli_ok(&[
         "identity", "show", "--env", "dev", "--name", "bound", "--output", "json",
     ]);
@@ -267,21 +272,7 @@ async fn a_tonic_server_checks_the_binding_against_the_tls_client_certificate() 
 
     let broker = TestBroker::start().await;
     for name in ["bound", "thief"] {
-        broker.cli_ok(&[
-            "identity",
-            "create",
-            "--env",
-            "dev",
-            "--name",
-            name,
-            "--owner",
-            "team-test",
-            "--purpose",
-            "binding test",
-            "--audience",
-            "billing",
-            "--require-binding",
-        ]);
+        create_bound(&broker, name);
     }
     let client = broker.client().await;
     let attest = |name: &'static str| {
