@@ -185,7 +185,8 @@ impl JwtVerifier {
                 audience: audience.to_owned(),
                 leeway,
                 keys: RwLock::new(Keys::default()),
-                last_refresh: Mutex::new(None),
+                // The read just below counts as the first refresh.
+                last_refresh: Mutex::new(Some(Instant::now())),
                 revoked: RevocationWatcher::default(),
             }),
         };
@@ -213,22 +214,31 @@ impl JwtVerifier {
         if let Ok(mut slot) = self.inner.keys.write() {
             *slot = keys;
         }
-        if let Ok(mut at) = self.inner.last_refresh.lock() {
-            *at = Some(Instant::now());
-        }
         Ok(())
     }
 
-    /// Whether the broker's refresh hint has passed since the last read.
-    fn refresh_hinted(&self) -> bool {
-        let Some(hint) = self.inner.keys.read().ok().and_then(|k| k.refresh_hint) else {
+    /// Claims the next key refresh if the last attempt is at least
+    /// `interval` old. Attempts count, not only successes: while the broker
+    /// is unreachable, verifications go on with the keys held instead of
+    /// each waiting on a refresh that fails, and concurrent verifications
+    /// refresh once.
+    fn claim_refresh(&self, interval: Duration) -> bool {
+        let Ok(mut at) = self.inner.last_refresh.lock() else {
             return false;
         };
-        self.inner
-            .last_refresh
-            .lock()
-            .map(|at| at.is_none_or(|t| t.elapsed() >= hint))
-            .unwrap_or(false)
+        if at.is_some_and(|t| t.elapsed() < interval) {
+            return false;
+        }
+        *at = Some(Instant::now());
+        true
+    }
+
+    /// Claims a refresh if the broker's refresh hint has passed.
+    fn refresh_hinted(&self) -> bool {
+        match self.inner.keys.read().ok().and_then(|k| k.refresh_hint) {
+            Some(hint) => self.claim_refresh(hint),
+            None => false,
+        }
     }
 
     fn key(&self, kid: &str) -> Option<Vec<u8>> {
@@ -302,13 +312,7 @@ impl JwtVerifier {
         let key = match self.key(&kid) {
             Some(key) => key,
             None => {
-                let due = self
-                    .inner
-                    .last_refresh
-                    .lock()
-                    .map(|at| at.is_none_or(|t| t.elapsed() >= KEY_REFRESH_MIN_INTERVAL))
-                    .unwrap_or(true);
-                if due {
+                if self.claim_refresh(KEY_REFRESH_MIN_INTERVAL) {
                     let _ = self.refresh_keys().await;
                 }
                 self.key(&kid)
