@@ -13,6 +13,7 @@ use crate::keys::{Kek, KeyError, KeyRing};
 use crate::metrics::Metrics;
 use crate::model::unix_now;
 use crate::policy::{IdentityRegistry, TtlLimits};
+use crate::replica::Leadership;
 use crate::revocation::RevocationList;
 use crate::revocation::crl::CrlCache;
 use crate::store::{self, KeyKind, Store, StoreError};
@@ -95,6 +96,11 @@ pub struct Broker {
     pub crls: CrlCache,
     /// Prometheus metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
+    /// Whether this broker leads those sharing its store.
+    pub leadership: Leadership,
+    /// The change feed's position before the caches were loaded: following
+    /// it from here misses nothing (see [`crate::replica::follow`]).
+    pub feed_start: i64,
     /// Held while this broker runs on an embedded (SQLite) store.
     _data_dir_lock: Option<DataDirLock>,
 }
@@ -127,6 +133,12 @@ impl Broker {
                 generated,
             });
         }
+        // Before any cache is loaded: a change committed by another broker
+        // while loading is then applied again, never missed.
+        let feed_start = store.latest_change().await?;
+        // Brokers starting together on an empty store create keys one at a
+        // time: the second finds the first's.
+        let bootstrap = store.bootstrap_lock().await?;
         let kek = Arc::new(Kek::load_or_generate(
             config.kek_file.as_deref(),
             &config.data_dir,
@@ -140,6 +152,7 @@ impl Broker {
                 },
                 e => e.into(),
             })?;
+        drop(bootstrap);
         let registry = IdentityRegistry::load(Arc::clone(&store)).await?;
         let envs = config.environments()?;
         let metrics = Arc::new(Metrics::new(
@@ -174,6 +187,8 @@ impl Broker {
             revocations,
             crls: CrlCache::default(),
             metrics,
+            leadership: Leadership::default(),
+            feed_start,
             _data_dir_lock: data_dir_lock,
         }))
     }

@@ -3,7 +3,8 @@
 //! Workloads prove what they are ([`attest`]), and receive X.509-SVIDs and
 //! JWT-SVIDs ([`issue`]) that live minutes, scoped by their identity's
 //! [`policy`]. Keys are per environment ([`keys`]); state lives behind one
-//! [`store`] trait; operators use the admin API ([`api`]) and CLI ([`cli`]).
+//! [`store`] trait, which several brokers may share ([`replica`]);
+//! operators use the admin API ([`api`]) and CLI ([`cli`]).
 
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod keys;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod replica;
 pub mod revocation;
 pub mod server;
 pub mod store;

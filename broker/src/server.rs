@@ -27,6 +27,9 @@ const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const REVOCATION_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 /// How often expired join tokens are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// How long the change feed keeps a change: brokers sharing the store read
+/// it within a second; one that was away longer reloads at restart.
+const CHANGE_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 /// Expired join tokens are kept this long so a late attempt is told
 /// "expired" rather than "not recognized".
 const EXPIRED_TOKEN_GRACE: i64 = 24 * 60 * 60;
@@ -137,6 +140,21 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     });
 
     let rotation_task = tokio::spawn(rotate_keys(Arc::clone(&broker), stopped(stop_rx.clone())));
+    let follow_task = tokio::spawn({
+        let (broker, stop) = (Arc::clone(&broker), stopped(stop_rx.clone()));
+        async move {
+            let cursor = broker.feed_start;
+            crate::replica::follow(broker, cursor, stop).await;
+            Ok(())
+        }
+    });
+    let campaign_task = tokio::spawn({
+        let (broker, stop) = (Arc::clone(&broker), stopped(stop_rx.clone()));
+        async move {
+            crate::replica::campaign(broker, stop).await;
+            Ok(())
+        }
+    });
 
     let flusher = Arc::clone(&broker);
     let flush_stop = stopped(stop_rx);
@@ -158,11 +176,14 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
                     if dropped > 0 {
                         tracing::info!(dropped, "revocations expired with everything they covered");
                     }
-                    if let Err(e) = flusher.store.purge_revocations(now).await {
+                    // Purges are the leader's: one broker deletes for all.
+                    if flusher.leadership.leads()
+                        && let Err(e) = flusher.store.purge_revocations(now).await
+                    {
                         tracing::warn!(error = %e, "could not purge expired revocations");
                     }
                 }
-                _ = purge.tick() => {
+                _ = purge.tick(), if flusher.leadership.leads() => {
                     let before = unix_now() - EXPIRED_TOKEN_GRACE;
                     match flusher.store.purge_join_tokens(before).await {
                         Ok(0) => {}
@@ -173,6 +194,10 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(purged = n, "forgot expired single-use token ids"),
                         Err(e) => tracing::warn!(error = %e, "could not purge expired token ids"),
+                    }
+                    let before = crate::model::unix_now_ms() - CHANGE_RETENTION_MS;
+                    if let Err(e) = flusher.store.purge_changes(before).await {
+                        tracing::warn!(error = %e, "could not purge the change feed");
                     }
                 }
                 () = &mut flush_stop => break,
@@ -191,21 +216,31 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         grpc_addr,
         http_addr,
         stop,
-        tasks: vec![grpc_task, http_task, flush_task, rotation_task],
+        tasks: vec![
+            grpc_task,
+            http_task,
+            flush_task,
+            rotation_task,
+            follow_task,
+            campaign_task,
+        ],
     })
 }
 
-/// Keeps the key rotation schedule: runs it whenever something is due, and
-/// at least every [`KEY_SCHEDULE_MAX_SLEEP`]. A failure (store busy) is
-/// logged and retried; the keys already published keep serving.
+/// Keeps the key rotation schedule: runs it whenever something is due, at
+/// least every [`KEY_SCHEDULE_MAX_SLEEP`], and when this broker becomes the
+/// leader (only the leader creates keys). A failure (store busy) is logged
+/// and retried; the keys already published keep serving.
 async fn rotate_keys(
     broker: Arc<Broker>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     tokio::pin!(stop);
+    let mut leadership = broker.leadership.subscribe();
     loop {
         let now = unix_now();
-        let next = match broker.keys.tick(now).await {
+        let leads = *leadership.borrow_and_update();
+        let next = match broker.keys.tick(now, leads).await {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(error = %e, "key rotation failed; retrying");
@@ -216,6 +251,7 @@ async fn rotate_keys(
             .min(KEY_SCHEDULE_MAX_SLEEP);
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
+            _ = leadership.changed() => {}
             () = &mut stop => return Ok(()),
         }
     }

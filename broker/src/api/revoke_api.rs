@@ -128,15 +128,17 @@ pub(super) async fn commit(broker: &Broker, new: NewRevocation) -> Result<Arc<Re
         .insert_revocation(&new)
         .await
         .map_err(status::store)?;
-    let rev = broker.revocations.insert(Revocation {
-        seq,
-        target: new.target,
-        reason: new.reason,
-        operator: new.operator,
-        revoked_at: new.revoked_at,
-        covers_until: new.covers_until,
-        identities: new.identities,
-    });
+    // Through the store, not from `new`: revocations other brokers sharing
+    // the store committed before this one are applied (and pushed) first,
+    // so every subscriber sees one order.
+    let applied = broker
+        .revocations
+        .catch_up_locked(broker.store.as_ref())
+        .await
+        .map_err(status::store)?;
+    let rev = applied.into_iter().find(|r| r.seq == seq).ok_or_else(|| {
+        Status::internal(format!("revocation #{seq} was stored but not read back"))
+    })?;
     drop(writer);
     Ok(rev)
 }

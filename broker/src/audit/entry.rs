@@ -88,6 +88,11 @@ impl ChainedEntry {
         }
     }
 
+    /// The chain hash of `entry` at position `seq` after `prev_hash`.
+    pub fn hash_of(seq: i64, entry: &AuditEntry, prev_hash: &[u8; 32], key: &ChainKey) -> [u8; 32] {
+        chain_hash(key, seq, entry, prev_hash)
+    }
+
     /// Whether `hash` matches the content.
     pub fn is_intact(&self, key: &ChainKey) -> bool {
         chain_hash(key, self.seq, &self.entry, &self.prev_hash) == self.hash

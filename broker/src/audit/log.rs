@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{Checkpoint, CheckpointFile};
-use super::entry::{AuditEntry, ChainKey, ChainedEntry, GENESIS};
+use super::entry::{AuditEntry, ChainKey, GENESIS};
 use crate::keys::JwtSigningKey;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -282,33 +282,35 @@ async fn write_loop(
             }
         }
         if !batch.is_empty() {
-            let mut chained = Vec::with_capacity(batch.len());
-            let mut prev = head;
-            for (i, entry) in batch.into_iter().enumerate() {
-                let linked = ChainedEntry::link(seq + 1 + i as i64, entry, prev, &seal.chain);
-                prev = linked.hash;
-                chained.push(linked);
-            }
-            // Nothing is dropped: a failing store is retried until it
-            // works. Waiters give up on their own after COMMIT_TIMEOUT, and
-            // the bounded queue refuses new work meanwhile.
+            // The store links the batch after its newest entry: with
+            // several brokers on one database, each batch follows whatever
+            // any of them committed before it. Nothing is dropped: a
+            // failing store is retried until it works. Waiters give up on
+            // their own after COMMIT_TIMEOUT, and the bounded queue refuses
+            // new work meanwhile.
             let mut failures = 0u32;
             loop {
                 let started = std::time::Instant::now();
-                let result = store.append_audit(&chained).await;
+                let result = store.append_audit(&batch, &seal.chain).await;
                 metrics.store_audit_append.observe(started.elapsed());
-                let Err(e) = result else { break };
-                failures += 1;
-                if failures == 1 || failures.is_multiple_of(25) {
-                    tracing::error!(error = %e, pending = chained.len(), failures, "cannot write audit log; retrying");
+                match result {
+                    Ok((last, hash)) => {
+                        seq = last;
+                        head = hash;
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_multiple_of(25) {
+                            tracing::error!(error = %e, pending = batch.len(), failures, "cannot write audit log; retrying");
+                        }
+                        tokio::time::sleep(RETRY_AFTER).await;
+                    }
                 }
-                tokio::time::sleep(RETRY_AFTER).await;
             }
             if failures > 0 {
                 tracing::warn!(failures, "audit log writes recovered");
             }
-            seq += chained.len() as i64;
-            head = prev;
         }
         for done in waiters {
             let _ = done.send(());

@@ -176,12 +176,22 @@ impl KeyRing {
         })
     }
 
-    /// Runs the schedule at `now`: prepares, activates and retires keys as
-    /// due, publishes a changed snapshot, renews the broker's TLS
-    /// certificate past half its life. Returns when to run it next.
-    pub async fn tick(&self, now: i64) -> Result<i64, KeyError> {
+    /// Runs the schedule at `now`: re-reads the stored keys, prepares new
+    /// ones as due when this broker `leads` (one broker creates keys for
+    /// all that share a store, under the bootstrap lock so a broker
+    /// starting meanwhile cannot create the same key), activates and
+    /// retires keys by their stored times, publishes a changed snapshot,
+    /// renews the broker's TLS certificate past half its life. Returns
+    /// when to run it next.
+    pub async fn tick(&self, now: i64, leads: bool) -> Result<i64, KeyError> {
         let mut rotator = self.rotator.lock().await;
-        rotator.schedule(now).await?;
+        if leads {
+            let _creating = rotator.store.bootstrap_lock().await?;
+            rotator.reload().await?;
+            rotator.schedule(now).await?;
+        } else {
+            rotator.reload().await?;
+        }
         let (snapshot, changed) = rotator.snapshot(now).await?;
         let (admin, admin_changed) = rotator.admin_set(now)?;
         let next = rotator.next_wakeup(&snapshot, now).min(

@@ -31,6 +31,26 @@ pub const ROTATING: [KeyKind; 2] = [KeyKind::X509Ca, KeyKind::JwtSigning];
 /// The published keys of every environment at one moment.
 pub type Snapshot = BTreeMap<EnvName, Arc<EnvironmentKeys>>;
 
+/// Every environment's rotating key records, and the admin CA's.
+type Records = (HashMap<(EnvName, KeyKind), Vec<KeyRecord>>, Vec<KeyRecord>);
+
+async fn read_records(store: &dyn Store, envs: &[Environment]) -> Result<Records, KeyError> {
+    let mut records = HashMap::new();
+    for env in envs {
+        for kind in ROTATING {
+            let list = store.list_keys(env.name.as_str(), kind).await?;
+            records.insert((env.name.clone(), kind), list);
+        }
+    }
+    let admin_records = store
+        .list_keys("", KeyKind::AdminCa)
+        .await?
+        .into_iter()
+        .map(super::admin_ca::bounded_by_certificate)
+        .collect();
+    Ok((records, admin_records))
+}
+
 /// Owns the schedule: decides, generates, stores, publishes.
 #[derive(Debug)]
 pub struct Rotator {
@@ -70,19 +90,7 @@ impl Rotator {
         envs: Vec<Environment>,
         upstreams: HashMap<EnvName, Arc<UpstreamCa>>,
     ) -> Result<Self, KeyError> {
-        let mut records = HashMap::new();
-        for env in &envs {
-            for kind in ROTATING {
-                let list = store.list_keys(env.name.as_str(), kind).await?;
-                records.insert((env.name.clone(), kind), list);
-            }
-        }
-        let admin_records = store
-            .list_keys("", KeyKind::AdminCa)
-            .await?
-            .into_iter()
-            .map(super::admin_ca::bounded_by_certificate)
-            .collect();
+        let (records, admin_records) = read_records(store.as_ref(), &envs).await?;
         Ok(Self {
             store,
             kek,
@@ -99,6 +107,16 @@ impl Rotator {
             admin_records,
             admin_fingerprint: Vec::new(),
         })
+    }
+
+    /// Re-reads every key record from the store: brokers sharing it see
+    /// the keys the leader created or an operator retired elsewhere. Loaded
+    /// keys stay cached by row id.
+    pub async fn reload(&mut self) -> Result<(), KeyError> {
+        let (records, admin_records) = read_records(self.store.as_ref(), &self.envs).await?;
+        self.records = records;
+        self.admin_records = admin_records;
+        Ok(())
     }
 
     pub(super) fn keep(&self, kind: KeyKind) -> i64 {

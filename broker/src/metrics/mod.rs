@@ -76,6 +76,10 @@ pub struct Metrics {
     /// Time of one audit batch transaction in the store.
     pub store_audit_append: Histogram,
     revocation_subscribers: AtomicI64,
+    /// 1 while this broker leads the brokers sharing its store.
+    leader: AtomicI64,
+    /// Changes other brokers made, applied from the change feed.
+    pub changes_applied: Counter,
 }
 
 impl Metrics {
@@ -94,7 +98,14 @@ impl Metrics {
             audit_commit: Histogram::default(),
             store_audit_append: Histogram::default(),
             revocation_subscribers: AtomicI64::new(0),
+            leader: AtomicI64::new(0),
+            changes_applied: Counter::default(),
         }
+    }
+
+    /// Records whether this broker leads.
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.store(i64::from(leads), Ordering::Relaxed);
     }
 
     fn env_slot(&self, env: Option<&str>) -> usize {

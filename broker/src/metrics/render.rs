@@ -145,6 +145,28 @@ fn counters(out: &mut String, m: &Metrics) {
         "credbroker_revocation_subscribers {}",
         m.revocation_subscribers.load(Ordering::Relaxed)
     );
+    family(
+        out,
+        "credbroker_leader",
+        "gauge",
+        "1 while this broker leads the brokers sharing its store (runs rotation and purges).",
+    );
+    let _ = writeln!(
+        out,
+        "credbroker_leader {}",
+        m.leader.load(Ordering::Relaxed)
+    );
+    family(
+        out,
+        "credbroker_changes_applied_total",
+        "counter",
+        "Changes committed by other brokers sharing the store, applied from the change feed.",
+    );
+    let _ = writeln!(
+        out,
+        "credbroker_changes_applied_total {}",
+        m.changes_applied.get()
+    );
 }
 
 fn state_gauges(out: &mut String, broker: &Broker) {

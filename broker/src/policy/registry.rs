@@ -186,6 +186,38 @@ impl IdentityRegistry {
         Ok(next)
     }
 
+    /// Takes in an identity as another broker sharing the store left it
+    /// (`stored`; `None` if it is gone). Its local usage times are kept:
+    /// each broker flushes its own, and the store keeps the latest.
+    pub async fn apply_stored(&self, key: &IdentityKey, stored: Option<Identity>) {
+        let _guard = self.writes.lock().await;
+        let Some(stored) = stored else {
+            self.identities.remove(key);
+            self.usage.remove(key);
+            return;
+        };
+        if self.get(key).is_some_and(|cached| {
+            Identity {
+                last_issued_at: None,
+                last_seen_at: None,
+                ..(*cached).clone()
+            } == Identity {
+                last_issued_at: None,
+                last_seen_at: None,
+                ..stored.clone()
+            }
+        }) {
+            // Its own change, or one already applied: nothing new.
+            return;
+        }
+        self.usage
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Usage::from_identity(&stored)));
+        let stored = Arc::new(stored);
+        self.identities.insert(key.clone(), Arc::clone(&stored));
+        let _ = self.changes.send(stored);
+    }
+
     /// Notes that a credential was issued to `key` at `now`.
     pub fn record_issued(&self, key: &IdentityKey, now: i64) {
         if let Some(usage) = self.usage.get(key) {

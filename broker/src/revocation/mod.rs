@@ -196,6 +196,27 @@ impl RevocationList {
         rev
     }
 
+    /// Applies, in sequence order, every revocation the store holds past
+    /// the newest one seen here — this broker's and those of other brokers
+    /// sharing the store — and tells subscribers. Call it holding
+    /// [`RevocationList::writer`]. Returns what was new.
+    pub async fn catch_up_locked(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<Vec<Arc<Revocation>>, crate::store::StoreError> {
+        let fresh = store.revocations_after(self.latest_seq()).await?;
+        Ok(fresh.into_iter().map(|rev| self.insert(rev)).collect())
+    }
+
+    /// [`RevocationList::catch_up_locked`], taking the writer lock.
+    pub async fn catch_up(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<Vec<Arc<Revocation>>, crate::store::StoreError> {
+        let _writer = self.writer().await;
+        self.catch_up_locked(store).await
+    }
+
     /// Adds entries loaded at start-up, without events.
     pub fn load(&self, revs: impl IntoIterator<Item = Revocation>) {
         for rev in revs {

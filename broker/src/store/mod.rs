@@ -1,12 +1,24 @@
-//! Durable state behind one trait. SQLite is the embedded default; the
-//! PostgreSQL store for HA implements the same trait.
+//! Durable state behind one trait. SQLite is the embedded default for one
+//! broker; PostgreSQL serves several brokers that act as one (replicas).
+//! Both pass one conformance suite (`conformance.rs`).
 //!
 //! The hot path never waits on the store: identities are cached in memory
 //! (see [`crate::policy::IdentityRegistry`]) and usage times are flushed in
 //! batches. What must be durable before a call returns — a new identity, a
 //! join token, its consumption — goes through here.
+//!
+//! Brokers sharing a store hear about each other's changes through the
+//! change feed: every write that a broker caches in memory (identities,
+//! revocations, keys, operators) records a [`Change`] in the same
+//! transaction, and [`Store::change_signal`] wakes the others to read them
+//! (see [`crate::replica`]).
 
+#[cfg(test)]
+pub(crate) mod conformance;
+mod locks;
 mod operators;
+mod postgres;
+mod rows;
 mod sqlite;
 
 use std::sync::Arc;
@@ -14,10 +26,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use thiserror::Error;
 
+pub use locks::{HeldLock, StoreLock};
 pub use operators::OperatorRecord;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-use crate::audit::{AuditFilter, ChainedEntry};
+use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry};
 use crate::model::{Identity, IdentityKey};
 use crate::revocation::{Revocation, Target};
 
@@ -57,7 +71,7 @@ pub enum StoreError {
         known: i64,
     },
     /// The store URL names no supported database.
-    #[error("unsupported store URL {0:?} (expected sqlite://PATH)")]
+    #[error("unsupported store URL {0:?} (expected sqlite://PATH or postgres://USER@HOST/DB)")]
     UnsupportedUrl(String),
 }
 
@@ -181,6 +195,8 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
 
     /// Every identity.
     async fn list_identities(&self) -> Result<Vec<Identity>, StoreError>;
+    /// One identity.
+    async fn get_identity(&self, key: &IdentityKey) -> Result<Option<Identity>, StoreError>;
     /// Adds an identity; [`StoreError::AlreadyExists`] if its key is taken.
     async fn insert_identity(&self, identity: &Identity) -> Result<(), StoreError>;
     /// Replaces an identity's settings (not its usage times).
@@ -229,8 +245,15 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
         now: i64,
     ) -> Result<String, StoreError>;
 
-    /// Appends chained audit entries in one transaction.
-    async fn append_audit(&self, entries: &[ChainedEntry]) -> Result<(), StoreError>;
+    /// Links `entries` into the chain after the newest stored entry (keyed
+    /// by `chain`) and appends them in one transaction; returns the new
+    /// head. The store orders entries: brokers sharing it each append
+    /// after whatever any of them committed before.
+    async fn append_audit(
+        &self,
+        entries: &[AuditEntry],
+        chain: &ChainKey,
+    ) -> Result<(i64, [u8; 32]), StoreError>;
     /// Sequence number and hash of the last audit entry.
     async fn audit_head(&self) -> Result<Option<(i64, [u8; 32])>, StoreError>;
     /// Up to `limit` entries with `seq > after`, in order (for verification).
@@ -255,6 +278,10 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn insert_revocation(&self, rev: &NewRevocation) -> Result<i64, StoreError>;
     /// Revocations still covering something at `now`, in sequence order.
     async fn live_revocations(&self, now: i64) -> Result<Vec<Revocation>, StoreError>;
+    /// Revocations with a sequence number above `after`, in order. A
+    /// revocation's number is assigned in commit order, so a reader that
+    /// saw number N has seen every committed revocation below it.
+    async fn revocations_after(&self, after: i64) -> Result<Vec<Revocation>, StoreError>;
     /// Deletes revocations that cover nothing any more at `now`.
     async fn purge_revocations(&self, now: i64) -> Result<u64, StoreError>;
     /// The highest revocation sequence number ever assigned (0 if none),
@@ -274,6 +301,83 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
         by: &str,
         reason: &str,
     ) -> Result<(), StoreError>;
+
+    /// Up to `limit` changes with a sequence number above `after`, in
+    /// order. Numbers are assigned in commit order, so nothing committed
+    /// later can appear below one already read.
+    async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError>;
+    /// The newest change's sequence number (0 if none).
+    async fn latest_change(&self) -> Result<i64, StoreError>;
+    /// Deletes changes recorded before `before_ms` (unix ms); returns how
+    /// many. A broker that fell further behind reloads everything.
+    async fn purge_changes(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Wakes whenever a change is committed by any broker sharing this
+    /// store; `None` when the store serves one broker (nothing changes
+    /// behind its back).
+    async fn change_signal(&self) -> Result<Option<Box<dyn ChangeSignal>>, StoreError>;
+    /// Waits for the lock that makes first-start key creation race-free
+    /// among brokers starting together; held until dropped.
+    async fn bootstrap_lock(&self) -> Result<StoreLock, StoreError>;
+    /// Takes the leader lock if no other broker holds it. The leader runs
+    /// key rotation, purges and other periodic work; another broker takes
+    /// over within seconds of its death.
+    async fn try_lead(&self) -> Result<Option<StoreLock>, StoreError>;
+}
+
+/// What a [`Change`] is about; its key says which one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// An identity was created or changed; key `env/name`.
+    Identity,
+    /// A revocation was stored; key its sequence number.
+    Revocation,
+    /// A key was created or retired; key its environment (empty for
+    /// broker-wide keys).
+    Keys,
+    /// An operator certificate was issued or revoked; key its serial.
+    Operator,
+}
+
+impl ChangeKind {
+    /// The name stored in the `changes` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Revocation => "revocation",
+            Self::Keys => "keys",
+            Self::Operator => "operator",
+        }
+    }
+
+    /// The kind stored as `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "identity" => Self::Identity,
+            "revocation" => Self::Revocation,
+            "keys" => Self::Keys,
+            "operator" => Self::Operator,
+            _ => return None,
+        })
+    }
+}
+
+/// One committed change, as the change feed delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Position in the feed (commit order).
+    pub seq: i64,
+    /// What changed.
+    pub kind: ChangeKind,
+    /// Which one (see [`ChangeKind`]).
+    pub key: String,
+}
+
+/// A wake-up source for the change feed.
+#[async_trait]
+pub trait ChangeSignal: Send {
+    /// Returns when some change may have been committed. An error means
+    /// notifications may have been lost: read the feed, then wait again.
+    async fn wait(&mut self) -> Result<(), StoreError>;
 }
 
 /// A revocation before it is stored (no sequence number yet).
@@ -345,6 +449,8 @@ pub struct IssuedCert {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(PgStore::open(url).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }

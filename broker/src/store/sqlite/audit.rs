@@ -2,53 +2,28 @@
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::corrupt;
-use crate::audit::{AuditEntry, AuditFilter, ChainedEntry};
+use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry, GENESIS};
+use crate::store::rows::{self, hash32};
 use crate::store::{CertKey, CertQuery, IssuedCert, OutstandingCredential, StoreError};
-
-fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| corrupt("audit hash is not 32 bytes"))
-}
-
-fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ChainedEntry, StoreError> {
-    Ok(ChainedEntry {
-        seq: row.try_get("seq")?,
-        entry: AuditEntry {
-            at_ms: row.try_get("at_ms")?,
-            action: row.try_get("action")?,
-            decision: row.try_get("decision")?,
-            actor: row.try_get("actor")?,
-            peer: row.try_get("peer")?,
-            identity: row.try_get("identity")?,
-            env: row.try_get("env")?,
-            credential: row.try_get("credential")?,
-            jti: row.try_get("jti")?,
-            serial: row.try_get("serial")?,
-            expires_at: row.try_get("expires_at")?,
-            reason: row.try_get("reason")?,
-            detail: row.try_get("detail")?,
-            evidence: row.try_get("evidence")?,
-        },
-        prev_hash: hash32(row.try_get("prev_hash")?)?,
-        hash: hash32(row.try_get("hash")?)?,
-    })
-}
 
 pub(super) async fn append_audit(
     pool: &SqlitePool,
-    entries: &[ChainedEntry],
-) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
-    for c in entries {
-        let e = &c.entry;
+    entries: &[AuditEntry],
+    chain: &ChainKey,
+) -> Result<(i64, [u8; 32]), StoreError> {
+    // IMMEDIATE takes the write lock before the head is read, so the head
+    // cannot move between reading it and appending after it.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let (mut seq, mut head) = head_of(&mut *tx).await?.unwrap_or((0, GENESIS));
+    for e in entries {
+        seq += 1;
+        let hash = ChainedEntry::hash_of(seq, e, &head, chain);
         sqlx::query(
             "INSERT INTO audit_log (seq, at_ms, action, decision, actor, peer, identity, env,
                  credential, jti, serial, expires_at, reason, detail, evidence, prev_hash, hash)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(c.seq)
+        .bind(seq)
         .bind(e.at_ms)
         .bind(&e.action)
         .bind(&e.decision)
@@ -63,21 +38,28 @@ pub(super) async fn append_audit(
         .bind(&e.reason)
         .bind(&e.detail)
         .bind(&e.evidence)
-        .bind(c.prev_hash.as_slice())
-        .bind(c.hash.as_slice())
+        .bind(head.as_slice())
+        .bind(hash.as_slice())
         .execute(&mut *tx)
         .await?;
+        head = hash;
     }
     tx.commit().await?;
-    Ok(())
+    Ok((seq, head))
 }
 
-pub(super) async fn audit_head(pool: &SqlitePool) -> Result<Option<(i64, [u8; 32])>, StoreError> {
+async fn head_of(
+    conn: impl sqlx::SqliteExecutor<'_>,
+) -> Result<Option<(i64, [u8; 32])>, StoreError> {
     let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await?;
     row.map(|row| Ok((row.try_get("seq")?, hash32(row.try_get("hash")?)?)))
         .transpose()
+}
+
+pub(super) async fn audit_head(pool: &SqlitePool) -> Result<Option<(i64, [u8; 32])>, StoreError> {
+    head_of(pool).await
 }
 
 pub(super) async fn audit_page(
@@ -90,7 +72,7 @@ pub(super) async fn audit_page(
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    rows.iter().map(audit_from_row).collect()
+    rows.iter().map(rows::audit).collect()
 }
 
 pub(super) async fn query_audit(
@@ -118,7 +100,7 @@ pub(super) async fn query_audit(
     }
     q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
     let rows = q.build().fetch_all(pool).await?;
-    rows.iter().map(audit_from_row).collect()
+    rows.iter().map(rows::audit).collect()
 }
 
 pub(super) async fn outstanding_credentials(

@@ -1,34 +1,10 @@
 //! The key_material and key_sequence tables.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
+use super::{ChangeKind, changes};
+use crate::store::rows::{self, KEY_COLUMNS as COLUMNS};
 use crate::store::{KeyKind, KeyRecord, KeyRetirement, StoreError};
-
-const COLUMNS: &str = "id, env, created_at, activates_at, not_after, retired_at, unpublish_at,
-     retire_reason, key_id, cert_der, sealed_key";
-
-fn from_row(row: &sqlx::sqlite::SqliteRow, kind: KeyKind) -> Result<KeyRecord, StoreError> {
-    let created_at: i64 = row.try_get("created_at")?;
-    Ok(KeyRecord {
-        id: row.try_get("id")?,
-        env: row.try_get("env")?,
-        kind,
-        created_at,
-        // Rows from before rotation: active since creation, never expiring.
-        activates_at: row
-            .try_get::<Option<i64>, _>("activates_at")?
-            .unwrap_or(created_at),
-        not_after: row
-            .try_get::<Option<i64>, _>("not_after")?
-            .unwrap_or(i64::MAX),
-        retired_at: row.try_get("retired_at")?,
-        unpublish_at: row.try_get("unpublish_at")?,
-        retire_reason: row.try_get("retire_reason")?,
-        key_id: row.try_get("key_id")?,
-        cert_der: row.try_get("cert_der")?,
-        sealed_key: row.try_get("sealed_key")?,
-    })
-}
 
 pub(super) async fn latest_key(
     pool: &SqlitePool,
@@ -42,7 +18,7 @@ pub(super) async fn latest_key(
     .bind(kind.as_str())
     .fetch_optional(pool)
     .await?;
-    row.map(|row| from_row(&row, kind)).transpose()
+    row.map(|row| rows::key(&row, kind)).transpose()
 }
 
 pub(super) async fn list_keys(
@@ -57,10 +33,11 @@ pub(super) async fn list_keys(
     .bind(kind.as_str())
     .fetch_all(pool)
     .await?;
-    rows.iter().map(|row| from_row(row, kind)).collect()
+    rows.iter().map(|row| rows::key(row, kind)).collect()
 }
 
 pub(super) async fn insert_key(pool: &SqlitePool, key: &KeyRecord) -> Result<i64, StoreError> {
+    let mut tx = pool.begin().await?;
     let result = sqlx::query(
         "INSERT INTO key_material
              (env, kind, created_at, activates_at, not_after, key_id, cert_der, sealed_key)
@@ -74,12 +51,15 @@ pub(super) async fn insert_key(pool: &SqlitePool, key: &KeyRecord) -> Result<i64
     .bind(&key.key_id)
     .bind(&key.cert_der)
     .bind(&key.sealed_key)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    changes::record(&mut tx, ChangeKind::Keys, &key.env).await?;
+    tx.commit().await?;
     Ok(result.last_insert_rowid())
 }
 
 pub(super) async fn retire_key(pool: &SqlitePool, r: &KeyRetirement) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
     let result = sqlx::query(
         "UPDATE key_material SET retired_at = ?, unpublish_at = ?, retire_reason = ?
          WHERE id = ? AND retired_at IS NULL",
@@ -88,11 +68,17 @@ pub(super) async fn retire_key(pool: &SqlitePool, r: &KeyRetirement) -> Result<(
     .bind(r.unpublish_at)
     .bind(&r.reason)
     .bind(r.id)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
     if result.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("unretired key #{}", r.id)));
     }
+    let env: String = sqlx::query_scalar("SELECT env FROM key_material WHERE id = ?")
+        .bind(r.id)
+        .fetch_one(&mut *tx)
+        .await?;
+    changes::record(&mut tx, ChangeKind::Keys, &env).await?;
+    tx.commit().await?;
     Ok(())
 }
 

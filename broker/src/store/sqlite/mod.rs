@@ -1,6 +1,5 @@
 //! The embedded SQLite store (the default).
 
-use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -8,19 +7,19 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use super::rows::{self, cidr_strings, corrupt, strings, to_json};
 use super::{
-    CertQuery, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, KeyRetirement, NewRevocation,
-    OperatorRecord, OutstandingCredential, Store, StoreError, UsageUpdate,
+    CertQuery, Change, ChangeKind, ChangeSignal, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord,
+    KeyRetirement, NewRevocation, OperatorRecord, OutstandingCredential, Store, StoreError,
+    StoreLock, UsageUpdate,
 };
-use crate::audit::{AuditFilter, ChainedEntry};
-use crate::model::{
-    Audience, EnvName, Identity, IdentityKey, IdentityName, Scope, Selector, SpiffeId,
-};
-use crate::policy::Cidr;
+use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry};
+use crate::model::{EnvName, Identity, IdentityKey, IdentityName};
 use crate::revocation::Revocation;
 
 mod attestation;
 mod audit;
+mod changes;
 mod keys;
 mod operators;
 mod revocations;
@@ -35,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0006_binding.sql"),
     include_str!("../../../migrations/sqlite/0008_key_lifecycle.sql"),
     include_str!("../../../migrations/sqlite/0009_operators.sql"),
+    include_str!("../../../migrations/sqlite/0010_changes.sql"),
 ];
 
 /// Creates the database file 0600 if it does not exist yet (so SQLite never
@@ -158,73 +158,6 @@ impl SqliteStore {
     }
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
-}
-
-fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreError> {
-    let env: String = row.try_get("env")?;
-    let name: String = row.try_get("name")?;
-    let json = |col: &str| -> Result<String, StoreError> { Ok(row.try_get::<String, _>(col)?) };
-    let audiences: Vec<String> = serde_json::from_str(&json("audiences")?).map_err(corrupt)?;
-    let scopes: Vec<String> = serde_json::from_str(&json("scopes")?).map_err(corrupt)?;
-    let selectors: Vec<Selector> = serde_json::from_str(&json("selectors")?).map_err(corrupt)?;
-    let allow_cidrs: Vec<String> = serde_json::from_str(&json("allow_cidrs")?).map_err(corrupt)?;
-    let spiffe_id: String = row.try_get("spiffe_id")?;
-    Ok(Identity {
-        key: IdentityKey {
-            env: EnvName::new(&env).map_err(corrupt)?,
-            name: IdentityName::new(&name).map_err(corrupt)?,
-        },
-        spiffe_id: SpiffeId::parse(&spiffe_id).map_err(corrupt)?,
-        owner: row.try_get("owner")?,
-        purpose: row.try_get("purpose")?,
-        selectors,
-        allow_cidrs: allow_cidrs
-            .iter()
-            .map(|c| c.parse::<Cidr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(corrupt)?,
-        parent: row
-            .try_get::<Option<String>, _>("parent")?
-            .map(|p| IdentityKey::parse(&p))
-            .transpose()
-            .map_err(corrupt)?,
-        audiences: audiences
-            .iter()
-            .map(|a| Audience::new(a))
-            .collect::<Result<BTreeSet<_>, _>>()
-            .map_err(corrupt)?,
-        scopes: scopes
-            .iter()
-            .map(|s| Scope::new(s))
-            .collect::<Result<BTreeSet<_>, _>>()
-            .map_err(corrupt)?,
-        jwt_ttl: Duration::from_secs(row.try_get::<i64, _>("jwt_ttl_seconds")? as u64),
-        x509_ttl: Duration::from_secs(row.try_get::<i64, _>("x509_ttl_seconds")? as u64),
-        expires_at: row.try_get("expires_at")?,
-        enabled: row.try_get::<i64, _>("enabled")? != 0,
-        require_binding: row.try_get::<i64, _>("require_binding")? != 0,
-        retired_at: row.try_get("retired_at")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        last_issued_at: row.try_get("last_issued_at")?,
-        last_seen_at: row.try_get("last_seen_at")?,
-    })
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "[]".to_owned())
-}
-
-fn cidr_strings(cidrs: &[Cidr]) -> Vec<String> {
-    cidrs.iter().map(ToString::to_string).collect()
-}
-
-fn strings<'a>(items: impl IntoIterator<Item = &'a (impl AsRef<str> + 'a)>) -> Vec<&'a str> {
-    items.into_iter().map(AsRef::as_ref).collect()
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -265,10 +198,20 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT * FROM identities ORDER BY env, name")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(identity_from_row).collect()
+        rows.iter().map(rows::identity).collect()
+    }
+
+    async fn get_identity(&self, key: &IdentityKey) -> Result<Option<Identity>, StoreError> {
+        let row = sqlx::query("SELECT * FROM identities WHERE env = ? AND name = ?")
+            .bind(key.env.as_str())
+            .bind(key.name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::identity).transpose()
     }
 
     async fn insert_identity(&self, id: &Identity) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(
             "INSERT INTO identities (env, name, spiffe_id, owner, purpose, selectors, audiences,
                  scopes, jwt_ttl_seconds, x509_ttl_seconds, expires_at, enabled, retired_at,
@@ -296,18 +239,22 @@ impl Store for SqliteStore {
         .bind(id.parent.as_ref().map(ToString::to_string))
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
         .bind(id.require_binding as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::AlreadyExists(format!("identity {}", id.key)))
+                return Err(StoreError::AlreadyExists(format!("identity {}", id.key)));
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
+        changes::record(&mut tx, ChangeKind::Identity, &id.key.to_string()).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn update_identity(&self, id: &Identity) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(
             "UPDATE identities SET owner = ?, purpose = ?, selectors = ?, audiences = ?,
                  scopes = ?, jwt_ttl_seconds = ?, x509_ttl_seconds = ?, expires_at = ?,
@@ -330,11 +277,13 @@ impl Store for SqliteStore {
         .bind(id.require_binding as i64)
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if result.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("identity {}", id.key)));
         }
+        changes::record(&mut tx, ChangeKind::Identity, &id.key.to_string()).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -465,8 +414,12 @@ impl Store for SqliteStore {
         attestation::bind_instance(&self.pool, attestor, instance_id, key_sha256, now).await
     }
 
-    async fn append_audit(&self, entries: &[ChainedEntry]) -> Result<(), StoreError> {
-        audit::append_audit(&self.pool, entries).await
+    async fn append_audit(
+        &self,
+        entries: &[AuditEntry],
+        chain: &ChainKey,
+    ) -> Result<(i64, [u8; 32]), StoreError> {
+        audit::append_audit(&self.pool, entries, chain).await
     }
 
     async fn audit_head(&self) -> Result<Option<(i64, [u8; 32])>, StoreError> {
@@ -504,6 +457,10 @@ impl Store for SqliteStore {
         revocations::live_revocations(&self.pool, now).await
     }
 
+    async fn revocations_after(&self, after: i64) -> Result<Vec<Revocation>, StoreError> {
+        revocations::revocations_after(&self.pool, after).await
+    }
+
     async fn purge_revocations(&self, now: i64) -> Result<u64, StoreError> {
         revocations::purge_revocations(&self.pool, now).await
     }
@@ -528,6 +485,32 @@ impl Store for SqliteStore {
         reason: &str,
     ) -> Result<(), StoreError> {
         operators::revoke_operator(&self.pool, serial, at, by, reason).await
+    }
+
+    async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
+        changes::after(&self.pool, after, limit).await
+    }
+
+    async fn latest_change(&self) -> Result<i64, StoreError> {
+        changes::latest(&self.pool).await
+    }
+
+    async fn purge_changes(&self, before_ms: i64) -> Result<u64, StoreError> {
+        changes::purge(&self.pool, before_ms).await
+    }
+
+    async fn change_signal(&self) -> Result<Option<Box<dyn ChangeSignal>>, StoreError> {
+        // One broker per SQLite file (the data directory lock): nothing
+        // changes behind its back.
+        Ok(None)
+    }
+
+    async fn bootstrap_lock(&self) -> Result<StoreLock, StoreError> {
+        Ok(StoreLock::sole())
+    }
+
+    async fn try_lead(&self) -> Result<Option<StoreLock>, StoreError> {
+        Ok(Some(StoreLock::sole()))
     }
 }
 

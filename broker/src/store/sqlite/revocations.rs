@@ -2,14 +2,16 @@
 
 use sqlx::{Row, SqlitePool};
 
-use super::{corrupt, to_json};
-use crate::revocation::{Revocation, Target};
+use super::{ChangeKind, changes, to_json};
+use crate::revocation::Revocation;
+use crate::store::rows;
 use crate::store::{NewRevocation, StoreError};
 
 pub(super) async fn insert_revocation(
     pool: &SqlitePool,
     rev: &NewRevocation,
 ) -> Result<i64, StoreError> {
+    let mut tx = pool.begin().await?;
     let result = sqlx::query(
         "INSERT INTO revocations
              (kind, value, reason, operator, revoked_at, covers_until, identities)
@@ -22,9 +24,12 @@ pub(super) async fn insert_revocation(
     .bind(rev.revoked_at)
     .bind(rev.covers_until)
     .bind(to_json(&rev.identities))
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(result.last_insert_rowid())
+    let seq = result.last_insert_rowid();
+    changes::record(&mut tx, ChangeKind::Revocation, &seq.to_string()).await?;
+    tx.commit().await?;
+    Ok(seq)
 }
 
 /// AUTOINCREMENT keeps the highest `seq` ever used in `sqlite_sequence`,
@@ -47,22 +52,18 @@ pub(super) async fn live_revocations(
         .bind(now)
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|r| {
-            let kind: String = r.try_get("kind")?;
-            let value: String = r.try_get("value")?;
-            let identities: String = r.try_get("identities")?;
-            Ok(Revocation {
-                seq: r.try_get("seq")?,
-                target: Target::parse(&kind, &value).map_err(corrupt)?,
-                reason: r.try_get("reason")?,
-                operator: r.try_get("operator")?,
-                revoked_at: r.try_get("revoked_at")?,
-                covers_until: r.try_get("covers_until")?,
-                identities: serde_json::from_str(&identities).map_err(corrupt)?,
-            })
-        })
-        .collect()
+    rows.iter().map(rows::revocation).collect()
+}
+
+pub(super) async fn revocations_after(
+    pool: &SqlitePool,
+    after: i64,
+) -> Result<Vec<Revocation>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM revocations WHERE seq > ? ORDER BY seq")
+        .bind(after)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(rows::revocation).collect()
 }
 
 pub(super) async fn purge_revocations(pool: &SqlitePool, now: i64) -> Result<u64, StoreError> {

@@ -1,7 +1,8 @@
-//! Round trips through a real SQLite file.
+//! The conformance suite on a real SQLite file, and what is SQLite's own.
 
 use super::*;
 use crate::model::test_identity;
+use crate::store::conformance::{TestDb, conformance_suite};
 
 async fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -9,67 +10,17 @@ async fn store() -> (tempfile::TempDir, SqliteStore) {
     (dir, SqliteStore::open(&url).await.unwrap())
 }
 
-#[tokio::test]
-async fn identities_round_trip_and_conflict() {
-    let (_dir, store) = store().await;
-    let mut id = test_identity();
-    store.insert_identity(&id).await.unwrap();
-    assert!(matches!(
-        store.insert_identity(&id).await,
-        Err(StoreError::AlreadyExists(_))
-    ));
-    id.enabled = false;
-    store.update_identity(&id).await.unwrap();
-    store
-        .record_usage(&[UsageUpdate {
-            identity: id.key.clone(),
-            last_issued_at: Some(50),
-            last_seen_at: Some(60),
-        }])
-        .await
-        .unwrap();
-    // Usage never moves backwards.
-    store
-        .record_usage(&[UsageUpdate {
-            identity: id.key.clone(),
-            last_issued_at: Some(10),
-            last_seen_at: None,
-        }])
-        .await
-        .unwrap();
-    let loaded = store.list_identities().await.unwrap();
-    id.last_issued_at = Some(50);
-    id.last_seen_at = Some(60);
-    assert_eq!(loaded, vec![id]);
+async fn fresh() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    TestDb {
+        store: crate::store::open(&url).await.unwrap(),
+        url,
+        _cleanup: Box::new(dir),
+    }
 }
 
-#[tokio::test]
-async fn join_tokens_are_consumed_once_and_purged_after_expiry() {
-    let (_dir, store) = store().await;
-    let id = test_identity();
-    store.insert_identity(&id).await.unwrap();
-    let token = JoinTokenRecord {
-        hash: [7; 32],
-        identity: id.key.clone(),
-        created_at: 100,
-        expires_at: 200,
-        uses_left: 1,
-    };
-    store.insert_join_token(&token).await.unwrap();
-    assert_eq!(store.find_join_token(&[7; 32]).await.unwrap(), Some(token));
-    assert!(
-        !store.consume_join_token(&[7; 32], 200).await.unwrap(),
-        "expired"
-    );
-    assert!(store.consume_join_token(&[7; 32], 150).await.unwrap());
-    assert!(
-        !store.consume_join_token(&[7; 32], 150).await.unwrap(),
-        "spent"
-    );
-    assert_eq!(store.purge_join_tokens(200).await.unwrap(), 0);
-    assert_eq!(store.purge_join_tokens(201).await.unwrap(), 1);
-    assert_eq!(store.find_join_token(&[7; 32]).await.unwrap(), None);
-}
+conformance_suite!(fresh);
 
 #[tokio::test]
 async fn the_database_is_private_and_every_commit_is_synchronous() {
