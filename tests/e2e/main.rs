@@ -28,6 +28,7 @@ mod platform_attestation;
 mod platform_selectors;
 mod python_clients;
 mod rate_limits;
+mod replicas;
 mod request_caps;
 mod request_context;
 mod restart;

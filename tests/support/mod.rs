@@ -5,6 +5,7 @@
 pub mod http;
 pub mod issuer;
 pub mod jwt;
+pub mod postgres;
 pub mod stolen;
 pub mod x509;
 
@@ -176,6 +177,14 @@ impl TestBroker {
             let _ = child.wait();
         }
         self.spawn().await;
+    }
+
+    /// Kills the broker with SIGKILL and leaves it dead.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// The broker's SQLite database file.
