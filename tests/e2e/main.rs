@@ -16,6 +16,7 @@ mod connect_errors;
 mod connection_bounds;
 mod cross_env;
 mod day_two;
+mod failover;
 mod first_hour;
 mod happy_path;
 mod jwt;

@@ -87,12 +87,18 @@ fn read_operator(dir: &Path) -> Result<[Vec<u8>; 3], AdminError> {
     ])
 }
 
+/// Connects to the first broker of `urls` that accepts the admin's TLS
+/// connection, in order. Moving on is safe only before anything is sent,
+/// so a broker that fails mid-command is reported, not retried elsewhere:
+/// `token create` or `identity create` must not run twice.
 async fn connect(
-    url: &str,
+    urls: &[String],
     data_dir: &Path,
     operator: Option<&Path>,
 ) -> Result<AdminClient<Channel>, AdminError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let brokers = credbroker_client::Brokers::new(urls)
+        .map_err(|e| AdminError::Output(format!("--broker: {e}")))?;
     let [ca, cert, key] = match operator {
         Some(dir) => read_operator(dir)?,
         None => {
@@ -107,23 +113,43 @@ async fn connect(
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key));
+    let mut last_err = None;
+    for (n, url) in brokers.urls().iter().enumerate() {
+        match connect_one(url, tls.clone(), brokers.get_connect_timeout()).await {
+            Ok(channel) => return Ok(AdminClient::new(channel)),
+            Err(e) => {
+                if let Some(next) = brokers.urls().get(n + 1) {
+                    eprintln!("warning: broker {url} failed: {e}; trying {next}");
+                }
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.expect("a broker list is never empty"))
+}
+
+/// One broker, with TCP and TLS bounded by `limit`.
+async fn connect_one(
+    url: &str,
+    tls: ClientTlsConfig,
+    limit: std::time::Duration,
+) -> Result<Channel, AdminError> {
     let connect_err = |source| AdminError::Connect {
         url: url.to_owned(),
         source,
     };
-    if !url.starts_with("https://") {
-        return Err(AdminError::Output(format!(
-            "invalid --broker URL {url:?}: the broker speaks gRPC over TLS only: use an https:// URL such as https://127.0.0.1:7443"
-        )));
-    }
-    let channel = Channel::from_shared(url.to_owned())
+    let endpoint = Channel::from_shared(url.to_owned())
         .map_err(|e| AdminError::Output(format!("invalid --broker URL {url:?}: {e}")))?
+        .connect_timeout(limit)
         .tls_config(tls)
-        .map_err(connect_err)?
-        .connect()
-        .await
         .map_err(connect_err)?;
-    Ok(AdminClient::new(channel))
+    match tokio::time::timeout(limit, endpoint.connect()).await {
+        Ok(connected) => connected.map_err(connect_err),
+        Err(_) => Err(AdminError::Output(format!(
+            "cannot reach the broker at {url}: no TLS handshake within {limit:?} \
+             (is the broker running and reachable?)"
+        ))),
+    }
 }
 
 fn identity_ref(id: &IdentityArgs) -> IdentityRef {

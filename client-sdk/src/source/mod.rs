@@ -60,7 +60,8 @@ impl Default for RefreshPolicy {
 /// What a source needs.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    /// Broker URL.
+    /// Broker URL, or several replicas separated by commas (used in
+    /// order, failing over as [`Brokers`](crate::Brokers) describes).
     pub broker: String,
     /// PEM bundle trusted for the broker's TLS certificate.
     pub bundle_pem: Vec<u8>,
