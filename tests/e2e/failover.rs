@@ -244,3 +244,44 @@ async fn a_refusal_is_an_answer_and_is_not_sent_to_another_broker() {
     );
     assert_eq!(client.current_broker(), broker.url());
 }
+
+#[tokio::test]
+async fn the_agent_counts_its_failovers() {
+    let broker = TestBroker::start().await;
+    broker.create_identity("dev", "api", &[], &[]);
+    let token = broker.scratch("t").join("join.token");
+    std::fs::write(&token, broker.join_token("dev", "api")).unwrap();
+    let out_dir = broker.scratch("out");
+    let health_port = free_port();
+    let mut agent = std::process::Command::new(credbroker_e2e::binary("credbroker-agent"))
+        .args(["--broker", &closed_url(), "--broker", &broker.url()])
+        .arg("--bundle")
+        .arg(broker.bundle_path())
+        .arg("--join-token-file")
+        .arg(&token)
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
+        .env_remove("CREDBROKER_BROKER")
+        .env_remove("CREDBROKER_JOIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failovers = loop {
+        if let Ok((200, body)) = credbroker_e2e::http::get(health_port, "/metrics").await
+            && out_dir.join("svid.pem").exists()
+        {
+            break body
+                .lines()
+                .find_map(|l| l.strip_prefix("credbroker_agent_broker_failovers_total "))
+                .and_then(|n| n.parse::<u64>().ok());
+        }
+        assert!(Instant::now() < deadline, "the agent never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(failovers.is_some_and(|n| n >= 1), "{failovers:?}");
+}

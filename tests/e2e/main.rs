@@ -17,6 +17,7 @@ mod connection_bounds;
 mod cross_env;
 mod day_two;
 mod failover;
+mod failover_answers;
 mod first_hour;
 mod happy_path;
 mod jwt;
