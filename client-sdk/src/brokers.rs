@@ -5,8 +5,8 @@
 //! Replicas share one TLS CA, so one bundle verifies all of them. Each URL
 //! is verified against its own host name (or, for an IP literal, the IP
 //! SAN), so every name used here must be in the brokers' `tls_names`. A host
-//! name that resolves to several addresses is tried address by address on
-//! each connection attempt (the connect timeout is split between them).
+//! name that resolves to several addresses counts as one broker per address
+//! (see `targets.rs`), each still verified against the name.
 
 use std::fmt;
 use std::str::FromStr;

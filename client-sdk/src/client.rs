@@ -98,7 +98,7 @@ impl Client {
         if certs.is_empty() {
             return Err(ClientError::Bundle("no PEM certificate found".into()));
         }
-        let health = Health::new(brokers.urls().len());
+        let health = Health::new();
         let pool = Pool::open(&brokers, &tls(bundle_pem, None), Arc::clone(&health)).await?;
         Ok(Self {
             brokers,
@@ -113,9 +113,13 @@ impl Client {
         &self.brokers
     }
 
-    /// The URL of the broker in use now.
-    pub fn current_broker(&self) -> &str {
-        &self.brokers.urls()[self.health.active() % self.brokers.urls().len()]
+    /// The broker in use now: its URL, followed by the address in
+    /// parentheses when its host name has several (`https://broker:7443
+    /// (10.0.0.7:7443)`).
+    pub fn current_broker(&self) -> String {
+        self.health
+            .active()
+            .unwrap_or_else(|| self.brokers.urls()[0].clone())
     }
 
     /// Proves what this workload is and receives its first credentials. A

@@ -1,11 +1,12 @@
 //! Calls that fail over between broker replicas.
 //!
-//! A [`Pool`] holds one channel per broker URL and sends each call to the
-//! broker in use; while that one works every call goes there (sticky: no
+//! A [`Pool`] holds one channel per target (each broker URL; each address
+//! of a name with several, see [`crate::targets`]) and sends each call to
+//! the one in use; while that one works every call goes there (sticky: no
 //! flapping, one warm connection). A call that fails because the broker is
-//! unreachable or unavailable moves on to the next broker, in list order,
+//! unreachable or unavailable moves on to the next, in list order,
 //! skipping those that failed recently (each is benched for a jittered,
-//! doubling while); if every broker is benched they are tried anyway,
+//! doubling while); if every one is benched they are tried anyway,
 //! soonest back first, so a list never locks itself out. Refusals are the
 //! broker's answer and are returned as they are.
 //!
@@ -14,26 +15,25 @@
 //! repeat; attestation may spend a single-use join token, so it moves on
 //! only when the request never left (the connection could not be made).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use credbroker_proto::v1::workload_client::WorkloadClient as Grpc;
 use tokio::time::Instant;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::brokers::Brokers;
 use crate::error::ClientError;
+use crate::targets::{connect_now, endpoint, resolve};
 
-/// First bench time of a failed broker; doubles per consecutive failure.
+/// First bench time of a failed target; doubles per consecutive failure.
 const BENCH_MIN: Duration = Duration::from_secs(1);
 /// Longest bench time.
 const BENCH_MAX: Duration = Duration::from_secs(30);
-
-/// How often an open connection is pinged, and how long an answer may take
-/// before the connection counts as lost.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Targets remembered at most (addresses come and go with DNS).
+const MAX_REMEMBERED: usize = 256;
 
 /// Failovers made by this process (the agent's metric).
 static FAILOVERS: AtomicU64 = AtomicU64::new(0);
@@ -52,13 +52,18 @@ pub(crate) enum Retry {
     UnlessSent,
 }
 
-/// Which broker is in use and which are benched; shared by every pool
-/// made for one broker list (the anonymous client and each SVID session),
-/// so what one learns the others use.
-#[derive(Debug)]
+/// Which target is in use and which are benched, by label; shared by every
+/// pool made for one broker list (the anonymous client and each SVID
+/// session), so what one learns the others use.
+#[derive(Debug, Default)]
 pub(crate) struct Health {
-    active: AtomicUsize,
-    slots: Mutex<Vec<Slot>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    active: Option<String>,
+    slots: HashMap<String, Slot>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -68,42 +73,56 @@ struct Slot {
 }
 
 impl Health {
-    pub(crate) fn new(brokers: usize) -> Arc<Self> {
-        Arc::new(Self {
-            active: AtomicUsize::new(0),
-            slots: Mutex::new(vec![Slot::default(); brokers]),
-        })
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::default()
     }
 
-    pub(crate) fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
+    /// The label of the target in use, once one has worked.
+    pub(crate) fn active(&self) -> Option<String> {
+        self.state.lock().ok().and_then(|s| s.active.clone())
     }
 
-    /// The order to try: the one in use, then the others in list order
-    /// from there; benched ones last, soonest back first.
-    pub(crate) fn order(&self) -> Vec<usize> {
-        let slots = self.slots.lock().map(|s| s.clone()).unwrap_or_default();
-        let n = slots.len().max(1);
-        let start = self.active() % n;
-        let now = Instant::now();
-        let rotation: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
-        let benched = |i: &usize| {
-            slots
-                .get(*i)
-                .and_then(|s| s.benched_until)
-                .is_some_and(|t| t > now)
+    /// The order to try `labels`: the one in use, then the others in list
+    /// order from there; benched ones last, soonest back first.
+    pub(crate) fn order(&self, labels: &[&str]) -> Vec<usize> {
+        let Ok(state) = self.state.lock() else {
+            return (0..labels.len()).collect();
         };
-        let mut order: Vec<usize> = rotation.iter().copied().filter(|i| !benched(i)).collect();
-        let mut later: Vec<usize> = rotation.into_iter().filter(benched).collect();
-        later.sort_by_key(|i| slots.get(*i).and_then(|s| s.benched_until));
+        let n = labels.len();
+        let start = state
+            .active
+            .as_deref()
+            .and_then(|a| labels.iter().position(|l| *l == a))
+            .unwrap_or(0);
+        let now = Instant::now();
+        let back_at = |i: &usize| {
+            state
+                .slots
+                .get(labels[*i])
+                .and_then(|s| s.benched_until)
+                .filter(|t| *t > now)
+        };
+        let rotation: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        let mut order: Vec<usize> = rotation
+            .iter()
+            .copied()
+            .filter(|i| back_at(i).is_none())
+            .collect();
+        let mut later: Vec<usize> = rotation
+            .into_iter()
+            .filter(|i| back_at(i).is_some())
+            .collect();
+        later.sort_by_key(back_at);
         order.extend(later);
         order
     }
 
-    fn failed(&self, i: usize) {
-        if let Ok(mut slots) = self.slots.lock()
-            && let Some(slot) = slots.get_mut(i)
-        {
+    fn failed(&self, label: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            if state.slots.len() >= MAX_REMEMBERED && !state.slots.contains_key(label) {
+                state.slots.clear();
+            }
+            let slot = state.slots.entry(label.to_owned()).or_default();
             slot.strikes = slot.strikes.saturating_add(1);
             let bench = BENCH_MIN
                 .saturating_mul(1u32 << (slot.strikes - 1).min(5))
@@ -112,74 +131,31 @@ impl Health {
         }
     }
 
-    fn succeeded(&self, i: usize) {
-        if let Ok(mut slots) = self.slots.lock()
-            && let Some(slot) = slots.get_mut(i)
-        {
-            *slot = Slot::default();
+    fn succeeded(&self, label: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.slots.remove(label);
+            state.active = Some(label.to_owned());
         }
-        self.active.store(i, Ordering::Relaxed);
     }
 }
 
-/// One broker's channel.
+/// One target's channel.
 #[derive(Debug, Clone)]
 struct Member {
-    url: String,
+    label: String,
     grpc: Grpc<Channel>,
 }
 
-/// Channels to every broker of a list, all with the same TLS settings.
+/// Channels to every target of a broker list, all with the same TLS
+/// settings.
 #[derive(Debug, Clone)]
 pub(crate) struct Pool {
     members: Arc<[Member]>,
     health: Arc<Health>,
 }
 
-fn endpoint(brokers: &Brokers, url: &str, tls: ClientTlsConfig) -> Result<Endpoint, ClientError> {
-    let connect_err = |source| ClientError::Connect {
-        url: url.to_owned(),
-        source,
-    };
-    Endpoint::from_shared(url.to_owned())
-        .map_err(|e| ClientError::InvalidUrl {
-            url: url.to_owned(),
-            why: e.to_string(),
-        })?
-        .connect_timeout(brokers.get_connect_timeout())
-        .timeout(brokers.get_rpc_timeout())
-        // A broker whose host vanished sends no reset: without pings a
-        // revocation stream to it would wait forever instead of moving on.
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .tls_config(tls)
-        .map_err(connect_err)
-}
-
-/// Connects to `endpoint` now, bounding the TLS handshake too (tonic's
-/// connect timeout covers only TCP: a stopped process whose kernel still
-/// accepts connections would otherwise hold the caller forever).
-async fn connect_now(
-    endpoint: &Endpoint,
-    url: &str,
-    limit: Duration,
-) -> Result<Channel, ClientError> {
-    match tokio::time::timeout(limit, endpoint.connect()).await {
-        Ok(result) => result.map_err(|source| ClientError::Connect {
-            url: url.to_owned(),
-            source,
-        }),
-        Err(_) => Err(ClientError::Rejected(tonic::Status::from_error(Box::new(
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{url}: connection timed out: no TLS handshake within {limit:?}"),
-            ),
-        )))),
-    }
-}
-
 impl Pool {
-    /// Channels to every broker, connecting now to the first that answers
+    /// Channels to every target, connecting now to the first that answers
     /// (in the order `health` prefers) so that an unusable list fails here,
     /// naming why; the others connect when first needed.
     pub(crate) async fn open(
@@ -187,25 +163,25 @@ impl Pool {
         tls: &ClientTlsConfig,
         health: Arc<Health>,
     ) -> Result<Self, ClientError> {
-        let endpoints = brokers
-            .urls()
+        let targets = resolve(brokers).await;
+        let endpoints = targets
             .iter()
-            .map(|url| endpoint(brokers, url, tls.clone()))
+            .map(|target| endpoint(brokers, target, tls))
             .collect::<Result<Vec<_>, _>>()?;
+        let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
         let mut connected = None;
         let mut last_err = None;
-        let order = health.order();
+        let order = health.order(&labels);
         for (n, &i) in order.iter().enumerate() {
-            let url = &brokers.urls()[i];
-            match connect_now(&endpoints[i], url, brokers.get_connect_timeout()).await {
+            match connect_now(&endpoints[i], labels[i], brokers.get_connect_timeout()).await {
                 Ok(channel) => {
                     connected = Some((i, channel));
                     break;
                 }
                 Err(e) => {
-                    health.failed(i);
+                    health.failed(labels[i]);
                     if let Some(&next) = order.get(n + 1) {
-                        moved(url, &e, &brokers.urls()[next]);
+                        moved(labels[i], &e, labels[next]);
                     }
                     last_err = Some(e);
                 }
@@ -214,13 +190,13 @@ impl Pool {
         let Some((up, channel)) = connected else {
             return Err(last_err.expect("a broker list is never empty"));
         };
-        health.succeeded(up);
+        health.succeeded(labels[up]);
         let members = endpoints
             .iter()
-            .zip(brokers.urls())
+            .zip(&targets)
             .enumerate()
-            .map(|(i, (endpoint, url))| Member {
-                url: url.clone(),
+            .map(|(i, (endpoint, target))| Member {
+                label: target.label.clone(),
                 grpc: Grpc::new(if i == up {
                     channel.clone()
                 } else {
@@ -231,42 +207,46 @@ impl Pool {
         Ok(Self { members, health })
     }
 
-    /// The generated client of the broker in use.
+    fn labels(&self) -> Vec<&str> {
+        self.members.iter().map(|m| m.label.as_str()).collect()
+    }
+
+    /// The generated client of the target in use.
     pub(crate) fn grpc(&self) -> Grpc<Channel> {
-        let i = self.health.active() % self.members.len();
+        let i = self.health.order(&self.labels())[0];
         self.members[i].grpc.clone()
     }
 
-    /// Runs `call` on the broker in use, moving on to the next on a
+    /// Runs `call` on the target in use, moving on to the next on a
     /// failure that `retry` allows; returns the first answer, or the last
-    /// failure once every broker was tried.
+    /// failure once every target was tried.
     pub(crate) async fn call<T, F, Fut>(&self, retry: Retry, mut call: F) -> Result<T, ClientError>
     where
         F: FnMut(Grpc<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let order = self.health.order();
+        let order = self.health.order(&self.labels());
         let mut last_err = None;
         for (n, &i) in order.iter().enumerate() {
             let member = &self.members[i];
             match call(member.grpc.clone()).await {
                 Ok(answer) => {
-                    self.health.succeeded(i);
+                    self.health.succeeded(&member.label);
                     return Ok(answer);
                 }
                 Err(e) if broker_unusable(&e) => {
-                    self.health.failed(i);
+                    self.health.failed(&member.label);
                     let next = order.get(n + 1).map(|&j| &self.members[j]);
                     let Some(next) = next.filter(|_| retry == Retry::Idempotent || unsent(&e))
                     else {
                         return Err(e);
                     };
-                    moved(&member.url, &e, &next.url);
+                    moved(&member.label, &e, &next.label);
                     last_err = Some(e);
                 }
                 Err(e) => {
                     // An answer: this broker works.
-                    self.health.succeeded(i);
+                    self.health.succeeded(&member.label);
                     return Err(e);
                 }
             }
@@ -362,18 +342,30 @@ mod tests {
 
     #[tokio::test]
     async fn the_broker_in_use_stays_first_and_a_failed_one_goes_last() {
-        let health = Health::new(3);
-        assert_eq!(health.order(), [0, 1, 2]);
-        health.failed(0);
-        assert_eq!(health.order(), [1, 2, 0]);
-        health.succeeded(1);
-        assert_eq!(health.order(), [1, 2, 0], "sticky to the one that works");
-        health.failed(1);
+        let health = Health::new();
+        let labels = ["a", "b", "c"];
+        assert_eq!(health.order(&labels), [0, 1, 2]);
+        health.failed("a");
+        assert_eq!(health.order(&labels), [1, 2, 0]);
+        health.succeeded("b");
+        assert_eq!(
+            health.order(&labels),
+            [1, 2, 0],
+            "sticky to the one that works"
+        );
+        health.failed("b");
         // Benched ones last (their order is by the jittered time each is back).
-        assert_eq!(health.order()[0], 2);
-        health.failed(2);
-        assert_eq!(health.order().len(), 3, "all benched: all still tried");
-        health.succeeded(0);
-        assert_eq!(health.order()[0], 0);
+        assert_eq!(health.order(&labels)[0], 2);
+        health.failed("c");
+        assert_eq!(
+            health.order(&labels).len(),
+            3,
+            "all benched: all still tried"
+        );
+        health.succeeded("a");
+        assert_eq!(health.order(&labels)[0], 0);
+        assert_eq!(health.active().as_deref(), Some("a"));
+        // A pool of other targets (DNS changed) starts at its first.
+        assert_eq!(health.order(&["x", "y"]), [0, 1]);
     }
 }

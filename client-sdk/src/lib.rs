@@ -41,6 +41,7 @@ mod request;
 pub mod revocations;
 pub mod source;
 mod svid;
+mod targets;
 pub mod tls;
 pub mod uds;
 pub mod verifier;
