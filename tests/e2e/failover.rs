@@ -285,3 +285,73 @@ async fn the_agent_counts_its_failovers() {
     let _ = agent.wait();
     assert!(failovers.is_some_and(|n| n >= 1), "{failovers:?}");
 }
+
+#[tokio::test]
+async fn a_node_agent_mints_through_the_broker_that_took_over() {
+    use crate::agent_socket::SocketAgent;
+
+    let mut broker = TestBroker::start().await;
+    broker.create_identity("dev", "hosts/n1", &[], &[]);
+    broker.cli_ok(&[
+        "identity",
+        "create",
+        "--env",
+        "dev",
+        "--name",
+        "web",
+        "--owner",
+        "team-test",
+        "--purpose",
+        "failover test",
+        "--audience",
+        "billing",
+        "--audience",
+        "ledger",
+        "--parent",
+        "dev/hosts/n1",
+        "--selector",
+        "unix:uid=0",
+    ]);
+    let takeover_port = free_port();
+    let takeover = format!("https://127.0.0.1:{takeover_port}");
+    let socket = broker.scratch("node").join("agent.sock");
+    let agent = SocketAgent::start_node(
+        &broker,
+        "dev",
+        "hosts/n1",
+        &socket,
+        &["--broker", &takeover],
+    )
+    .await;
+    let api = spiffe::WorkloadApiClient::connect_to(&format!("unix:{}", socket.display()))
+        .await
+        .unwrap();
+    let fetch = |audience: &'static str| {
+        let api = api.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match api.fetch_jwt_svid(&[audience], None).await {
+                    Ok(jwt) => break jwt,
+                    Err(e) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "no JWT-SVID for {audience}: {e:?}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    };
+    fetch("billing").await;
+    broker.crash_and_move(takeover_port).await;
+    // Never minted before: only the broker that took over can have made it.
+    let jwt = fetch("ledger").await;
+    assert_eq!(jwt.spiffe_id().to_string(), "spiffe://dev.example.org/web");
+    assert!(
+        agent.log_text().contains("failing over"),
+        "{}",
+        agent.log_text()
+    );
+}
