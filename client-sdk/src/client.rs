@@ -124,6 +124,11 @@ impl Client {
 
     /// Proves what this workload is and receives its first credentials. A
     /// fresh key pair is generated here; only its CSR is sent.
+    ///
+    /// With several brokers the request goes to a second one only if the
+    /// first could not be reached at all: once sent, a single-use join
+    /// token may have been spent, so a later failure is returned as it is
+    /// (and that broker is skipped by the next call for a while).
     pub async fn attest(
         &self,
         evidence: &Evidence,
