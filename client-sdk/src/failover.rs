@@ -261,6 +261,12 @@ fn moved(from: &str, error: &ClientError, to: &str) {
     tracing::warn!(failed = %from, now = %to, %error, "broker {from} failed; failing over to {to}");
 }
 
+/// The broker failed after the request may have reached it: its outcome
+/// is unknown.
+pub(crate) fn maybe_delivered(e: &ClientError) -> bool {
+    broker_unusable(e) && !unsent(e)
+}
+
 /// The request never reached a broker: the connection (TCP or TLS) could
 /// not be made.
 fn unsent(e: &ClientError) -> bool {
@@ -338,6 +344,9 @@ mod tests {
         assert!(!unsent(&rejected(tonic::Code::Unavailable)));
         let lost = tonic::Status::from_error(Box::new(std::io::Error::other("reset")));
         assert!(!unsent(&ClientError::Rejected(lost)));
+        let lost = tonic::Status::from_error(Box::new(std::io::Error::other("reset")));
+        assert!(maybe_delivered(&ClientError::Rejected(lost)));
+        assert!(!maybe_delivered(&rejected(tonic::Code::PermissionDenied)));
     }
 
     #[tokio::test]

@@ -170,3 +170,47 @@ async fn unavailable_moves_repeatable_calls_but_never_resends_an_attestation() {
     assert_eq!(sick.calls(), ["Attest", "FetchJwt"]);
     assert_eq!(client.current_broker(), broker.url());
 }
+
+#[tokio::test]
+async fn a_token_refused_after_an_interrupted_attempt_says_where_it_may_have_gone() {
+    use credbroker_client::{CredentialSource, RefreshPolicy, SourceConfig, SourceError};
+
+    let broker = TestBroker::start().await;
+    broker.create_identity("dev", "api", &[], &[]);
+    let sick = Sick::default();
+    let (sick_url, sick_ca) = start_sick(sick.clone()).await;
+    let mut bundle = broker.bundle_pem();
+    bundle.extend_from_slice(sick_ca.as_bytes());
+    // The token is spent (as the sick replica might have done before
+    // failing), then a source tries it: first on the sick replica, then,
+    // as its ordinary retry, on the healthy one, which refuses it.
+    let token = broker.join_token("dev", "api");
+    broker
+        .client()
+        .await
+        .attest(&Evidence::JoinToken(token.clone()), &[])
+        .await
+        .unwrap();
+    let source = CredentialSource::start(SourceConfig {
+        broker: format!("{sick_url},{}", broker.url()),
+        bundle_pem: bundle,
+        evidence: Evidence::JoinToken(token),
+        jwt_audiences: vec![],
+        policy: RefreshPolicy {
+            min_backoff: std::time::Duration::from_millis(100),
+            ..RefreshPolicy::default()
+        },
+    });
+    let err = tokio::time::timeout(std::time::Duration::from_secs(20), source.ready())
+        .await
+        .unwrap()
+        .unwrap_err();
+    let SourceError::Unavailable(reason) = err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        reason.contains("already used") && reason.contains(&format!("reached {sick_url}")),
+        "{reason}"
+    );
+    assert_eq!(sick.calls(), ["Attest"]);
+}
