@@ -213,6 +213,9 @@ impl Pool {
 
     /// The generated client of the target in use.
     pub(crate) fn grpc(&self) -> Grpc<Channel> {
+        if self.members.len() == 1 {
+            return self.members[0].grpc.clone();
+        }
         let i = self.health.order(&self.labels())[0];
         self.members[i].grpc.clone()
     }
@@ -225,6 +228,10 @@ impl Pool {
         F: FnMut(Grpc<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
+        if self.members.len() == 1 {
+            // Nowhere to move: no bookkeeping on the common path.
+            return call(self.members[0].grpc.clone()).await;
+        }
         let order = self.health.order(&self.labels());
         let mut last_err = None;
         for (n, &i) in order.iter().enumerate() {
