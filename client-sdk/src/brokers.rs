@@ -125,6 +125,17 @@ impl Brokers {
     pub fn get_rpc_timeout(&self) -> Duration {
         self.rpc_timeout
     }
+
+    /// A channel to the first broker, in order, that accepts a connection
+    /// with `tls` (TCP and TLS within the connect timeout), for services
+    /// the SDK does not wrap, such as the admin API. Calls on it do not fail
+    /// over: use it where a request must be sent at most once.
+    pub async fn connect_first(
+        &self,
+        tls: &tonic::transport::ClientTlsConfig,
+    ) -> Result<tonic::transport::Channel, ClientError> {
+        crate::failover::first_channel(self, tls).await
+    }
 }
 
 /// An `https://` URL that tonic can connect to.

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use credbroker_proto::v1::workload_client::WorkloadClient as Grpc;
 use tokio::time::Instant;
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::brokers::Brokers;
 use crate::error::ClientError;
@@ -169,28 +169,7 @@ impl Pool {
             .map(|target| endpoint(brokers, target, tls))
             .collect::<Result<Vec<_>, _>>()?;
         let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
-        let mut connected = None;
-        let mut last_err = None;
-        let order = health.order(&labels);
-        for (n, &i) in order.iter().enumerate() {
-            match connect_now(&endpoints[i], labels[i], brokers.get_connect_timeout()).await {
-                Ok(channel) => {
-                    connected = Some((i, channel));
-                    break;
-                }
-                Err(e) => {
-                    health.failed(labels[i]);
-                    if let Some(&next) = order.get(n + 1) {
-                        moved(labels[i], &e, labels[next]);
-                    }
-                    last_err = Some(e);
-                }
-            }
-        }
-        let Some((up, channel)) = connected else {
-            return Err(last_err.expect("a broker list is never empty"));
-        };
-        health.succeeded(labels[up]);
+        let (up, channel) = connect_first(brokers, &endpoints, &labels, &health).await?;
         let members = endpoints
             .iter()
             .zip(&targets)
@@ -260,6 +239,50 @@ impl Pool {
         }
         Err(last_err.expect("a broker list is never empty"))
     }
+}
+
+/// Connects now to the first of `endpoints` that answers, in the order
+/// `health` prefers, benching those that do not; returns its index.
+async fn connect_first(
+    brokers: &Brokers,
+    endpoints: &[Endpoint],
+    labels: &[&str],
+    health: &Health,
+) -> Result<(usize, Channel), ClientError> {
+    let order = health.order(labels);
+    let mut last_err = None;
+    for (n, &i) in order.iter().enumerate() {
+        match connect_now(&endpoints[i], labels[i], brokers.get_connect_timeout()).await {
+            Ok(channel) => {
+                health.succeeded(labels[i]);
+                return Ok((i, channel));
+            }
+            Err(e) => {
+                health.failed(labels[i]);
+                if let Some(&next) = order.get(n + 1) {
+                    moved(labels[i], &e, labels[next]);
+                }
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.expect("a broker list is never empty"))
+}
+
+/// A channel to the first target of `brokers` that accepts a connection
+/// with `tls` (see [`Brokers::connect_first`]).
+pub(crate) async fn first_channel(
+    brokers: &Brokers,
+    tls: &ClientTlsConfig,
+) -> Result<Channel, ClientError> {
+    let targets = resolve(brokers).await;
+    let endpoints = targets
+        .iter()
+        .map(|target| endpoint(brokers, target, tls))
+        .collect::<Result<Vec<_>, _>>()?;
+    let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
+    let (_, channel) = connect_first(brokers, &endpoints, &labels, &Health::default()).await?;
+    Ok(channel)
 }
 
 /// Says that a call moved from `from` to `to`, and counts it.

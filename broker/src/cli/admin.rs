@@ -31,14 +31,9 @@ pub enum AdminError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Could not connect (the message names the cause).
-    #[error("{}", credbroker_client::diagnose::explain_connect_error(.url, .source))]
-    Connect {
-        /// Broker URL.
-        url: String,
-        /// What failed.
-        source: tonic::transport::Error,
-    },
+    /// Could not connect to any broker (the message names the cause).
+    #[error("{0}")]
+    Connect(credbroker_client::ClientError),
     /// The broker refused or failed.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Rpc(#[from] tonic::Status),
@@ -88,9 +83,10 @@ fn read_operator(dir: &Path) -> Result<[Vec<u8>; 3], AdminError> {
 }
 
 /// Connects to the first broker of `urls` that accepts the admin's TLS
-/// connection, in order. Moving on is safe only before anything is sent,
-/// so a broker that fails mid-command is reported, not retried elsewhere:
-/// `token create` or `identity create` must not run twice.
+/// connection, in order (saying on stderr which failed). Moving on is safe
+/// only before anything is sent, so a broker that fails mid-command is
+/// reported, not retried elsewhere: `token create` or `identity create`
+/// must not run twice.
 async fn connect(
     urls: &[String],
     data_dir: &Path,
@@ -98,7 +94,10 @@ async fn connect(
 ) -> Result<AdminClient<Channel>, AdminError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let brokers = credbroker_client::Brokers::new(urls)
-        .map_err(|e| AdminError::Output(format!("--broker: {e}")))?;
+        .map_err(|e| AdminError::Output(format!("--broker: {e}")))?
+        // Admin calls can be long (`audit verify` over a large log): only
+        // a broker that hangs is cut off.
+        .rpc_timeout(std::time::Duration::from_secs(3600));
     let [ca, cert, key] = match operator {
         Some(dir) => read_operator(dir)?,
         None => {
@@ -113,43 +112,11 @@ async fn connect(
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key));
-    let mut last_err = None;
-    for (n, url) in brokers.urls().iter().enumerate() {
-        match connect_one(url, tls.clone(), brokers.get_connect_timeout()).await {
-            Ok(channel) => return Ok(AdminClient::new(channel)),
-            Err(e) => {
-                if let Some(next) = brokers.urls().get(n + 1) {
-                    eprintln!("warning: broker {url} failed: {e}; trying {next}");
-                }
-                last_err = Some(e);
-            }
-        }
-    }
-    Err(last_err.expect("a broker list is never empty"))
-}
-
-/// One broker, with TCP and TLS bounded by `limit`.
-async fn connect_one(
-    url: &str,
-    tls: ClientTlsConfig,
-    limit: std::time::Duration,
-) -> Result<Channel, AdminError> {
-    let connect_err = |source| AdminError::Connect {
-        url: url.to_owned(),
-        source,
-    };
-    let endpoint = Channel::from_shared(url.to_owned())
-        .map_err(|e| AdminError::Output(format!("invalid --broker URL {url:?}: {e}")))?
-        .connect_timeout(limit)
-        .tls_config(tls)
-        .map_err(connect_err)?;
-    match tokio::time::timeout(limit, endpoint.connect()).await {
-        Ok(connected) => connected.map_err(connect_err),
-        Err(_) => Err(AdminError::Output(format!(
-            "cannot reach the broker at {url}: no TLS handshake within {limit:?} \
-             (is the broker running and reachable?)"
-        ))),
-    }
+    let channel = brokers
+        .connect_first(&tls)
+        .await
+        .map_err(AdminError::Connect)?;
+    Ok(AdminClient::new(channel))
 }
 
 fn identity_ref(id: &IdentityArgs) -> IdentityRef {
