@@ -1,27 +1,25 @@
 //! The broker client: attest once, then fetch JWTs and renew the
 //! certificate over mTLS with the current SVID.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use credbroker_proto::v1::workload_client::WorkloadClient as Grpc;
 use credbroker_proto::v1::{
-    AttestRequest, FetchJwtRequest, IdentityRef, IntrospectRequest, IntrospectResponse,
-    RenewX509Request, Revocation, WatchRevocationsRequest, introspect_request,
+    AttestRequest, FetchJwtRequest, GetJwksRequest, GetJwksResponse, IdentityRef,
+    IntrospectRequest, IntrospectResponse, RenewX509Request, Revocation, WatchRevocationsRequest,
+    introspect_request,
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use crate::brokers::Brokers;
 use crate::error::ClientError;
 use crate::evidence::Evidence;
+use crate::failover::{Health, Pool, Retry};
 use crate::request::JwtRequest;
 use crate::svid::{JwtSvid, TrustBundle, X509Svid};
-
-/// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one RPC may take.
-const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What attestation returns.
 #[derive(Debug, Clone)]
@@ -51,72 +49,86 @@ pub(crate) fn new_key_and_csr() -> Result<(PrivatePkcs8KeyDer<'static>, Vec<u8>)
 /// A connection to the broker, authenticated one way (the broker's TLS
 /// certificate against the bundle). Use it to attest; then use
 /// [`Client::authenticated`] for calls that need an SVID.
+///
+/// Given several broker URLs ([`Client::connect_any`], [`Brokers`]) it
+/// stays with the first that works and fails over to the next when that
+/// one becomes unreachable or unavailable; see [`Brokers`] for the rules.
 #[derive(Debug, Clone)]
 pub struct Client {
-    url: String,
+    brokers: Brokers,
     bundle_pem: Vec<u8>,
-    grpc: Grpc<Channel>,
+    pool: Pool,
+    /// Which broker is in use, shared with every session made from here.
+    health: Arc<Health>,
 }
 
-fn endpoint(url: &str) -> Result<Endpoint, ClientError> {
-    if !url.starts_with("https://") {
-        return Err(ClientError::InvalidUrl {
-            url: url.to_owned(),
-            why: "the broker speaks gRPC over TLS only: use an https:// URL such as \
-                  https://127.0.0.1:7443"
-                .into(),
-        });
-    }
-    Endpoint::from_shared(url.to_owned())
-        .map(|e| e.connect_timeout(CONNECT_TIMEOUT).timeout(RPC_TIMEOUT))
-        .map_err(|e| ClientError::InvalidUrl {
-            url: url.to_owned(),
-            why: e.to_string(),
-        })
-}
-
-async fn connect(
-    url: &str,
-    bundle_pem: &[u8],
-    identity: Option<Identity>,
-) -> Result<Channel, ClientError> {
+fn tls(bundle_pem: &[u8], identity: Option<Identity>) -> ClientTlsConfig {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(bundle_pem));
-    if let Some(identity) = identity {
-        tls = tls.identity(identity);
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(bundle_pem));
+    match identity {
+        Some(identity) => tls.identity(identity),
+        None => tls,
     }
-    let connect_err = |source| ClientError::Connect {
-        url: url.to_owned(),
-        source,
-    };
-    endpoint(url)?
-        .tls_config(tls)
-        .map_err(connect_err)?
-        .connect()
-        .await
-        .map_err(connect_err)
 }
 
 impl Client {
     /// Connects to `url` (e.g. `https://127.0.0.1:7443`), trusting the CA
-    /// certificates in `bundle_pem` (the broker's `broker-ca.pem`).
+    /// certificates in `bundle_pem` (the broker's `broker-ca.pem`). `url`
+    /// may also list several replicas separated by commas
+    /// (`https://a:7443,https://b:7443`), as [`Client::connect_any`] does.
     pub async fn connect(url: &str, bundle_pem: &[u8]) -> Result<Self, ClientError> {
+        Self::connect_to(url.parse()?, bundle_pem).await
+    }
+
+    /// Connects to the first of `urls` that answers, in order, and fails
+    /// over between them afterwards (see [`Brokers`]).
+    pub async fn connect_any<S: AsRef<str>>(
+        urls: &[S],
+        bundle_pem: &[u8],
+    ) -> Result<Self, ClientError> {
+        Self::connect_to(Brokers::new(urls)?, bundle_pem).await
+    }
+
+    /// Connects to `brokers` (a list with its timeouts), trusting the CA
+    /// certificates in `bundle_pem`.
+    pub async fn connect_to(brokers: Brokers, bundle_pem: &[u8]) -> Result<Self, ClientError> {
         let certs: Vec<_> = CertificateDer::pem_slice_iter(bundle_pem)
             .collect::<Result<_, _>>()
             .map_err(|e| ClientError::Bundle(e.to_string()))?;
         if certs.is_empty() {
             return Err(ClientError::Bundle("no PEM certificate found".into()));
         }
-        let channel = connect(url, bundle_pem, None).await?;
+        let health = Health::new();
+        let pool = Pool::open(&brokers, &tls(bundle_pem, None), Arc::clone(&health)).await?;
         Ok(Self {
-            url: url.to_owned(),
+            brokers,
             bundle_pem: bundle_pem.to_vec(),
-            grpc: Grpc::new(channel),
+            pool,
+            health,
         })
+    }
+
+    /// The brokers this client uses, in order of preference.
+    pub fn brokers(&self) -> &Brokers {
+        &self.brokers
+    }
+
+    /// The broker in use now: its URL, followed by the address in
+    /// parentheses when its host name has several (`https://broker:7443
+    /// (10.0.0.7:7443)`).
+    pub fn current_broker(&self) -> String {
+        self.health
+            .active()
+            .unwrap_or_else(|| self.brokers.urls()[0].clone())
     }
 
     /// Proves what this workload is and receives its first credentials. A
     /// fresh key pair is generated here; only its CSR is sent.
+    ///
+    /// With several brokers the request goes to a second one only if the
+    /// first could not be reached at all: once sent, a single-use join
+    /// token may have been spent, so a later failure is returned as it is
+    /// (and that broker is skipped by the next call for a while).
     pub async fn attest(
         &self,
         evidence: &Evidence,
@@ -135,20 +147,24 @@ impl Client {
     ) -> Result<Attestation, ClientError> {
         let (key, csr) = new_key_and_csr()?;
         let evidence = evidence.resolve().await?;
+        let request = AttestRequest {
+            evidence: Some(evidence),
+            csr,
+            expected_identity: expected.map(|(env, name)| IdentityRef {
+                env: env.to_owned(),
+                name: name.to_owned(),
+            }),
+            jwts: jwts.iter().map(JwtRequest::to_proto).collect(),
+        };
+        // Evidence may be single use: sent again only to another broker
+        // and only if the first never received it.
         let response = self
-            .grpc
-            .clone()
-            .attest(AttestRequest {
-                evidence: Some(evidence),
-                csr,
-                expected_identity: expected.map(|(env, name)| IdentityRef {
-                    env: env.to_owned(),
-                    name: name.to_owned(),
-                }),
-                jwts: jwts.iter().map(JwtRequest::to_proto).collect(),
+            .pool
+            .call(Retry::UnlessSent, |mut grpc| {
+                let request = request.clone();
+                async move { Ok(grpc.attest(request).await?.into_inner()) }
             })
-            .await?
-            .into_inner();
+            .await?;
         let svid = response
             .svid
             .ok_or_else(|| ClientError::InvalidResponse("attestation returned no SVID".into()))?;
@@ -164,48 +180,81 @@ impl Client {
         })
     }
 
-    /// A client that presents `svid` as its TLS client certificate.
+    /// A client that presents `svid` as its TLS client certificate, to
+    /// the same brokers (starting with the one in use).
     pub async fn authenticated(&self, svid: &X509Svid) -> Result<WorkloadClient, ClientError> {
         let identity = Identity::from_pem(svid.cert_chain_pem(), svid.private_key_pem());
-        let channel = connect(&self.url, &self.bundle_pem, Some(identity)).await?;
-        Ok(WorkloadClient {
-            grpc: Grpc::new(channel),
-        })
+        let pool = Pool::open(
+            &self.brokers,
+            &tls(&self.bundle_pem, Some(identity)),
+            Arc::clone(&self.health),
+        )
+        .await?;
+        Ok(WorkloadClient { pool })
     }
 
     /// A client without a client certificate, for probing (calls that need
     /// an SVID will be refused with UNAUTHENTICATED).
     pub fn anonymous(&self) -> WorkloadClient {
         WorkloadClient {
-            grpc: self.grpc.clone(),
+            pool: self.pool.clone(),
         }
     }
 }
 
-/// A connection authenticated with an X.509-SVID.
+/// A connection authenticated with an X.509-SVID. Its calls fail over
+/// between the brokers of the [`Client`] it came from; all of them are
+/// safe to repeat on another broker.
 #[derive(Debug, Clone)]
 pub struct WorkloadClient {
-    grpc: Grpc<Channel>,
+    pool: Pool,
 }
 
 impl WorkloadClient {
-    /// The underlying generated gRPC client, for calls the SDK does not wrap.
+    /// The underlying generated gRPC client of the broker in use, for calls
+    /// the SDK does not wrap (these do not fail over by themselves).
     pub fn grpc(&self) -> Grpc<Channel> {
-        self.grpc.clone()
+        self.pool.grpc()
+    }
+
+    /// Runs an idempotent call, failing over between brokers.
+    pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Grpc<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        self.pool.call(Retry::Idempotent, call).await
+    }
+
+    /// The JWT signing keys of `env` (anonymous callers may ask).
+    pub(crate) async fn get_jwks(&self, env: &str) -> Result<GetJwksResponse, ClientError> {
+        self.call(|mut grpc| async move {
+            Ok(grpc
+                .get_jwks(GetJwksRequest {
+                    env: env.to_owned(),
+                })
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     /// Fetches a JWT-SVID. For an identity that requires binding it is
     /// bound (`cnf.x5t#S256`) to the SVID this client presents; otherwise it
     /// is a bearer token.
     pub async fn fetch_jwt(&self, request: &JwtRequest) -> Result<JwtSvid, ClientError> {
+        let jwt = request.to_proto();
         let response = self
-            .grpc
-            .clone()
-            .fetch_jwt(FetchJwtRequest {
-                jwt: Some(request.to_proto()),
+            .call(|mut grpc| {
+                let jwt = jwt.clone();
+                async move {
+                    Ok(grpc
+                        .fetch_jwt(FetchJwtRequest { jwt: Some(jwt) })
+                        .await?
+                        .into_inner())
+                }
             })
-            .await?
-            .into_inner();
+            .await?;
         response
             .jwt
             .map(JwtSvid::from)
@@ -226,11 +275,16 @@ impl WorkloadClient {
         key: PrivatePkcs8KeyDer<'static>,
     ) -> Result<(X509Svid, TrustBundle), ClientError> {
         let response = self
-            .grpc
-            .clone()
-            .renew_x509(RenewX509Request { csr })
-            .await?
-            .into_inner();
+            .call(|mut grpc| {
+                let csr = csr.clone();
+                async move {
+                    Ok(grpc
+                        .renew_x509(RenewX509Request { csr })
+                        .await?
+                        .into_inner())
+                }
+            })
+            .await?;
         let svid = response
             .svid
             .ok_or_else(|| ClientError::InvalidResponse("renewal returned no SVID".into()))?;
@@ -281,27 +335,29 @@ impl WorkloadClient {
         credential: introspect_request::Credential,
         presented_certificate: Vec<u8>,
     ) -> Result<IntrospectResponse, ClientError> {
-        Ok(self
-            .grpc
-            .clone()
-            .introspect(IntrospectRequest {
-                credential: Some(credential),
-                presented_certificate,
-            })
-            .await?
-            .into_inner())
+        self.call(|mut grpc| {
+            let request = IntrospectRequest {
+                credential: Some(credential.clone()),
+                presented_certificate: presented_certificate.clone(),
+            };
+            async move { Ok(grpc.introspect(request).await?.into_inner()) }
+        })
+        .await
     }
 
     /// Streams every live revocation after `after_seq`, then each new one.
-    /// Reconnect with the last `seq` seen to miss nothing.
+    /// Reconnect with the last `seq` seen to miss nothing (on whichever
+    /// broker is up: replicas share one sequence).
     pub async fn watch_revocations(
         &self,
         after_seq: i64,
     ) -> Result<tonic::Streaming<Revocation>, ClientError> {
-        let mut grpc = self.grpc.clone();
-        Ok(grpc
-            .watch_revocations(WatchRevocationsRequest { after_seq })
-            .await?
-            .into_inner())
+        self.call(|mut grpc| async move {
+            Ok(grpc
+                .watch_revocations(WatchRevocationsRequest { after_seq })
+                .await?
+                .into_inner())
+        })
+        .await
     }
 }

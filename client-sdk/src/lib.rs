@@ -27,10 +27,12 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+mod brokers;
 mod client;
 pub mod diagnose;
 mod error;
 mod evidence;
+mod failover;
 pub mod http;
 pub mod interceptor;
 pub mod logging;
@@ -39,11 +41,13 @@ mod request;
 pub mod revocations;
 pub mod source;
 mod svid;
+mod targets;
 pub mod tls;
 pub mod uds;
 pub mod verifier;
 pub mod workload_api;
 
+pub use brokers::{Brokers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RPC_TIMEOUT, MAX_BROKERS};
 pub use client::{Attestation, Client, WorkloadClient};
 pub use credbroker_proto::v1::{IntrospectResponse, Revocation};
 pub use error::ClientError;

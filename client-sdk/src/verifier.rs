@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use credbroker_proto::v1::GetJwksRequest;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -195,15 +194,7 @@ impl JwtVerifier {
     }
 
     async fn refresh_keys(&self) -> Result<(), ClientError> {
-        let answer = self
-            .inner
-            .client
-            .grpc()
-            .get_jwks(GetJwksRequest {
-                env: self.inner.env.clone(),
-            })
-            .await?
-            .into_inner();
+        let answer = self.inner.client.get_jwks(&self.inner.env).await?;
         let keys = Keys {
             by_kid: parse_keys(&answer.jwks),
             issuer: answer.issuer,

@@ -20,7 +20,6 @@ use credbroker_proto::spiffe::{
     ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
     X509svid, X509svidRequest, X509svidResponse,
 };
-use credbroker_proto::v1::GetJwksRequest;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -58,12 +57,12 @@ pub struct WorkloadApi {
 pub(crate) async fn jwt_bundles(client: &Client, env: &str) -> Result<JwtBundlesResponse, Status> {
     let answer = client
         .anonymous()
-        .grpc()
-        .get_jwks(GetJwksRequest {
-            env: env.to_owned(),
-        })
-        .await?
-        .into_inner();
+        .get_jwks(env)
+        .await
+        .map_err(|e| match e {
+            crate::ClientError::Rejected(status) => status,
+            other => Status::unavailable(other.to_string()),
+        })?;
     let mut jwks: serde_json::Value = serde_json::from_str(&answer.jwks)
         .map_err(|_| Status::internal("broker sent an invalid JWKS"))?;
     if let Some(keys) = jwks["keys"].as_array_mut() {

@@ -16,6 +16,8 @@ mod connect_errors;
 mod connection_bounds;
 mod cross_env;
 mod day_two;
+mod failover;
+mod failover_answers;
 mod first_hour;
 mod happy_path;
 mod jwt;

@@ -37,7 +37,8 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on (yet).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -185,6 +186,21 @@ impl TestBroker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Kills the broker with SIGKILL, then starts a new one on the same
+    /// data directory (so the same CAs) listening for gRPC on `grpc_port`:
+    /// a replica that died and one that took over elsewhere.
+    pub async fn crash_and_move(&mut self, grpc_port: u16) {
+        self.kill();
+        let toml = std::fs::read_to_string(&self.config).expect("read config");
+        let toml = toml.replace(
+            &format!("grpc_listen = \"127.0.0.1:{}\"", self.grpc_port),
+            &format!("grpc_listen = \"127.0.0.1:{grpc_port}\""),
+        );
+        std::fs::write(&self.config, toml).expect("write config");
+        self.grpc_port = grpc_port;
+        self.spawn().await;
     }
 
     /// The broker's SQLite database file.

@@ -31,14 +31,9 @@ pub enum AdminError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Could not connect (the message names the cause).
-    #[error("{}", credbroker_client::diagnose::explain_connect_error(.url, .source))]
-    Connect {
-        /// Broker URL.
-        url: String,
-        /// What failed.
-        source: tonic::transport::Error,
-    },
+    /// Could not connect to any broker (the message names the cause).
+    #[error("{0}")]
+    Connect(credbroker_client::ClientError),
     /// The broker refused or failed.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Rpc(#[from] tonic::Status),
@@ -87,12 +82,22 @@ fn read_operator(dir: &Path) -> Result<[Vec<u8>; 3], AdminError> {
     ])
 }
 
+/// Connects to the first broker of `urls` that accepts the admin's TLS
+/// connection, in order (saying on stderr which failed). Moving on is safe
+/// only before anything is sent, so a broker that fails mid-command is
+/// reported, not retried elsewhere: `token create` or `identity create`
+/// must not run twice.
 async fn connect(
-    url: &str,
+    urls: &[String],
     data_dir: &Path,
     operator: Option<&Path>,
 ) -> Result<AdminClient<Channel>, AdminError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let brokers = credbroker_client::Brokers::new(urls)
+        .map_err(|e| AdminError::Output(format!("--broker: {e}")))?
+        // Admin calls can be long (`audit verify` over a large log): only
+        // a broker that hangs is cut off.
+        .rpc_timeout(std::time::Duration::from_secs(3600));
     let [ca, cert, key] = match operator {
         Some(dir) => read_operator(dir)?,
         None => {
@@ -107,22 +112,10 @@ async fn connect(
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(cert, key));
-    let connect_err = |source| AdminError::Connect {
-        url: url.to_owned(),
-        source,
-    };
-    if !url.starts_with("https://") {
-        return Err(AdminError::Output(format!(
-            "invalid --broker URL {url:?}: the broker speaks gRPC over TLS only: use an https:// URL such as https://127.0.0.1:7443"
-        )));
-    }
-    let channel = Channel::from_shared(url.to_owned())
-        .map_err(|e| AdminError::Output(format!("invalid --broker URL {url:?}: {e}")))?
-        .tls_config(tls)
-        .map_err(connect_err)?
-        .connect()
+    let channel = brokers
+        .connect_first(&tls)
         .await
-        .map_err(connect_err)?;
+        .map_err(AdminError::Connect)?;
     Ok(AdminClient::new(channel))
 }
 

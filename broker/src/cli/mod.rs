@@ -57,14 +57,18 @@ pub struct Cli {
     /// broker-ca.pem), used instead of the data directory's admin files.
     #[arg(long, global = true, env = "CREDBROKER_OPERATOR", value_name = "DIR")]
     pub operator: Option<PathBuf>,
-    /// Broker gRPC URL for admin commands.
+    /// Broker gRPC URL for admin commands. Replicas: repeat the flag or
+    /// separate URLs with commas; the first that accepts the connection
+    /// is used (a command is sent once, never to a second broker).
     #[arg(
         long,
         global = true,
         env = "CREDBROKER_BROKER",
+        value_name = "URL[,URL…]",
+        value_delimiter = ',',
         default_value = "https://127.0.0.1:7443"
     )]
-    pub broker: String,
+    pub broker: Vec<String>,
     /// Output format of admin commands.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

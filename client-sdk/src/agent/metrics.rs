@@ -1,6 +1,6 @@
 //! The agent's Prometheus metrics, served as `GET /metrics` on
 //! `--health-addr`: seconds until the SVID expires, rotations, failures,
-//! and Workload API calls by method and result.
+//! broker failovers, and Workload API calls by method and result.
 //!
 //! One agent runs per process, so the counters are process-wide atomics:
 //! the credential source counts its rotations and failures, a tower layer
@@ -99,6 +99,17 @@ pub(crate) fn render(state: &SourceState) -> String {
         out,
         "credbroker_agent_failures_total {}",
         METRICS.failures.load(Ordering::Relaxed)
+    );
+    family(
+        &mut out,
+        "credbroker_agent_broker_failovers_total",
+        "counter",
+        "Calls moved to another broker because the one in use was unreachable or unavailable.",
+    );
+    let _ = writeln!(
+        out,
+        "credbroker_agent_broker_failovers_total {}",
+        crate::failover::failovers()
     );
     family(
         &mut out,

@@ -21,7 +21,8 @@ use crate::workload_api::WorkloadApi;
 /// What the agent needs to run.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Broker URL.
+    /// Broker URL, or several replicas separated by commas (used in
+    /// order, failing over as [`Brokers`](crate::Brokers) describes).
     pub broker: String,
     /// PEM bundle trusted for the broker's TLS certificate.
     pub bundle_pem: Vec<u8>,

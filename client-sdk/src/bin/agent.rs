@@ -32,20 +32,26 @@ Examples:
   CREDBROKER_JOIN_TOKEN=\"$(cat join.token)\" credbroker-agent --bundle broker-ca.pem \\
       --out-dir /run/svid --workload-api-socket /run/credbroker/agent.sock
 
-Environment: CREDBROKER_BROKER (--broker), CREDBROKER_JOIN_TOKEN (the join token),
+  credbroker-agent --broker https://broker-a:7443,https://broker-b:7443 --bundle broker-ca.pem …
+
+Environment: CREDBROKER_BROKER (--broker, comma-separated), CREDBROKER_JOIN_TOKEN (the join token),
 CREDBROKER_LOG (log filter, default info). SIGTERM stops it and removes the socket."
 )]
 #[command(group(clap::ArgGroup::new("evidence").required(true).multiple(false).args(
     ["join_token", "join_token_file", "k8s_token", "oidc_token", "github_actions_audience", "aws_iid"]
 )))]
 struct Args {
-    /// Broker gRPC URL.
+    /// Broker gRPC URL. Replicas: repeat the flag or separate URLs with
+    /// commas; the agent uses the first that works and fails over to the
+    /// next when it becomes unreachable, keeping its credentials meanwhile.
     #[arg(
         long,
         env = "CREDBROKER_BROKER",
+        value_name = "URL[,URL…]",
+        value_delimiter = ',',
         default_value = "https://127.0.0.1:7443"
     )]
-    broker: String,
+    broker: Vec<String>,
     /// PEM file with the CA that signed the broker's TLS certificate
     /// (the broker's DATA_DIR/broker-ca.pem).
     #[arg(long)]
@@ -176,6 +182,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Checked here so a bad list stops the agent before it waits on it.
+    let broker = match credbroker_client::Brokers::new(&args.broker) {
+        Ok(brokers) => brokers.to_string(),
+        Err(e) => {
+            eprintln!("error: --broker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let evidence = match evidence(&args) {
         Ok(evidence) => evidence,
         Err(e) => {
@@ -191,8 +205,7 @@ async fn main() -> ExitCode {
         let socket = args
             .workload_api_socket
             .expect("clap requires --workload-api-socket with --node");
-        let config =
-            NodeConfig::new(args.broker, bundle_pem, evidence).max_svids(args.svid_cache_size);
+        let config = NodeConfig::new(broker, bundle_pem, evidence).max_svids(args.svid_cache_size);
         return exit(
             run_node_until(
                 config,
@@ -209,7 +222,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let config = AgentConfig {
-        broker: args.broker,
+        broker,
         bundle_pem,
         evidence,
         out_dir: OutputDir::new(out_dir),

@@ -24,11 +24,13 @@ impl WorkloadClient {
     pub async fn watch_node_entries(
         &self,
     ) -> Result<tonic::Streaming<NodeEntriesUpdate>, ClientError> {
-        Ok(self
-            .grpc()
-            .watch_node_entries(WatchNodeEntriesRequest {})
-            .await?
-            .into_inner())
+        self.call(|mut grpc| async move {
+            Ok(grpc
+                .watch_node_entries(WatchNodeEntriesRequest {})
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     /// An X.509-SVID for a workload this node serves, for a key pair
@@ -38,14 +40,17 @@ impl WorkloadClient {
         workload: &EntryKey,
     ) -> Result<(X509Svid, TrustBundle), ClientError> {
         let (key, csr) = new_key_and_csr()?;
+        // A mint from a CSR is safe to repeat on another broker.
+        let request = MintWorkloadSvidRequest {
+            identity: Some(identity_ref(workload)),
+            csr,
+        };
         let response = self
-            .grpc()
-            .mint_workload_svid(MintWorkloadSvidRequest {
-                identity: Some(identity_ref(workload)),
-                csr,
+            .call(|mut grpc| {
+                let request = request.clone();
+                async move { Ok(grpc.mint_workload_svid(request).await?.into_inner()) }
             })
-            .await?
-            .into_inner();
+            .await?;
         let svid = response
             .svid
             .ok_or_else(|| ClientError::InvalidResponse("mint returned no SVID".into()))?;
@@ -61,14 +66,16 @@ impl WorkloadClient {
         workload: &EntryKey,
         request: &JwtRequest,
     ) -> Result<JwtSvid, ClientError> {
+        let request = MintWorkloadJwtRequest {
+            identity: Some(identity_ref(workload)),
+            jwt: Some(request.to_proto()),
+        };
         let response = self
-            .grpc()
-            .mint_workload_jwt(MintWorkloadJwtRequest {
-                identity: Some(identity_ref(workload)),
-                jwt: Some(request.to_proto()),
+            .call(|mut grpc| {
+                let request = request.clone();
+                async move { Ok(grpc.mint_workload_jwt(request).await?.into_inner()) }
             })
-            .await?
-            .into_inner();
+            .await?;
         response
             .jwt
             .map(JwtSvid::from)

@@ -36,7 +36,8 @@ use crate::uds::UdsListener;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct NodeConfig {
-    /// Broker URL.
+    /// Broker URL, or several replicas separated by commas (used in
+    /// order, failing over as [`Brokers`](crate::Brokers) describes).
     pub broker: String,
     /// PEM bundle trusted for the broker's TLS certificate.
     pub bundle_pem: Vec<u8>,

@@ -60,7 +60,8 @@ impl Default for RefreshPolicy {
 /// What a source needs.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    /// Broker URL.
+    /// Broker URL, or several replicas separated by commas (used in
+    /// order, failing over as [`Brokers`](crate::Brokers) describes).
     pub broker: String,
     /// PEM bundle trusted for the broker's TLS certificate.
     pub bundle_pem: Vec<u8>,
@@ -306,6 +307,9 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
         }
     };
     let mut held: Option<Held> = None;
+    // The broker an attestation reached before failing: a join token may
+    // have been spent there, which a later "already used" should say.
+    let mut sent_to: Option<String> = None;
     let mut revocations = Revocations::default();
     // The wait the broker last asked for (rate limits), honoured on retry.
     let mut hint = Duration::ZERO;
@@ -319,14 +323,24 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                     held = Some(h);
                 }
                 Err(e) if is_permanent(&e) && !config.evidence.is_rereadable() => {
-                    tracing::error!(error = %e, "attestation refused; giving up");
+                    let earlier = sent_to.as_deref().map_or(String::new(), |broker| {
+                        format!(
+                            "; an earlier attempt reached {broker} before failing and may have spent it"
+                        )
+                    });
+                    tracing::error!(error = %e, "attestation refused{earlier}; giving up");
                     let _ = tx.send(SourceState::Unavailable {
-                        reason: format!("attestation refused ({e}); new evidence is needed"),
+                        reason: format!(
+                            "attestation refused ({e}){earlier}; new evidence is needed"
+                        ),
                         retrying: false,
                     });
                     return;
                 }
                 Err(e) => {
+                    if crate::failover::maybe_delivered(&e) {
+                        sent_to = Some(client.current_broker());
+                    }
                     // Platform evidence is read afresh each time (a rotated
                     // token file, a new CI token), so a refusal may not last.
                     failures += 1;
