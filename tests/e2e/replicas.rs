@@ -274,3 +274,86 @@ async fn the_leader_rotates_for_all_and_another_leads_when_it_is_killed() {
         assert!(out.contains("intact"), "{out}");
     }
 }
+
+#[tokio::test]
+async fn killing_a_replica_under_load_fails_no_issuance_and_loses_no_audit_record() {
+    let mut r = Replicas::start(
+        3,
+        "[rate_limits]\nattest_per_second_per_peer = 0\nsign_per_second_per_peer = 0\n",
+    )
+    .await;
+    r.brokers[0].create_identity("dev", "api", &["billing"], &[]);
+    let urls: Vec<String> = r.brokers.iter().map(TestBroker::url).collect();
+    let bundle = r.brokers[0].bundle_pem();
+    for broker in &r.brokers {
+        eventually(Duration::from_secs(1), "every broker sees the identity", || async {
+            broker
+                .cli(&["identity", "show", "--env", "dev", "--name", "api"])
+                .status
+                .success()
+        })
+        .await;
+    }
+    // Six workloads, two starting on each broker (each lists all three,
+    // its own first), fetching JWTs back to back.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workloads = Vec::new();
+    for i in 0..6 {
+        let mut order = urls.clone();
+        order.rotate_left(i % 3);
+        let client = credbroker_client::Client::connect_any(&order, &bundle)
+            .await
+            .unwrap();
+        let token = r.brokers[0].join_token("dev", "api");
+        let held = client
+            .attest(&Evidence::JoinToken(token), &[])
+            .await
+            .expect("attest");
+        let authed = client.authenticated(&held.svid).await.unwrap();
+        let stop = std::sync::Arc::clone(&stop);
+        workloads.push(tokio::spawn(async move {
+            let (mut jtis, mut failures) = (Vec::new(), Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match authed.fetch_jwt(&JwtRequest::audience("billing")).await {
+                    Ok(jwt) => jtis.push(jwt.jti),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (i, jtis, failures)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    r.brokers[0].kill();
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut issued = Vec::new();
+    for w in workloads {
+        let (i, jtis, failures) = w.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "workload {i} saw failed issuances beyond the SDK's own failover: {failures:?}"
+        );
+        assert!(!jtis.is_empty(), "workload {i} issued nothing");
+        issued.extend(jtis);
+    }
+    eprintln!(
+        "{} JWTs issued across the kill ({:?} after it), 0 failed",
+        issued.len(),
+        killed_at.elapsed()
+    );
+    // Every credential handed out — by the dead broker too — has its
+    // durable record, and the chain all of them wrote verifies.
+    let survivor = &r.brokers[1];
+    let out = survivor.cli_ok(&["audit", "verify"]);
+    assert!(out.contains("intact"), "{out}");
+    let issued_total: usize = r
+        .schema
+        .count("SELECT count(*) FROM audit_log WHERE decision = 'issued' AND credential = 'jwt-svid'")
+        .await;
+    assert!(issued_total >= issued.len(), "{issued_total} < {}", issued.len());
+    for jti in issued.iter().step_by(issued.len() / 20 + 1) {
+        let found = survivor.cli_ok(&["audit", "--jti", jti]);
+        assert!(found.contains(jti.as_str()), "no audit record for {jti}");
+    }
+}

@@ -58,6 +58,18 @@ impl Schema {
     }
 }
 
+impl Schema {
+    /// The number a `SELECT count(*) …` in the schema returns.
+    pub async fn count(&self, sql: &str) -> usize {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        n as usize
+    }
+}
+
 impl Drop for Schema {
     fn drop(&mut self) {
         let name = self.name.clone();
