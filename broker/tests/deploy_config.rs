@@ -1,5 +1,5 @@
-//! The configuration shipped in deploy/kubernetes/broker.yaml is one the
-//! broker accepts: parsed and validated as `credbroker serve` would.
+//! The configurations shipped in deploy/kubernetes are ones the broker
+//! accepts: parsed and validated as `credbroker serve` would.
 
 use credbroker::Config;
 
@@ -27,4 +27,17 @@ fn kubernetes_broker_config_is_valid() {
     let envs = config.environments().expect("environments");
     assert_eq!(envs.len(), 1);
     assert_eq!(config.public_url(), "http://credbroker.credbroker.svc:7080");
+}
+
+#[test]
+fn kubernetes_ha_config_is_valid_and_names_one_issuer_for_all_replicas() {
+    let text = embedded_toml(include_str!(
+        "../../deploy/kubernetes/broker-ha-postgres.yaml"
+    ));
+    let mut config: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    // The Deployment sets the store through CREDBROKER_STORE_URL.
+    config.store_url = Some("postgres://credbroker@postgres/credbroker".into());
+    config.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(config.public_url(), "http://credbroker.credbroker.svc:7080");
+    assert!(config.kek_file.is_some(), "replicas share a KEK file");
 }

@@ -286,12 +286,16 @@ async fn killing_a_replica_under_load_fails_no_issuance_and_loses_no_audit_recor
     let urls: Vec<String> = r.brokers.iter().map(TestBroker::url).collect();
     let bundle = r.brokers[0].bundle_pem();
     for broker in &r.brokers {
-        eventually(Duration::from_secs(1), "every broker sees the identity", || async {
-            broker
-                .cli(&["identity", "show", "--env", "dev", "--name", "api"])
-                .status
-                .success()
-        })
+        eventually(
+            Duration::from_secs(1),
+            "every broker sees the identity",
+            || async {
+                broker
+                    .cli(&["identity", "show", "--env", "dev", "--name", "api"])
+                    .status
+                    .success()
+            },
+        )
         .await;
     }
     // Six workloads, two starting on each broker (each lists all three,
@@ -349,9 +353,15 @@ async fn killing_a_replica_under_load_fails_no_issuance_and_loses_no_audit_recor
     assert!(out.contains("intact"), "{out}");
     let issued_total: usize = r
         .schema
-        .count("SELECT count(*) FROM audit_log WHERE decision = 'issued' AND credential = 'jwt-svid'")
+        .count(
+            "SELECT count(*) FROM audit_log WHERE decision = 'issued' AND credential = 'jwt-svid'",
+        )
         .await;
-    assert!(issued_total >= issued.len(), "{issued_total} < {}", issued.len());
+    assert!(
+        issued_total >= issued.len(),
+        "{issued_total} < {}",
+        issued.len()
+    );
     for jti in issued.iter().step_by(issued.len() / 20 + 1) {
         let found = survivor.cli_ok(&["audit", "--jti", jti]);
         assert!(found.contains(jti.as_str()), "no audit record for {jti}");

@@ -61,7 +61,9 @@ impl Schema {
 impl Schema {
     /// The number a `SELECT count(*) …` in the schema returns.
     pub async fn count(&self, sql: &str) -> usize {
-        let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connect");
+        let mut conn = sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect");
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&mut conn)
             .await
