@@ -261,6 +261,10 @@ impl KeyRing {
         now: i64,
     ) -> Result<Vec<(KeyKind, String)>, KeyCommandError> {
         let mut rotator = self.rotator.lock().await;
+        // Any broker sharing the store may be asked: create after what the
+        // leader (or another operator) created, one broker at a time.
+        let _creating = rotator.store.bootstrap_lock().await.map_err(KeyError::from)?;
+        rotator.reload().await?;
         if kind == Some(KeyKind::AdminCa) {
             let id = rotator.create_admin(now, now).await?;
             let (admin, _) = rotator.admin_set(now)?;
@@ -291,6 +295,7 @@ impl KeyRing {
         now: i64,
     ) -> Result<Retired, KeyCommandError> {
         let mut rotator = self.rotator.lock().await;
+        rotator.reload().await?;
         let retired = rotator.retire(env, id, reason, immediately, now).await?;
         let (snapshot, _) = rotator.snapshot(now).await?;
         self.publish(snapshot);
