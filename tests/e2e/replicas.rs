@@ -367,3 +367,22 @@ async fn killing_a_replica_under_load_fails_no_issuance_and_loses_no_audit_recor
         assert!(found.contains(jti.as_str()), "no audit record for {jti}");
     }
 }
+
+#[tokio::test]
+async fn a_second_broker_on_one_sqlite_directory_is_refused() {
+    let first = TestBroker::start().await;
+    let out = std::process::Command::new(credbroker_e2e::binary("credbroker"))
+        .args(["serve", "--config"])
+        .arg(first.config_path())
+        .env_remove("CREDBROKER_DATA_DIR")
+        .output()
+        .expect("run a second broker");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is already running on data directory"),
+        "{stderr}"
+    );
+    // The first one is untouched.
+    first.cli_ok(&["identity", "list"]);
+}
