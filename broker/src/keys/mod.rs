@@ -263,7 +263,11 @@ impl KeyRing {
         let mut rotator = self.rotator.lock().await;
         // Any broker sharing the store may be asked: create after what the
         // leader (or another operator) created, one broker at a time.
-        let _creating = rotator.store.bootstrap_lock().await.map_err(KeyError::from)?;
+        let _creating = rotator
+            .store
+            .bootstrap_lock()
+            .await
+            .map_err(KeyError::from)?;
         rotator.reload().await?;
         if kind == Some(KeyKind::AdminCa) {
             let id = rotator.create_admin(now, now).await?;
