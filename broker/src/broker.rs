@@ -95,6 +95,10 @@ pub struct Broker {
     pub crls: CrlCache,
     /// Prometheus metrics (`/metrics`).
     pub metrics: Arc<Metrics>,
+    /// Web inventory login links and sessions.
+    pub ui: crate::ui::UiSessions,
+    /// Anomaly detection and recent findings.
+    pub anomalies: crate::anomaly::Anomalies,
     /// Held while this broker runs on an embedded (SQLite) store.
     _data_dir_lock: Option<DataDirLock>,
 }
@@ -174,6 +178,8 @@ impl Broker {
             revocations,
             crls: CrlCache::default(),
             metrics,
+            ui: crate::ui::UiSessions::default(),
+            anomalies: crate::anomaly::Anomalies::default(),
             _data_dir_lock: data_dir_lock,
         }))
     }

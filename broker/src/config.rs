@@ -14,6 +14,7 @@ use crate::attest::{AttestorConfig, validate_attestors};
 pub use crate::keys::KeysConfig;
 use crate::model::{EnvName, NameError, TrustDomain, format_duration};
 pub use crate::policy::rate_limit::RateLimitsConfig;
+pub use crate::ui::UiConfig;
 
 /// Why the configuration could not be used.
 #[derive(Debug, Error)]
@@ -141,6 +142,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// Connection and stream bounds (`[connections]`).
     pub connections: ConnectionsConfig,
+    /// The web inventory (`[ui]`).
+    pub ui: UiConfig,
 }
 
 impl Default for Config {
@@ -165,6 +168,7 @@ impl Default for Config {
             attestors: Vec::new(),
             rate_limits: RateLimitsConfig::default(),
             connections: ConnectionsConfig::default(),
+            ui: UiConfig::default(),
         }
     }
 }
@@ -315,6 +319,7 @@ impl Config {
             )));
         }
         self.connections.validate().map_err(ConfigError::Invalid)?;
+        self.ui.validate().map_err(ConfigError::Invalid)?;
         validate_attestors(&self.attestors, &envs)?;
         Ok(())
     }

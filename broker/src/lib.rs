@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod anomaly;
 pub mod api;
 pub mod attest;
 pub mod audit;
@@ -22,6 +23,7 @@ pub mod policy;
 pub mod revocation;
 pub mod server;
 pub mod store;
+pub mod ui;
 
 pub use broker::{Broker, StartError};
 pub use config::Config;

@@ -39,6 +39,7 @@ mod source;
 mod spiffe_api;
 mod store_faults;
 mod tls;
+mod ui;
 mod upstream;
 mod verifier;
 mod x509;

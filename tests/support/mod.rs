@@ -6,6 +6,7 @@ pub mod http;
 pub mod issuer;
 pub mod jwt;
 pub mod stolen;
+pub mod webdriver;
 pub mod x509;
 
 use std::path::PathBuf;

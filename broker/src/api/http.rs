@@ -1,5 +1,6 @@
 //! Plain HTTP endpoints: per-environment OIDC discovery, JWKS and SPIFFE
-//! bundle, plus health checks. Everything here is public key material.
+//! bundle, plus health checks: public key material. The operators' web
+//! inventory (`/ui`, signed-in sessions only) is merged in from [`crate::ui`].
 
 use std::sync::Arc;
 
@@ -18,6 +19,11 @@ use crate::revocation::crl;
 
 /// The HTTP router.
 pub fn router(broker: Arc<Broker>) -> Router {
+    let ui = if broker.config.ui.enabled {
+        crate::ui::router()
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -26,6 +32,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/{env}/bundle", get(bundle))
         .route("/{env}/crl", get(crl))
         .route("/metrics", get(crate::metrics::render::handler))
+        .merge(ui)
         .with_state(broker)
 }
 

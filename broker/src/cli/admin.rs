@@ -326,6 +326,20 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
         }
         Command::Keys(command) => super::keys::run(&mut client, command, out).await,
         Command::Operator(command) => super::operator::run(&mut client, command, out).await,
+        Command::Ui => {
+            let login = client
+                .create_ui_login(credbroker_proto::v1::CreateUiLoginRequest {})
+                .await?
+                .into_inner();
+            // The link is a secret until used: it goes to stdout only, last.
+            println!(
+                "Open this link in a browser to sign in to the credbroker inventory \
+                 (single use, valid until {}):",
+                crate::model::rfc3339(login.expires_at)
+            );
+            println!("{}", login.url);
+            Ok(())
+        }
         Command::Token(TokenCommand::Create { id, ttl, uses }) => {
             let token = client
                 .create_join_token(CreateJoinTokenRequest {

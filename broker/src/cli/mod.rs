@@ -141,6 +141,9 @@ pub enum Command {
     /// list, revoke.
     #[command(subcommand)]
     Operator(operator::OperatorCommand),
+    /// Print a one-time login link to the web inventory (/ui), as the
+    /// caller's operator with its role; the link alone is the last line.
+    Ui,
 }
 
 /// `credbroker revoke (--jti J | --serial S | --identity E/N | --env E | --owner O) --reason R`
