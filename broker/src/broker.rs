@@ -165,6 +165,7 @@ impl Broker {
         revocations.saw_seq(store.latest_revocation_seq().await?);
         let callers = CallerCache::default();
         callers.operators.load(store.list_operators().await?);
+        let anomalies = crate::anomaly::Anomalies::new(&config.anomalies);
         Ok(Arc::new(Self {
             envs,
             limits: TtlLimits::from(&config.ttl),
@@ -179,7 +180,7 @@ impl Broker {
             crls: CrlCache::default(),
             metrics,
             ui: crate::ui::UiSessions::default(),
-            anomalies: crate::anomaly::Anomalies::default(),
+            anomalies,
             _data_dir_lock: data_dir_lock,
         }))
     }

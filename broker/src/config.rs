@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::anomaly::AnomaliesConfig;
 pub use crate::api::bounded::ConnectionsConfig;
 use crate::attest::{AttestorConfig, validate_attestors};
 pub use crate::keys::KeysConfig;
@@ -144,6 +145,8 @@ pub struct Config {
     pub connections: ConnectionsConfig,
     /// The web inventory (`[ui]`).
     pub ui: UiConfig,
+    /// Anomaly detection thresholds (`[anomalies]`).
+    pub anomalies: AnomaliesConfig,
 }
 
 impl Default for Config {
@@ -169,6 +172,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             connections: ConnectionsConfig::default(),
             ui: UiConfig::default(),
+            anomalies: AnomaliesConfig::default(),
         }
     }
 }
@@ -320,6 +324,7 @@ impl Config {
         }
         self.connections.validate().map_err(ConfigError::Invalid)?;
         self.ui.validate().map_err(ConfigError::Invalid)?;
+        self.anomalies.validate().map_err(ConfigError::Invalid)?;
         validate_attestors(&self.attestors, &envs)?;
         Ok(())
     }
@@ -449,6 +454,8 @@ mod tests {
         assert_eq!(sample.ttl, TtlConfig::default());
         assert_eq!(sample.rate_limits, RateLimitsConfig::default());
         assert_eq!(sample.connections, ConnectionsConfig::default());
+        assert_eq!(sample.ui, UiConfig::default());
+        assert_eq!(sample.anomalies, AnomaliesConfig::default());
         assert_eq!(sample.attestors.len(), 2);
         // The commented aws_iid table parses too, once uncommented.
         let text = include_str!("../../deploy/credbroker.toml");

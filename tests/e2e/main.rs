@@ -6,6 +6,7 @@ mod admin;
 mod agent_bounds;
 mod agent_lifecycle;
 mod agent_socket;
+mod anomalies;
 mod attack_list;
 mod attestation;
 mod audit;

@@ -5,11 +5,32 @@
 //! and, for identities registered with `--on-anomaly disable`, disables
 //! the identity.
 
-mod findings;
+//!
+//! Rules are cheap on the hot path: a few sharded-map operations per
+//! request, no store access, no allocation unless something is new. Their
+//! state is bounded: each rule tracks at most `[anomalies] max_tracked`
+//! identities, addresses or certificates (default 100,000; idle entries
+//! are swept when full, and past that newcomers go unjudged rather than
+//! growing memory), 32 addresses per identity, 16 environments per
+//! address, and 16 recent findings per identity for the inventory.
 
+mod cloned_svid;
+pub mod config;
+mod cross_env;
+mod denial_burst;
+mod findings;
+mod issuance_spike;
+mod new_peer;
+pub mod respond;
+mod stale;
+mod tracked;
+
+use std::net::SocketAddr;
+
+pub use config::AnomaliesConfig;
 pub use findings::{KEPT_PER_IDENTITY, RecentFindings};
 
-use crate::model::IdentityKey;
+use crate::model::{Identity, IdentityKey};
 
 /// What kind of anomaly was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,15 +84,205 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// The broker's anomaly detection.
-#[derive(Debug, Default)]
+/// A finding with what it concerns, before it is reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// What was found and when.
+    pub finding: Finding,
+    /// The identity concerned, when there is one.
+    pub identity: Option<IdentityKey>,
+    /// The caller's address.
+    pub peer: Option<SocketAddr>,
+}
+
+/// The broker's anomaly detection: every rule, and recent findings.
+#[derive(Debug)]
 pub struct Anomalies {
-    recent: RecentFindings,
+    enabled: bool,
+    new_peer: Option<new_peer::NewPeer>,
+    cloned_svid: cloned_svid::ClonedSvid,
+    issuance_spike: issuance_spike::IssuanceSpike,
+    denial_burst: denial_burst::DenialBurst,
+    cross_env: cross_env::CrossEnv,
+    stale: stale::StaleReactivated,
+    pub(crate) recent: RecentFindings,
+}
+
+impl Default for Anomalies {
+    fn default() -> Self {
+        Self::new(&AnomaliesConfig::default())
+    }
+}
+
+fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 impl Anomalies {
+    /// Every rule, with `config`'s thresholds.
+    pub fn new(config: &AnomaliesConfig) -> Self {
+        let cap = config.max_tracked;
+        Self {
+            enabled: true,
+            new_peer: config.new_peer.then(|| new_peer::NewPeer::new(cap)),
+            cloned_svid: cloned_svid::ClonedSvid::new(secs(config.cloned_svid_window), cap),
+            issuance_spike: issuance_spike::IssuanceSpike::new(
+                secs(config.issuance_window),
+                config.issuance_spike_factor,
+                config.issuance_spike_min,
+                cap,
+            ),
+            denial_burst: denial_burst::DenialBurst::new(
+                config.denial_burst,
+                secs(config.denial_window),
+                cap,
+            ),
+            cross_env: cross_env::CrossEnv::new(
+                config.cross_env_threshold,
+                secs(config.cross_env_window),
+                cap,
+            ),
+            stale: stale::StaleReactivated::new(secs(config.stale_after)),
+            recent: RecentFindings::default(),
+        }
+    }
+
     /// The newest findings of `key`, newest first.
     pub fn recent(&self, key: &IdentityKey) -> Vec<Finding> {
         self.recent.of(key)
+    }
+
+    fn found(
+        out: &mut Vec<Found>,
+        kind: Kind,
+        detail: Option<String>,
+        identity: Option<&IdentityKey>,
+        peer: Option<SocketAddr>,
+        now: i64,
+    ) {
+        if let Some(detail) = detail {
+            out.push(Found {
+                finding: Finding {
+                    kind,
+                    at: now,
+                    detail,
+                },
+                identity: identity.cloned(),
+                peer,
+            });
+        }
+    }
+
+    /// An SVID of `key` with `serial` was presented from `peer`.
+    pub fn presented(
+        &self,
+        key: &IdentityKey,
+        serial: &str,
+        peer: Option<SocketAddr>,
+        now: i64,
+    ) -> Vec<Found> {
+        let mut out = Vec::new();
+        let Some(addr) = peer.filter(|_| self.enabled) else {
+            return out;
+        };
+        let ip = addr.ip();
+        if let Some(rule) = &self.new_peer {
+            Self::found(
+                &mut out,
+                Kind::NewPeer,
+                rule.presented(key, ip, now),
+                Some(key),
+                peer,
+                now,
+            );
+        }
+        let cloned = self.cloned_svid.presented(serial, ip, now);
+        Self::found(&mut out, Kind::ClonedSvid, cloned, Some(key), peer, now);
+        let cross = self.cross_env.request(ip, key.env.as_str(), now);
+        Self::found(
+            &mut out,
+            Kind::CrossEnvironment,
+            cross,
+            Some(key),
+            peer,
+            now,
+        );
+        out
+    }
+
+    /// `identity` was issued a credential at `now` from `peer`; its
+    /// previous issuance (or its creation) was at `previous`.
+    pub fn issued(
+        &self,
+        identity: &Identity,
+        previous: i64,
+        peer: Option<SocketAddr>,
+        now: i64,
+    ) -> Vec<Found> {
+        let mut out = Vec::new();
+        if !self.enabled {
+            return out;
+        }
+        let key = &identity.key;
+        if let (Some(rule), Some(addr)) = (&self.new_peer, peer) {
+            rule.learn(key, addr.ip(), now);
+        }
+        let spike = self.issuance_spike.issued(key, now);
+        Self::found(&mut out, Kind::IssuanceSpike, spike, Some(key), peer, now);
+        let stale = self.stale.issued(previous, now);
+        Self::found(
+            &mut out,
+            Kind::StaleReactivated,
+            stale,
+            Some(key),
+            peer,
+            now,
+        );
+        if let Some(addr) = peer {
+            let cross = self.cross_env.request(addr.ip(), key.env.as_str(), now);
+            Self::found(
+                &mut out,
+                Kind::CrossEnvironment,
+                cross,
+                Some(key),
+                peer,
+                now,
+            );
+        }
+        out
+    }
+
+    /// A request for `identity` (`env/name`, when known) from `peer` was
+    /// denied at `now`.
+    pub fn denied(&self, identity: Option<&str>, peer: Option<SocketAddr>, now: i64) -> Vec<Found> {
+        let mut out = Vec::new();
+        if !self.enabled {
+            return out;
+        }
+        let key = identity.and_then(|k| IdentityKey::parse(k).ok());
+        if let Some(k) = identity {
+            let burst = self
+                .denial_burst
+                .denied(&denial_burst::Subject::Identity(k.to_owned()), now);
+            Self::found(&mut out, Kind::DenialBurst, burst, key.as_ref(), peer, now);
+        }
+        if let Some(addr) = peer {
+            let burst = self
+                .denial_burst
+                .denied(&denial_burst::Subject::Peer(addr.ip()), now);
+            Self::found(&mut out, Kind::DenialBurst, burst, key.as_ref(), peer, now);
+            if let Some(key) = &key {
+                let cross = self.cross_env.request(addr.ip(), key.env.as_str(), now);
+                Self::found(
+                    &mut out,
+                    Kind::CrossEnvironment,
+                    cross,
+                    Some(key),
+                    peer,
+                    now,
+                );
+            }
+        }
+        out
     }
 }

@@ -102,6 +102,7 @@ fn to_proto(view: &IdentityView, outstanding: u32, attestors: &[AttestorInfo]) -
             .unwrap_or_default(),
         allow_cidrs: id.allow_cidrs.iter().map(ToString::to_string).collect(),
         require_binding: id.require_binding,
+        on_anomaly: id.on_anomaly.as_str().to_owned(),
         reachable_by: selectors::reachable_by(id, attestors),
     }
 }
@@ -189,6 +190,7 @@ impl Admin for AdminService {
             parent: Some(req.parent),
             allow_cidrs: req.allow_cidrs,
             require_binding: req.require_binding,
+            on_anomaly: req.on_anomaly,
         };
         let result = async {
             check_selector_prefixes(&spec.env, &spec.selectors, self.broker.attestors.infos())

@@ -168,6 +168,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                 parent,
                 allow_cidrs,
                 require_binding,
+                on_anomaly,
                 jwt_ttl,
                 x509_ttl,
                 expires_at,
@@ -193,6 +194,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                         parent: parent.clone().unwrap_or_default(),
                         allow_cidrs: allow_cidrs.clone(),
                         require_binding: *require_binding,
+                        on_anomaly: on_anomaly.as_str().to_owned(),
                     })
                     .await?
                     .into_inner();

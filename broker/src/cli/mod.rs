@@ -73,6 +73,25 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `--on-anomaly`: what a detected anomaly does to the identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnAnomalyArg {
+    /// Audit record, metric and flag only.
+    Alert,
+    /// Also disable the identity.
+    Disable,
+}
+
+impl OnAnomalyArg {
+    /// The API's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alert => "alert",
+            Self::Disable => "disable",
+        }
+    }
+}
+
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -271,6 +290,11 @@ pub enum IdentityCommand {
         /// that certificate. Without it JWTs are bearer tokens.
         #[arg(long)]
         require_binding: bool,
+        /// What a detected anomaly does besides the audit record, the
+        /// metric and the flag in the inventory: alert, or disable the
+        /// identity too.
+        #[arg(long, value_enum, default_value_t = OnAnomalyArg::Alert)]
+        on_anomaly: OnAnomalyArg,
         /// JWT lifetime, e.g. 5m.
         #[arg(long, value_parser = parse_duration)]
         jwt_ttl: Option<Duration>,

@@ -76,6 +76,7 @@ pub struct Metrics {
     /// Time of one audit batch transaction in the store.
     pub store_audit_append: Histogram,
     revocation_subscribers: AtomicI64,
+    anomalies: [Counter; crate::anomaly::Kind::ALL.len()],
 }
 
 impl Metrics {
@@ -94,6 +95,7 @@ impl Metrics {
             audit_commit: Histogram::default(),
             store_audit_append: Histogram::default(),
             revocation_subscribers: AtomicI64::new(0),
+            anomalies: Default::default(),
         }
     }
 
@@ -122,6 +124,13 @@ impl Metrics {
     /// (`permission_denied: …`), of which only the class is kept.
     pub fn denied(&self, env: Option<&str>, reason: &str) {
         self.denied[self.env_slot(env)][reason_class(reason)].inc();
+    }
+
+    /// An anomaly of `kind` was found.
+    pub fn anomaly(&self, kind: crate::anomaly::Kind) {
+        if let Some(i) = crate::anomaly::Kind::ALL.iter().position(|k| *k == kind) {
+            self.anomalies[i].inc();
+        }
     }
 
     /// An Attest call with `method` evidence ended, successfully or not.

@@ -206,6 +206,7 @@ pub async fn page(
         "bound JWTs",
         if id.require_binding { "required" } else { "no" },
     );
+    row(&mut body, "on anomaly", id.on_anomaly.as_str());
     row(&mut body, "expires", &when(id.expires_at));
     row(&mut body, "created", &when(Some(id.created_at)));
     row(&mut body, "last issued", &when(id.last_issued_at));

@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0006_binding.sql"),
     include_str!("../../../migrations/sqlite/0008_key_lifecycle.sql"),
     include_str!("../../../migrations/sqlite/0009_operators.sql"),
+    include_str!("../../../migrations/sqlite/0010_on_anomaly.sql"),
 ];
 
 /// Creates the database file 0600 if it does not exist yet (so SQLite never
@@ -205,6 +206,8 @@ fn identity_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Identity, StoreErr
         expires_at: row.try_get("expires_at")?,
         enabled: row.try_get::<i64, _>("enabled")? != 0,
         require_binding: row.try_get::<i64, _>("require_binding")? != 0,
+        on_anomaly: crate::model::OnAnomaly::parse(&row.try_get::<String, _>("on_anomaly")?)
+            .map_err(corrupt)?,
         retired_at: row.try_get("retired_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -273,8 +276,8 @@ impl Store for SqliteStore {
             "INSERT INTO identities (env, name, spiffe_id, owner, purpose, selectors, audiences,
                  scopes, jwt_ttl_seconds, x509_ttl_seconds, expires_at, enabled, retired_at,
                  created_at, updated_at, last_issued_at, last_seen_at, parent, allow_cidrs,
-                 require_binding)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 require_binding, on_anomaly)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
@@ -296,6 +299,7 @@ impl Store for SqliteStore {
         .bind(id.parent.as_ref().map(ToString::to_string))
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
         .bind(id.require_binding as i64)
+        .bind(id.on_anomaly.as_str())
         .execute(&self.pool)
         .await;
         match result {
@@ -312,7 +316,7 @@ impl Store for SqliteStore {
             "UPDATE identities SET owner = ?, purpose = ?, selectors = ?, audiences = ?,
                  scopes = ?, jwt_ttl_seconds = ?, x509_ttl_seconds = ?, expires_at = ?,
                  enabled = ?, retired_at = ?, updated_at = ?, allow_cidrs = ?,
-                 require_binding = ?
+                 require_binding = ?, on_anomaly = ?
              WHERE env = ? AND name = ?",
         )
         .bind(&id.owner)
@@ -328,6 +332,7 @@ impl Store for SqliteStore {
         .bind(id.updated_at)
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
         .bind(id.require_binding as i64)
+        .bind(id.on_anomaly.as_str())
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
         .execute(&self.pool)
