@@ -84,7 +84,7 @@ fn action_form(
             ("name", Some("reason")),
             ("placeholder", Some("reason (required)")),
             ("required", Some("")),
-            ("size", Some("24")),
+            ("size", Some("18")),
         ],
     )
     .raw("<label>")

@@ -14,9 +14,9 @@ pub const STYLE: &str = "\
 header{background:#1d2733;color:#fff;padding:.6em 1.2em;display:flex;gap:1.4em;align-items:center}\
 header a{color:#fff;text-decoration:none;font-weight:600}header .who{margin-left:auto;font-size:.9em}\
 header form{display:inline;margin:0}header button{font-size:.85em}\
-main{padding:1em 1.6em;max-width:1200px}h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}\
+main{padding:1em 1.6em}h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}\
 table{border-collapse:collapse;width:100%;background:#fff;margin:.4em 0}\
-th,td{border:1px solid #d5d9e0;padding:.3em .5em;text-align:left;vertical-align:top}\
+th,td{border:1px solid #d5d9e0;padding:.3em .5em;text-align:left;vertical-align:top;overflow-wrap:anywhere}\
 th{background:#eceff3}td.empty{color:#777;font-style:italic}\
 dl{display:grid;grid-template-columns:12em 1fr;gap:.2em 1em;background:#fff;padding:.8em;border:1px solid #d5d9e0}\
 dt{font-weight:600}dd{margin:0}\
@@ -25,7 +25,7 @@ dt{font-weight:600}dd{margin:0}\
 .anomaly{color:#a40000;font-weight:600}\
 form.filter{display:flex;flex-wrap:wrap;gap:.6em;align-items:end;margin:.6em 0}\
 form.filter label{display:flex;flex-direction:column;font-size:.85em}\
-form.act{display:flex;gap:.4em;align-items:center;flex-wrap:wrap;margin:.2em 0}\
+form.act{display:flex;gap:.4em;align-items:center;flex-wrap:wrap;margin:.2em 0}form.act input[name=reason]{width:14em}\
 .danger{background:#b00020;color:#fff;border:0;padding:.3em .8em;border-radius:3px}\
 code{font-size:.9em}";
 
