@@ -98,7 +98,6 @@ pub struct Found {
 /// The broker's anomaly detection: every rule, and recent findings.
 #[derive(Debug)]
 pub struct Anomalies {
-    enabled: bool,
     new_peer: Option<new_peer::NewPeer>,
     cloned_svid: cloned_svid::ClonedSvid,
     issuance_spike: issuance_spike::IssuanceSpike,
@@ -123,7 +122,6 @@ impl Anomalies {
     pub fn new(config: &AnomaliesConfig) -> Self {
         let cap = config.max_tracked;
         Self {
-            enabled: true,
             new_peer: config.new_peer.then(|| new_peer::NewPeer::new(cap)),
             cloned_svid: cloned_svid::ClonedSvid::new(secs(config.cloned_svid_window), cap),
             issuance_spike: issuance_spike::IssuanceSpike::new(
@@ -182,7 +180,7 @@ impl Anomalies {
         now: i64,
     ) -> Vec<Found> {
         let mut out = Vec::new();
-        let Some(addr) = peer.filter(|_| self.enabled) else {
+        let Some(addr) = peer else {
             return out;
         };
         let ip = addr.ip();
@@ -220,9 +218,6 @@ impl Anomalies {
         now: i64,
     ) -> Vec<Found> {
         let mut out = Vec::new();
-        if !self.enabled {
-            return out;
-        }
         let key = &identity.key;
         if let (Some(rule), Some(addr)) = (&self.new_peer, peer) {
             rule.learn(key, addr.ip(), now);
@@ -256,9 +251,6 @@ impl Anomalies {
     /// denied at `now`.
     pub fn denied(&self, identity: Option<&str>, peer: Option<SocketAddr>, now: i64) -> Vec<Found> {
         let mut out = Vec::new();
-        if !self.enabled {
-            return out;
-        }
         let key = identity.and_then(|k| IdentityKey::parse(k).ok());
         if let Some(k) = identity {
             let burst = self
@@ -284,5 +276,108 @@ impl Anomalies {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> IdentityKey {
+        IdentityKey::parse(&format!("dev/{name}")).unwrap()
+    }
+
+    fn peer(ip: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(ip.parse().unwrap(), 4000))
+    }
+
+    fn kinds(found: &[Found]) -> Vec<Kind> {
+        found.iter().map(|f| f.finding.kind).collect()
+    }
+
+    #[test]
+    fn a_new_address_is_flagged_once_and_the_first_is_learnt() {
+        let a = Anomalies::default();
+        let k = key("api");
+        // Nothing known yet (a restart): learnt, not flagged.
+        assert!(a.presented(&k, "01", peer("10.0.0.1"), 100).is_empty());
+        assert_eq!(
+            kinds(&a.presented(&k, "02", peer("10.0.0.2"), 200)),
+            [Kind::NewPeer]
+        );
+        assert!(a.presented(&k, "03", peer("10.0.0.2"), 300).is_empty());
+    }
+
+    #[test]
+    fn one_certificate_from_two_addresses_within_the_window_is_a_clone() {
+        let a = Anomalies::new(&AnomaliesConfig {
+            new_peer: false,
+            ..AnomaliesConfig::default()
+        });
+        let k = key("api");
+        assert!(a.presented(&k, "AA", peer("10.0.0.1"), 100).is_empty());
+        assert_eq!(
+            kinds(&a.presented(&k, "AA", peer("10.0.0.2"), 130)),
+            [Kind::ClonedSvid]
+        );
+        // Outside the 60 s window: a host that moved, not a clone.
+        assert!(a.presented(&k, "AA", peer("10.0.0.1"), 300).is_empty());
+    }
+
+    #[test]
+    fn issuance_is_judged_against_the_identity_s_own_baseline() {
+        let a = Anomalies::new(&AnomaliesConfig {
+            issuance_spike_min: 5,
+            issuance_spike_factor: 3.0,
+            ..AnomaliesConfig::default()
+        });
+        let mut id = crate::model::test_identity();
+        id.key = key("busy");
+        let mut spikes = 0;
+        // Twenty windows of 10 issuances build a baseline near 10 …
+        for w in 0..20 {
+            for i in 0..10 {
+                spikes += kinds(&a.issued(&id, 60 * w + i, None, 60 * w + i)).len();
+            }
+        }
+        // While the baseline warms up (2, then 3.6 per window) the first
+        // two windows stand out; after that 10 per window is normal.
+        assert_eq!(spikes, 2);
+        // With the baseline near 10, 25 in one window is no spike; past
+        // three times it is.
+        let t = 60 * 20;
+        let found: usize = (0..25).map(|i| a.issued(&id, t, None, t + i).len()).sum();
+        assert_eq!(found, 0);
+        let found: usize = (25..31).map(|i| a.issued(&id, t, None, t + i).len()).sum();
+        assert_eq!(found, 1);
+    }
+
+    #[test]
+    fn denials_environments_and_staleness() {
+        let a = Anomalies::new(&AnomaliesConfig {
+            denial_burst: 3,
+            stale_after: std::time::Duration::from_secs(100),
+            ..AnomaliesConfig::default()
+        });
+        let p = peer("10.0.0.9");
+        assert!(a.denied(Some("dev/x"), p, 10).is_empty());
+        assert!(a.denied(Some("dev/x"), p, 11).is_empty());
+        // The identity's and the peer's third denial.
+        assert_eq!(
+            kinds(&a.denied(Some("dev/x"), p, 12)),
+            [Kind::DenialBurst, Kind::DenialBurst]
+        );
+        // The same peer asking for prod.
+        assert_eq!(
+            kinds(&a.denied(Some("prod/x"), p, 13)),
+            [Kind::CrossEnvironment]
+        );
+        let mut id = crate::model::test_identity();
+        id.key = key("dormant");
+        assert!(a.issued(&id, 0, None, 99).is_empty());
+        assert_eq!(
+            kinds(&a.issued(&id, 0, None, 100)),
+            [Kind::StaleReactivated]
+        );
     }
 }
