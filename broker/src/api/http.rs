@@ -19,10 +19,17 @@ use crate::revocation::crl;
 
 /// The HTTP router.
 pub fn router(broker: Arc<Broker>) -> Router {
-    let ui = if broker.config.ui.enabled {
-        crate::ui::router()
-    } else {
-        Router::new()
+    let public_url = broker.config.public_url();
+    let ui = match crate::ui::config::unavailable(
+        &broker.config.ui,
+        broker.config.http_listen,
+        &public_url,
+    ) {
+        None => crate::ui::router(),
+        Some(why) => {
+            tracing::warn!("{why}");
+            Router::new()
+        }
     };
     Router::new()
         .route("/healthz", get(healthz))

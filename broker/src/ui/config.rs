@@ -17,6 +17,9 @@ pub struct UiConfig {
     /// a stolen cookie dies at this age whatever happens).
     #[serde(with = "crate::config::humantime_serde_compat")]
     pub session_ttl: Duration,
+    /// Serve `/ui` even when browsers would reach it over plain HTTP on a
+    /// non-loopback address (session cookies in clear on the network).
+    pub allow_plain_http: bool,
 }
 
 impl Default for UiConfig {
@@ -25,8 +28,32 @@ impl Default for UiConfig {
             enabled: true,
             login_link_ttl: Duration::from_secs(5 * 60),
             session_ttl: Duration::from_secs(8 * 60 * 60),
+            allow_plain_http: false,
         }
     }
+}
+
+/// Why `/ui` is not served, if it is not.
+pub fn unavailable(
+    ui: &UiConfig,
+    http_listen: std::net::SocketAddr,
+    public_url: &str,
+) -> Option<String> {
+    if !ui.enabled {
+        return Some("the web inventory is off on this broker ([ui] enabled = false)".into());
+    }
+    // Over https (a TLS proxy named by public_url) or on loopback (reached
+    // on this host, or through an SSH tunnel) a session cookie never
+    // crosses a network in clear.
+    if public_url.starts_with("https://") || http_listen.ip().is_loopback() || ui.allow_plain_http {
+        return None;
+    }
+    Some(format!(
+        "the web inventory is off: the HTTP port listens on {http_listen} in plain HTTP and \
+         public_url {public_url} is not https://, so sessions would cross the network in \
+         clear; put a TLS proxy in front and set public_url to its https:// URL, listen on \
+         loopback, or set [ui] allow_plain_http = true"
+    ))
 }
 
 impl UiConfig {
@@ -44,5 +71,31 @@ impl UiConfig {
             return Err("ui.session_ttl must lie within [1m, 7d]".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_beyond_loopback_needs_consent() {
+        let ui = UiConfig::default();
+        let lo = "127.0.0.1:7080".parse().unwrap();
+        let any = "0.0.0.0:7080".parse().unwrap();
+        assert_eq!(unavailable(&ui, lo, "http://127.0.0.1:7080"), None);
+        assert_eq!(unavailable(&ui, any, "https://broker.example.org"), None);
+        let why = unavailable(&ui, any, "http://broker:7080").unwrap();
+        assert!(why.contains("allow_plain_http"), "{why}");
+        let consent = UiConfig {
+            allow_plain_http: true,
+            ..ui
+        };
+        assert_eq!(unavailable(&consent, any, "http://broker:7080"), None);
+        let off = UiConfig {
+            enabled: false,
+            ..ui
+        };
+        assert!(unavailable(&off, lo, "http://127.0.0.1:7080").is_some());
     }
 }

@@ -195,10 +195,9 @@ impl UiSessions {
 /// Makes a one-time login link for `operator` (the `CreateUiLogin` RPC).
 pub fn create_link(broker: &Broker, operator: &OperatorPeer, now: i64) -> Result<NewLink, Status> {
     let ui = &broker.config.ui;
-    if !ui.enabled {
-        return Err(Status::failed_precondition(
-            "the web inventory is off on this broker ([ui] enabled = false)",
-        ));
+    let public_url = broker.config.public_url();
+    if let Some(why) = super::config::unavailable(ui, broker.config.http_listen, &public_url) {
+        return Err(Status::failed_precondition(why));
     }
     let ttl = ui.login_link_ttl.as_secs() as i64;
     let (secret, id) = broker.ui.issue_link(operator, ttl, now)?;
