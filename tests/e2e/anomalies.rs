@@ -250,10 +250,25 @@ async fn a_stale_identity_that_becomes_active_is_flagged() {
     assert_eq!(metric(&broker, "stale_reactivated").await, 1);
 }
 
-/// Signs in to /ui over plain HTTP; returns the cookie pair.
+/// Signs in to /ui over plain HTTP (POST the link's token); returns the
+/// cookie pair.
 async fn sign_in(broker: &TestBroker, link: &str) -> String {
-    let path = &link[link.find("/ui/").unwrap()..];
-    let (head, _) = raw_get(broker, path, "").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = &link[link.find("token=").unwrap() + 6..];
+    let port = broker.http_port();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let body = format!("token={token}");
+    let req = format!(
+        "POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: \
+         application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let head = String::from_utf8_lossy(&raw).into_owned();
     let set_cookie = head
         .lines()
         .find_map(|l| l.strip_prefix("set-cookie: "))

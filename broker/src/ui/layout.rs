@@ -104,6 +104,13 @@ pub fn page(session: &Session, title: &str, flash: Option<&str>, body: Html) -> 
     document(StatusCode::OK, title, head, content)
 }
 
+/// A page without navigation around `body` (the sign-in page).
+pub fn bare(status: StatusCode, title: &str, body: Html) -> Response {
+    let mut head = Html::new();
+    head.raw("<header><span>credbroker</span></header>");
+    document(status, title, head, body)
+}
+
 /// A page with one message and no navigation (signed out, refusals).
 pub fn message(status: StatusCode, title: &str, text: &str) -> Response {
     let mut body = Html::new();

@@ -21,6 +21,7 @@ use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
 use tonic::Status;
 
+use super::html::Html;
 use super::layout;
 use crate::api::operators::OperatorPeer;
 use crate::audit::AuditRecord;
@@ -136,6 +137,16 @@ impl UiSessions {
             },
         );
         Ok((secret, hash_id(&hash)))
+    }
+
+    /// The operator of link `secret` if it is still valid; spends nothing.
+    fn peek(&self, secret: &str, now: i64) -> Result<OperatorPeer, LinkRefused> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        match links.get(&digest(secret)) {
+            None => Err(LinkRefused::UnknownOrUsed),
+            Some(link) if now >= link.expires_at => Err(LinkRefused::Expired),
+            Some(link) => Ok(link.operator.clone()),
+        }
     }
 
     /// Takes the link `secret` out (whatever its state), and returns its
@@ -255,25 +266,64 @@ pub fn require(broker: &Broker, headers: &HeaderMap) -> Result<Session, NotSigne
     Ok(session)
 }
 
-/// `GET /ui/login?token=…`: redeems a link and opens a session.
-pub async fn login(State(broker): State<Arc<Broker>>, RawQuery(query): RawQuery) -> Response {
-    let fields = super::form::Fields::query(query);
-    let token = fields.get("token");
+fn refused_link(audit: &mut AuditRecord, refused: LinkRefused) -> Response {
+    audit.actor = Some("anonymous".into());
+    audit.denied(&format!("unauthenticated: {refused}"));
+    layout::message(
+        StatusCode::FORBIDDEN,
+        "Login link refused",
+        &format!("{refused}. Run `credbroker ui` for a new one."),
+    )
+}
+
+fn login_audit(broker: &Broker, token: &str) -> AuditRecord {
     // The HTTP listener does not pass peer addresses to handlers.
     let mut audit = AuditRecord::new(&broker.audit, "ui.login", None);
     audit.evidence = Some(format!("ui_link:{}", hash_id(&digest(token))));
+    audit
+}
+
+/// `GET /ui/login?token=…`: says whom the link signs in as, with a button
+/// that posts it. A GET spends nothing, so a chat or mail client that
+/// fetches links to preview them cannot use one up.
+pub async fn login_page(State(broker): State<Arc<Broker>>, RawQuery(query): RawQuery) -> Response {
+    let fields = super::form::Fields::query(query);
+    let token = fields.get("token");
+    let operator = match broker.ui.peek(token, unix_now()) {
+        Ok(op) => op,
+        Err(refused) => return refused_link(&mut login_audit(&broker, token), refused),
+    };
+    let mut body = Html::new();
+    body.elem(
+        "p",
+        &[],
+        &format!(
+            "This one-time link signs you in as {} ({}).",
+            operator.name, operator.role
+        ),
+    )
+    .open(
+        "form",
+        &[
+            ("method", Some("post")),
+            ("action", Some("/ui/login")),
+            ("id", Some("login")),
+        ],
+    )
+    .hidden("token", token)
+    .raw("<button type=\"submit\">Sign in</button></form>");
+    layout::bare(StatusCode::OK, "Sign in", body)
+}
+
+/// `POST /ui/login` (field `token`): redeems the link and opens a session.
+pub async fn login(State(broker): State<Arc<Broker>>, body: axum::body::Bytes) -> Response {
+    let fields = super::form::Fields::parse(&body);
+    let token = fields.get("token");
+    let mut audit = login_audit(&broker, token);
     let now = unix_now();
     let operator = match broker.ui.redeem(token, now) {
         Ok(op) => op,
-        Err(refused) => {
-            audit.actor = Some("anonymous".into());
-            audit.denied(&format!("unauthenticated: {refused}"));
-            return layout::message(
-                StatusCode::FORBIDDEN,
-                "Login link refused",
-                &format!("{refused}. Run `credbroker ui` for a new one."),
-            );
-        }
+        Err(refused) => return refused_link(&mut audit, refused),
     };
     audit.actor = Some(operator.name.clone());
     let ttl = broker.config.ui.session_ttl.as_secs() as i64;
@@ -364,7 +414,10 @@ mod tests {
     fn links_are_single_use_and_expire() {
         let ui = UiSessions::default();
         let (secret, _) = ui.issue_link(&alice(), 300, 1000).unwrap();
+        // Looking (GET) spends nothing; redeeming (POST) does.
+        assert_eq!(ui.peek(&secret, 1001).unwrap().name, "alice");
         assert_eq!(ui.redeem(&secret, 1001).unwrap().name, "alice");
+        assert_eq!(ui.peek(&secret, 1002), Err(LinkRefused::UnknownOrUsed));
         assert_eq!(ui.redeem(&secret, 1002), Err(LinkRefused::UnknownOrUsed));
         let (late, _) = ui.issue_link(&alice(), 300, 1000).unwrap();
         assert_eq!(ui.redeem(&late, 1300), Err(LinkRefused::Expired));

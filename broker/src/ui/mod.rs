@@ -45,7 +45,7 @@ pub fn router() -> Router<Arc<Broker>> {
         .route("/ui", get(|| async { Redirect::to("/ui/identities") }))
         .route("/ui/", get(|| async { Redirect::to("/ui/identities") }))
         .route("/ui/style.css", get(layout::style))
-        .route("/ui/login", get(login::login))
+        .route("/ui/login", get(login::login_page).post(login::login))
         .route("/ui/logout", post(login::logout))
         .route("/ui/identities", get(identities::page))
         .route("/ui/identity", get(identity::page))
