@@ -256,6 +256,40 @@ async fn an_auditor_sees_no_revoke_button_and_a_forged_post_is_refused() {
             "an auditor's page offers {form}: {page}"
         );
     }
+    // Every page reads for an auditor.
+    for (path, expect) in [
+        ("/ui/identities?env=dev&status=active", "dev/payments/api"),
+        ("/ui/revocations", "id=\"revocations\""),
+        ("/ui/audit?identity=dev%2Fpayments%2Fapi", "identity.create"),
+        ("/ui/keys", "x509"),
+    ] {
+        let (status, _, body) = http(port, "GET", path, &ada, "").await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(body.contains(expect), "{path}: {body}");
+    }
+    // What callers wrote reaches pages as text, never as markup.
+    broker.cli_ok(&[
+        "identity",
+        "create",
+        "--env",
+        "dev",
+        "--name",
+        "evil",
+        "--owner",
+        "<img src=x onerror=alert(1)>",
+        "--purpose",
+        "<script>alert(1)</script>",
+    ]);
+    let (_, _, page) = http(port, "GET", "/ui/identities?q=evil", &ada, "").await;
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<script>") && !page.contains("<img"),
+        "{page}"
+    );
+
     // The form an operator would post, with the auditor's own session and
     // CSRF token: refused by the server, nothing revoked.
     let body = format!(
