@@ -28,7 +28,7 @@ impl ClonedSvid {
         }
         self.last
             .with(
-                &serial.to_owned(),
+                serial,
                 now,
                 self.window,
                 || (ip, now),

@@ -3,6 +3,7 @@
 //! a second); if none is, a new key is not tracked (and so not judged)
 //! until room returns, rather than growing without bound.
 
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::Mutex;
 
@@ -16,7 +17,7 @@ pub struct Tracked<K: Eq + Hash, V> {
     last_sweep: Mutex<i64>,
 }
 
-impl<K: Eq + Hash + Clone, V> Tracked<K, V> {
+impl<K: Eq + Hash, V> Tracked<K, V> {
     /// An empty map for at most `cap` keys.
     pub fn new(cap: usize) -> Self {
         Self {
@@ -28,14 +29,20 @@ impl<K: Eq + Hash + Clone, V> Tracked<K, V> {
 
     /// Runs `f` on `key`'s state (made by `new` if absent) at `now`;
     /// `None` when the map is full of recently used keys.
-    pub fn with<R>(
+    /// The key is borrowed (`&str` for `String` keys), so a key already
+    /// tracked costs no allocation.
+    pub fn with<Q, R>(
         &self,
-        key: &K,
+        key: &Q,
         now: i64,
         idle: i64,
         new: impl FnOnce() -> V,
         f: impl FnOnce(&mut V) -> R,
-    ) -> Option<R> {
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if let Some(mut e) = self.map.get_mut(key) {
             e.0 = now;
             return Some(f(&mut e.1));
@@ -46,7 +53,10 @@ impl<K: Eq + Hash + Clone, V> Tracked<K, V> {
                 return None;
             }
         }
-        let mut e = self.map.entry(key.clone()).or_insert_with(|| (now, new()));
+        let mut e = self
+            .map
+            .entry(key.to_owned())
+            .or_insert_with(|| (now, new()));
         e.0 = now;
         Some(f(&mut e.1))
     }
