@@ -101,6 +101,10 @@ pub struct Broker {
     /// The change feed's position before the caches were loaded: following
     /// it from here misses nothing (see [`crate::replica::follow`]).
     pub feed_start: i64,
+    /// Web inventory login links and sessions.
+    pub ui: crate::ui::UiSessions,
+    /// Anomaly detection and recent findings.
+    pub anomalies: crate::anomaly::Anomalies,
     /// Held while this broker runs on an embedded (SQLite) store.
     _data_dir_lock: Option<DataDirLock>,
 }
@@ -174,6 +178,7 @@ impl Broker {
         revocations.saw_seq(store.latest_revocation_seq().await?);
         let callers = CallerCache::default();
         callers.operators.load(store.list_operators().await?);
+        let anomalies = crate::anomaly::Anomalies::new(&config.anomalies);
         Ok(Arc::new(Self {
             envs,
             limits: TtlLimits::from(&config.ttl),
@@ -189,6 +194,8 @@ impl Broker {
             metrics,
             leadership: Leadership::default(),
             feed_start,
+            ui: crate::ui::UiSessions::default(),
+            anomalies,
             _data_dir_lock: data_dir_lock,
         }))
     }

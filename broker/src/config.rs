@@ -9,11 +9,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::anomaly::AnomaliesConfig;
 pub use crate::api::bounded::ConnectionsConfig;
 use crate::attest::{AttestorConfig, validate_attestors};
 pub use crate::keys::KeysConfig;
 use crate::model::{EnvName, NameError, TrustDomain, format_duration};
 pub use crate::policy::rate_limit::RateLimitsConfig;
+pub use crate::ui::UiConfig;
 
 /// Why the configuration could not be used.
 #[derive(Debug, Error)]
@@ -141,6 +143,10 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// Connection and stream bounds (`[connections]`).
     pub connections: ConnectionsConfig,
+    /// The web inventory (`[ui]`).
+    pub ui: UiConfig,
+    /// Anomaly detection thresholds (`[anomalies]`).
+    pub anomalies: AnomaliesConfig,
 }
 
 impl Default for Config {
@@ -165,6 +171,8 @@ impl Default for Config {
             attestors: Vec::new(),
             rate_limits: RateLimitsConfig::default(),
             connections: ConnectionsConfig::default(),
+            ui: UiConfig::default(),
+            anomalies: AnomaliesConfig::default(),
         }
     }
 }
@@ -315,6 +323,8 @@ impl Config {
             )));
         }
         self.connections.validate().map_err(ConfigError::Invalid)?;
+        self.ui.validate().map_err(ConfigError::Invalid)?;
+        self.anomalies.validate().map_err(ConfigError::Invalid)?;
         validate_attestors(&self.attestors, &envs)?;
         Ok(())
     }
@@ -444,6 +454,8 @@ mod tests {
         assert_eq!(sample.ttl, TtlConfig::default());
         assert_eq!(sample.rate_limits, RateLimitsConfig::default());
         assert_eq!(sample.connections, ConnectionsConfig::default());
+        assert_eq!(sample.ui, UiConfig::default());
+        assert_eq!(sample.anomalies, AnomaliesConfig::default());
         assert_eq!(sample.attestors.len(), 2);
         // The commented aws_iid table parses too, once uncommented.
         let text = include_str!("../../deploy/credbroker.toml");

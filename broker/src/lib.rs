@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod anomaly;
 pub mod api;
 pub mod attest;
 pub mod audit;
@@ -24,6 +25,7 @@ pub mod replica;
 pub mod revocation;
 pub mod server;
 pub mod store;
+pub mod ui;
 
 pub use broker::{Broker, StartError};
 pub use config::Config;

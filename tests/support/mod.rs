@@ -7,6 +7,7 @@ pub mod issuer;
 pub mod jwt;
 pub mod postgres;
 pub mod stolen;
+pub mod webdriver;
 pub mod x509;
 
 use std::path::PathBuf;
@@ -330,6 +331,26 @@ impl TestBroker {
         identity: Option<(String, String)>,
     ) -> WorkloadClient<Channel> {
         WorkloadClient::new(self.channel(identity).await.expect("connect"))
+    }
+
+    /// A TLS channel to the broker with a client certificate, from local
+    /// address `local` (any of 127.0.0.0/8 on Linux): a second host, as
+    /// far as the broker can tell.
+    pub async fn channel_from(
+        &self,
+        identity: (String, String),
+        local: std::net::IpAddr,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.bundle_pem()))
+            .identity(Identity::from_pem(identity.0, identity.1));
+        Channel::from_shared(self.url())
+            .expect("url")
+            .local_address(Some(local))
+            .tls_config(tls)?
+            .connect()
+            .await
     }
 
     /// A TLS channel to the broker, optionally with a client certificate.

@@ -14,15 +14,17 @@ use credbroker_proto::v1::{
     RotateKeysRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
 use credbroker_proto::v1::{
-    CreateOperatorRequest, CreateOperatorResponse, ListOperatorsRequest, ListOperatorsResponse,
-    RevokeOperatorRequest, RevokeOperatorResponse,
+    CreateOperatorRequest, CreateOperatorResponse, CreateUiLoginRequest, CreateUiLoginResponse,
+    ListOperatorsRequest, ListOperatorsResponse, RevokeOperatorRequest, RevokeOperatorResponse,
 };
 use tonic::{Request, Response, Status};
 
+use super::identity_change::IdentityChange;
 use super::operators::OperatorPeer;
 use super::status;
 use super::{
-    admin_auth, audit_api, join_token_api, keys_api, limits, operators_api, outstanding, revoke_api,
+    admin_auth, audit_api, identity_change, join_token_api, keys_api, limits, operators_api,
+    outstanding, revoke_api,
 };
 use crate::attest::AttestorInfo;
 use crate::audit::AuditRecord;
@@ -30,8 +32,7 @@ use crate::broker::Broker;
 use crate::model::{EnvName, IdentityKey, IdentityName, unix_now};
 use crate::policy::node::check_node_rules;
 use crate::policy::{
-    IdentityRequest, IdentityView, PolicyError, check_selector_prefixes, selectors,
-    validate_new_identity,
+    IdentityRequest, IdentityView, check_selector_prefixes, selectors, validate_new_identity,
 };
 
 /// Implements `credbroker.v1.Admin`.
@@ -101,6 +102,7 @@ fn to_proto(view: &IdentityView, outstanding: u32, attestors: &[AttestorInfo]) -
             .unwrap_or_default(),
         allow_cidrs: id.allow_cidrs.iter().map(ToString::to_string).collect(),
         require_binding: id.require_binding,
+        on_anomaly: id.on_anomaly.as_str().to_owned(),
         reachable_by: selectors::reachable_by(id, attestors),
     }
 }
@@ -134,46 +136,22 @@ impl AdminService {
     async fn change(
         &self,
         request: Request<ChangeIdentityRequest>,
-        rpc: &'static str,
-        action: &'static str,
-        change: impl FnOnce(&mut crate::model::Identity, i64) -> Result<(), PolicyError>,
+        change: IdentityChange,
     ) -> Result<Response<pb::Identity>, Status> {
-        let mut audit = AuditRecord::new(&self.broker.audit, action, request.remote_addr());
-        self.require_admin(&request, rpc, &mut audit)?;
+        let mut audit =
+            AuditRecord::new(&self.broker.audit, change.action(), request.remote_addr());
+        self.require_admin(&request, change.rpc(), &mut audit)?;
         let req = request.into_inner();
-        let result = async {
-            let key = identity_key(req.identity.as_ref())?;
-            audit.identity = Some(key.to_string());
-            audit.env = Some(key.env.to_string());
-            let now = unix_now();
-            self.broker
-                .registry
-                .update(&key, now, |id| change(id, now))
-                .await
-                .map_err(status::update)?;
-            let view = self
-                .broker
-                .registry
-                .view(&key, now)
-                .ok_or_else(|| Status::not_found(format!("identity {key} not found")))?;
-            Ok(view)
-        }
-        .await;
-        match result {
-            Ok(view) => {
-                let reason = req.reason.trim();
-                audit.changed(if reason.is_empty() {
-                    "no reason given"
-                } else {
-                    reason
-                });
-                Ok(Response::new(self.proto_with_count(&view).await?))
-            }
+        let key = match identity_key(req.identity.as_ref()) {
+            Ok(key) => key,
             Err(e) => {
                 audit.denied(&status::reason(&e));
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        let view =
+            identity_change::apply(&self.broker, &key, change, &req.reason, &mut audit).await?;
+        Ok(Response::new(self.proto_with_count(&view).await?))
     }
 }
 
@@ -212,6 +190,7 @@ impl Admin for AdminService {
             parent: Some(req.parent),
             allow_cidrs: req.allow_cidrs,
             require_binding: req.require_binding,
+            on_anomaly: req.on_anomaly,
         };
         let result = async {
             check_selector_prefixes(&spec.env, &spec.selectors, self.broker.attestors.infos())
@@ -327,43 +306,21 @@ impl Admin for AdminService {
         &self,
         request: Request<ChangeIdentityRequest>,
     ) -> Result<Response<pb::Identity>, Status> {
-        // Disabling a retired identity changes nothing it could do: allowed.
-        self.change(request, "DisableIdentity", "identity.disable", |id, _| {
-            id.enabled = false;
-            Ok(())
-        })
-        .await
+        self.change(request, IdentityChange::Disable).await
     }
 
     async fn enable_identity(
         &self,
         request: Request<ChangeIdentityRequest>,
     ) -> Result<Response<pb::Identity>, Status> {
-        self.change(request, "EnableIdentity", "identity.enable", |id, _| {
-            if id.retired_at.is_some() {
-                return Err(PolicyError::Invalid(format!(
-                    "identity {} is retired and cannot be re-enabled; create a new one",
-                    id.key
-                )));
-            }
-            id.enabled = true;
-            Ok(())
-        })
-        .await
+        self.change(request, IdentityChange::Enable).await
     }
 
     async fn retire_identity(
         &self,
         request: Request<ChangeIdentityRequest>,
     ) -> Result<Response<pb::Identity>, Status> {
-        self.change(request, "RetireIdentity", "identity.retire", |id, now| {
-            if id.retired_at.is_none() {
-                id.retired_at = Some(now);
-            }
-            id.enabled = false;
-            Ok(())
-        })
-        .await
+        self.change(request, IdentityChange::Retire).await
     }
 
     async fn create_join_token(
@@ -505,5 +462,30 @@ impl Admin for AdminService {
         let result =
             operators_api::revoke(&self.broker, &caller, request.into_inner(), &audit).await;
         audited(result, &audit)
+    }
+
+    async fn create_ui_login(
+        &self,
+        request: Request<CreateUiLoginRequest>,
+    ) -> Result<Response<CreateUiLoginResponse>, Status> {
+        let mut audit =
+            AuditRecord::new(&self.broker.audit, "ui.login_link", request.remote_addr());
+        let caller = self.require_admin(&request, "CreateUiLogin", &mut audit)?;
+        let result = crate::ui::login::create_link(&self.broker, &caller, unix_now());
+        if let Ok(link) = &result {
+            audit.changed(&format!(
+                "one-time login link {} for role {}, valid until {}",
+                link.id,
+                caller.role,
+                crate::model::rfc3339(link.expires_at)
+            ));
+        }
+        audited(
+            result.map(|link| CreateUiLoginResponse {
+                url: link.url,
+                expires_at: link.expires_at,
+            }),
+            &audit,
+        )
     }
 }

@@ -1,5 +1,6 @@
 //! Plain HTTP endpoints: per-environment OIDC discovery, JWKS and SPIFFE
-//! bundle, plus health checks. Everything here is public key material.
+//! bundle, plus health checks: public key material. The operators' web
+//! inventory (`/ui`, signed-in sessions only) is merged in from [`crate::ui`].
 
 use std::sync::Arc;
 
@@ -18,6 +19,18 @@ use crate::revocation::crl;
 
 /// The HTTP router.
 pub fn router(broker: Arc<Broker>) -> Router {
+    let public_url = broker.config.public_url();
+    let ui = match crate::ui::config::unavailable(
+        &broker.config.ui,
+        broker.config.http_listen,
+        &public_url,
+    ) {
+        None => crate::ui::router(),
+        Some(why) => {
+            tracing::warn!("{why}");
+            Router::new()
+        }
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -26,6 +39,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/{env}/bundle", get(bundle))
         .route("/{env}/crl", get(crl))
         .route("/metrics", get(crate::metrics::render::handler))
+        .merge(ui)
         .with_state(broker)
 }
 

@@ -63,7 +63,7 @@ fn command_error(e: KeyCommandError) -> Status {
 }
 
 /// Every rotating key of `env` (all environments when empty).
-pub(super) fn list(broker: &Broker, env: &str) -> Result<ListKeysResponse, Status> {
+pub(crate) fn list(broker: &Broker, env: &str) -> Result<ListKeysResponse, Status> {
     let env = env.trim();
     if !env.is_empty() && !broker.envs.iter().any(|e| e.name.as_str() == env) {
         return Err(Status::not_found(format!(

@@ -212,7 +212,7 @@ impl WorkloadService {
         let workload = self.served_workload(&node.key, req.identity.as_ref(), audit, now)?;
         let csr = VerifiedCsr::parse(&req.csr).map_err(status::csr)?;
         let svid = self.svid(&peer.env, &workload, &csr, now, audit)?;
-        self.broker().registry.record_issued(&workload.key, now);
+        self.note_issued(&workload, audit.peer, now);
         Ok(MintWorkloadSvidResponse {
             svid: Some(svid),
             trust_bundle: peer.env.trust_bundle(),
@@ -246,7 +246,7 @@ impl WorkloadService {
             .grants(&workload, std::slice::from_ref(&jwt))?
             .remove(0);
         let jwt = self.mint_jwt(&peer.env, &workload, &grant, None, now, audit)?;
-        self.broker().registry.record_issued(&workload.key, now);
+        self.note_issued(&workload, audit.peer, now);
         Ok(MintWorkloadJwtResponse { jwt: Some(jwt) })
     }
 }

@@ -40,7 +40,7 @@ pub(super) fn visible_in(rev: &Revocation, scope: Option<&EnvName>) -> Option<pb
 }
 
 /// The stream / API form of a revocation.
-pub(super) fn to_proto(r: &Revocation) -> pb::Revocation {
+pub(crate) fn to_proto(r: &Revocation) -> pb::Revocation {
     pb::Revocation {
         seq: r.seq,
         kind: r.target.kind().to_owned(),
@@ -145,7 +145,7 @@ pub(super) async fn commit(broker: &Broker, new: NewRevocation) -> Result<Arc<Re
 
 /// Revokes; the entry is committed before this returns. Revoking a JWT or
 /// certificate that is already revoked returns the existing entry.
-pub(super) async fn revoke(
+pub(crate) async fn revoke(
     broker: &Broker,
     req: RevokeRequest,
     audit: &mut AuditRecord,

@@ -143,6 +143,15 @@ impl WorkloadService {
             Status::permission_denied(format!("identity {} no longer exists", peer.identity))
         })?;
         self.broker.registry.record_seen(&peer.identity, now);
+        // Judged before the checks below: a cloned SVID counts even when
+        // the call is refused for another reason.
+        let found = self.broker.anomalies.presented(
+            &peer.identity,
+            &peer.serial,
+            request.remote_addr(),
+            now,
+        );
+        crate::anomaly::respond::report(&self.broker, found);
         let mut facts = peer.facts(Some(&identity.owner));
         if request.extensions().get::<RetiredCaRenewal>().is_some() {
             // Checked by `retired_ca_renewal`: only its CA's retirement
@@ -168,6 +177,23 @@ impl WorkloadService {
         Ok((peer, identity))
     }
 
+    /// Records an issuance to `identity` for `peer` and judges it (issuance
+    /// rate, staleness, environments per peer).
+    pub(super) fn note_issued(
+        &self,
+        identity: &Identity,
+        peer: Option<std::net::SocketAddr>,
+        now: i64,
+    ) {
+        let previous = self
+            .broker
+            .registry
+            .record_issued(&identity.key, now)
+            .unwrap_or(identity.created_at);
+        let found = self.broker.anomalies.issued(identity, previous, peer, now);
+        crate::anomaly::respond::report(&self.broker, found);
+    }
+
     fn fetch_jwt_inner(
         &self,
         request: Request<FetchJwtRequest>,
@@ -188,7 +214,7 @@ impl WorkloadService {
         // RFC 8705 relying parties refuse it as a bearer token).
         let cnf = identity.require_binding.then(|| peer.cnf.clone());
         let jwt = self.mint_jwt(&peer.env, &identity, &grant, cnf, now, audit)?;
-        self.broker.registry.record_issued(&identity.key, now);
+        self.note_issued(&identity, audit.peer, now);
         Ok(FetchJwtResponse { jwt: Some(jwt) })
     }
 
@@ -202,7 +228,7 @@ impl WorkloadService {
         self.rates.sign_identity(&identity.key)?;
         let csr = VerifiedCsr::parse(&request.into_inner().csr).map_err(status::csr)?;
         let svid = self.svid(&peer.env, &identity, &csr, now, audit)?;
-        self.broker.registry.record_issued(&identity.key, now);
+        self.note_issued(&identity, audit.peer, now);
         Ok(RenewX509Response {
             svid: Some(svid),
             trust_bundle: peer.env.trust_bundle(),
@@ -268,7 +294,11 @@ impl WorkloadService {
 
 /// Hands out what a request issued once its audit records are committed,
 /// or records the refusal.
-async fn deliver<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<T>, Status> {
+async fn deliver<T>(
+    broker: &Arc<Broker>,
+    result: Result<T, Status>,
+    audit: &AuditRecord,
+) -> Result<Response<T>, Status> {
     let result = match result {
         Ok(value) => audit
             .commit_issued()
@@ -277,14 +307,22 @@ async fn deliver<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Re
             .map_err(status::audit),
         Err(e) => Err(e),
     };
-    finish(result, audit)
+    finish(broker, result, audit)
 }
 
-fn finish<T>(result: Result<T, Status>, audit: &AuditRecord) -> Result<Response<T>, Status> {
+fn finish<T>(
+    broker: &Arc<Broker>,
+    result: Result<T, Status>,
+    audit: &AuditRecord,
+) -> Result<Response<T>, Status> {
     match result {
         Ok(value) => Ok(Response::new(value)),
         Err(status) => {
             audit.denied(&status::reason(&status));
+            let found = broker
+                .anomalies
+                .denied(audit.identity.as_deref(), audit.peer, unix_now());
+            crate::anomaly::respond::report(broker, found);
             Err(status)
         }
     }
@@ -333,7 +371,7 @@ impl Workload for WorkloadService {
             request.remote_addr(),
         );
         let result = self.mint_workload_svid_inner(request, &mut audit);
-        deliver(result, &audit).await
+        deliver(&self.broker, result, &audit).await
     }
 
     async fn mint_workload_jwt(
@@ -347,7 +385,7 @@ impl Workload for WorkloadService {
             request.remote_addr(),
         );
         let result = self.mint_workload_jwt_inner(request, &mut audit);
-        deliver(result, &audit).await
+        deliver(&self.broker, result, &audit).await
     }
 
     async fn watch_revocations(
@@ -403,7 +441,7 @@ impl Workload for WorkloadService {
         let mut audit = AuditRecord::new(&self.broker.audit, "attest", request.remote_addr());
         let method = attest::method(request.get_ref());
         let result = self.attest_inner(request, &mut audit).await;
-        let result = deliver(result, &audit).await;
+        let result = deliver(&self.broker, result, &audit).await;
         self.broker.metrics.attested(method, result.is_ok());
         result
     }
@@ -415,7 +453,7 @@ impl Workload for WorkloadService {
         self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "fetch_jwt", request.remote_addr());
         let result = self.fetch_jwt_inner(request, &mut audit);
-        deliver(result, &audit).await
+        deliver(&self.broker, result, &audit).await
     }
 
     async fn renew_x509(
@@ -428,6 +466,6 @@ impl Workload for WorkloadService {
             request.extensions_mut().insert(RetiredCaRenewal);
         }
         let result = self.renew_inner(request, &mut audit);
-        deliver(result, &audit).await
+        deliver(&self.broker, result, &audit).await
     }
 }

@@ -190,6 +190,15 @@ impl AuditRecord {
         });
     }
 
+    /// Records an anomaly finding (decision `flagged`).
+    pub fn flagged(&self, detail: &str) {
+        audit_event!(warn, self, "flagged", detail);
+        self.log.append(AuditEntry {
+            detail: Some(detail.to_owned()),
+            ..self.entry("flagged")
+        });
+    }
+
     /// Records a successful admin change.
     pub fn changed(&self, detail: &str) {
         audit_event!(info, self, "done", detail);

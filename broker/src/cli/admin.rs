@@ -161,6 +161,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                 parent,
                 allow_cidrs,
                 require_binding,
+                on_anomaly,
                 jwt_ttl,
                 x509_ttl,
                 expires_at,
@@ -186,6 +187,7 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
                         parent: parent.clone().unwrap_or_default(),
                         allow_cidrs: allow_cidrs.clone(),
                         require_binding: *require_binding,
+                        on_anomaly: on_anomaly.as_str().to_owned(),
                     })
                     .await?
                     .into_inner();
@@ -319,6 +321,20 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
         }
         Command::Keys(command) => super::keys::run(&mut client, command, out).await,
         Command::Operator(command) => super::operator::run(&mut client, command, out).await,
+        Command::Ui => {
+            let login = client
+                .create_ui_login(credbroker_proto::v1::CreateUiLoginRequest {})
+                .await?
+                .into_inner();
+            // The link is a secret until used: it goes to stdout only, last.
+            println!(
+                "Open this link in a browser to sign in to the credbroker inventory \
+                 (single use, valid until {}):",
+                crate::model::rfc3339(login.expires_at)
+            );
+            println!("{}", login.url);
+            Ok(())
+        }
         Command::Token(TokenCommand::Create { id, ttl, uses }) => {
             let token = client
                 .create_join_token(CreateJoinTokenRequest {

@@ -77,6 +77,25 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `--on-anomaly`: what a detected anomaly does to the identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnAnomalyArg {
+    /// Audit record, metric and flag only.
+    Alert,
+    /// Also disable the identity.
+    Disable,
+}
+
+impl OnAnomalyArg {
+    /// The API's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alert => "alert",
+            Self::Disable => "disable",
+        }
+    }
+}
+
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -145,6 +164,9 @@ pub enum Command {
     /// list, revoke.
     #[command(subcommand)]
     Operator(operator::OperatorCommand),
+    /// Print a one-time login link to the web inventory (/ui), as the
+    /// caller's operator with its role; the link alone is the last line.
+    Ui,
 }
 
 /// `credbroker revoke (--jti J | --serial S | --identity E/N | --env E | --owner O) --reason R`
@@ -272,6 +294,11 @@ pub enum IdentityCommand {
         /// that certificate. Without it JWTs are bearer tokens.
         #[arg(long)]
         require_binding: bool,
+        /// What a detected anomaly does besides the audit record, the
+        /// metric and the flag in the inventory: alert, or disable the
+        /// identity too.
+        #[arg(long, value_enum, default_value_t = OnAnomalyArg::Alert)]
+        on_anomaly: OnAnomalyArg,
         /// JWT lifetime, e.g. 5m.
         #[arg(long, value_parser = parse_duration)]
         jwt_ttl: Option<Duration>,

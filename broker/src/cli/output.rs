@@ -54,6 +54,7 @@ pub fn identity_json(id: &Identity) -> Value {
         "outstanding_credentials": id.outstanding_credentials,
         "allow_cidrs": id.allow_cidrs,
         "require_binding": id.require_binding,
+        "on_anomaly": id.on_anomaly,
         "reachable_by": id.reachable_by,
     })
 }
@@ -110,6 +111,7 @@ pub fn print_identity(id: &Identity, out: Output) -> Result<(), AdminError> {
             }
             .to_owned(),
         ),
+        ("on anomaly", id.on_anomaly.clone()),
         ("audiences", join(&id.audiences)),
         ("scopes", join(&id.scopes)),
         (

@@ -80,6 +80,7 @@ pub struct Metrics {
     leader: AtomicI64,
     /// Changes other brokers made, applied from the change feed.
     pub changes_applied: Counter,
+    anomalies: [Counter; crate::anomaly::Kind::ALL.len()],
 }
 
 impl Metrics {
@@ -100,6 +101,7 @@ impl Metrics {
             revocation_subscribers: AtomicI64::new(0),
             leader: AtomicI64::new(0),
             changes_applied: Counter::default(),
+            anomalies: Default::default(),
         }
     }
 
@@ -133,6 +135,13 @@ impl Metrics {
     /// (`permission_denied: …`), of which only the class is kept.
     pub fn denied(&self, env: Option<&str>, reason: &str) {
         self.denied[self.env_slot(env)][reason_class(reason)].inc();
+    }
+
+    /// An anomaly of `kind` was found.
+    pub fn anomaly(&self, kind: crate::anomaly::Kind) {
+        if let Some(i) = crate::anomaly::Kind::ALL.iter().position(|k| *k == kind) {
+            self.anomalies[i].inc();
+        }
     }
 
     /// An Attest call with `method` evidence ended, successfully or not.

@@ -136,6 +136,20 @@ fn counters(out: &mut String, m: &Metrics) {
     }
     family(
         out,
+        "credbroker_anomalies_total",
+        "counter",
+        "Anomalies found at request time, by rule (see [anomalies]).",
+    );
+    for (kind, c) in crate::anomaly::Kind::ALL.iter().zip(&m.anomalies) {
+        let _ = writeln!(
+            out,
+            "credbroker_anomalies_total{{kind=\"{}\"}} {}",
+            kind.as_str(),
+            c.get()
+        );
+    }
+    family(
+        out,
         "credbroker_revocation_subscribers",
         "gauge",
         "Open WatchRevocations streams.",

@@ -17,7 +17,7 @@ use axum::http::{Request, Response};
 use super::Metrics;
 
 /// Every RPC the broker serves, as `Service/Method` (the `method` label).
-pub const METHODS: [&str; 26] = [
+pub const METHODS: [&str; 27] = [
     "Admin/CreateIdentity",
     "Admin/GetIdentity",
     "Admin/ListIdentities",
@@ -35,6 +35,7 @@ pub const METHODS: [&str; 26] = [
     "Admin/CreateOperator",
     "Admin/ListOperators",
     "Admin/RevokeOperator",
+    "Admin/CreateUiLogin",
     "Workload/Attest",
     "Workload/FetchJwt",
     "Workload/RenewX509",

@@ -81,6 +81,8 @@ pub struct Identity {
     /// and are valid only when presented over mTLS by that certificate
     /// (RFC 8705). Without it they are bearer tokens and carry no `cnf`.
     pub require_binding: bool,
+    /// What a detected anomaly does besides being recorded and flagged.
+    pub on_anomaly: OnAnomaly,
     /// When the identity was retired for good (unix seconds).
     pub retired_at: Option<i64>,
     /// Creation time (unix seconds).
@@ -91,6 +93,35 @@ pub struct Identity {
     pub last_issued_at: Option<i64>,
     /// Last authenticated use (unix seconds).
     pub last_seen_at: Option<i64>,
+}
+
+/// The response to an anomaly found for an identity (`--on-anomaly`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnAnomaly {
+    /// Audit record, metric and flag on its page only.
+    #[default]
+    Alert,
+    /// Also disable the identity (an operator re-enables it).
+    Disable,
+}
+
+impl OnAnomaly {
+    /// The stored and displayed word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alert => "alert",
+            Self::Disable => "disable",
+        }
+    }
+
+    /// Parses `alert` or `disable` (empty: `alert`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "" | "alert" => Ok(Self::Alert),
+            "disable" => Ok(Self::Disable),
+            other => Err(format!("on_anomaly {other:?} is not one of alert, disable")),
+        }
+    }
 }
 
 /// Whether an identity may receive credentials, and if not, why.
@@ -164,6 +195,7 @@ pub(crate) fn test_identity() -> Identity {
         expires_at: None,
         enabled: true,
         require_binding: false,
+        on_anomaly: OnAnomaly::Alert,
         retired_at: None,
         created_at: 0,
         updated_at: 0,

@@ -9,7 +9,7 @@ pub use duration::{
 };
 #[cfg(test)]
 pub(crate) use identity::test_identity;
-pub use identity::{Identity, IdentityKey, IdentityStatus, Selector};
+pub use identity::{Identity, IdentityKey, IdentityStatus, OnAnomaly, Selector};
 pub use names::{Audience, EnvName, IdentityName, NameError, Scope, SpiffeId, TrustDomain};
 
 /// Current unix time in seconds.

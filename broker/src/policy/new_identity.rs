@@ -41,6 +41,8 @@ pub struct IdentityRequest {
     /// JWTs bound to the caller's certificate (`cnf`), refused as bearer
     /// tokens.
     pub require_binding: bool,
+    /// `alert` or `disable` (empty: `alert`).
+    pub on_anomaly: String,
 }
 
 fn invalid(msg: impl Into<String>) -> PolicyError {
@@ -195,6 +197,7 @@ pub fn validate_new_identity(
         expires_at: req.expires_at,
         enabled: true,
         require_binding: req.require_binding,
+        on_anomaly: crate::model::OnAnomaly::parse(&req.on_anomaly).map_err(invalid)?,
         retired_at: None,
         created_at: now,
         updated_at: now,

@@ -219,12 +219,14 @@ impl IdentityRegistry {
     }
 
     /// Notes that a credential was issued to `key` at `now`.
-    pub fn record_issued(&self, key: &IdentityKey, now: i64) {
-        if let Some(usage) = self.usage.get(key) {
-            usage.last_issued_at.fetch_max(now, Ordering::Relaxed);
-            usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
-            usage.dirty.store(true, Ordering::Release);
-        }
+    /// Returns the previous last issuance, if there was one (for the
+    /// stale-identity anomaly rule).
+    pub fn record_issued(&self, key: &IdentityKey, now: i64) -> Option<i64> {
+        let usage = self.usage.get(key)?;
+        let previous = usage.last_issued_at.fetch_max(now, Ordering::Relaxed);
+        usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
+        usage.dirty.store(true, Ordering::Release);
+        (previous != 0).then_some(previous)
     }
 
     /// Notes an authenticated use by `key` at `now`.

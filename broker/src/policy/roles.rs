@@ -55,6 +55,8 @@ pub const ADMIN_RPC_ROLES: &[(&str, Role)] = &[
     ("VerifyAudit", Role::Auditor),
     ("ListRevocations", Role::Auditor),
     ("ListKeys", Role::Auditor),
+    // The session carries the caller's own role: logging in grants nothing more.
+    ("CreateUiLogin", Role::Auditor),
     ("DisableIdentity", Role::Operator),
     ("EnableIdentity", Role::Operator),
     ("Revoke", Role::Operator),
@@ -114,7 +116,7 @@ mod tests {
             .filter_map(|l| l.trim().strip_prefix("rpc "))
             .filter_map(|l| l.split('(').next())
             .collect();
-        assert!(rpcs.len() >= 17, "{rpcs:?}");
+        assert!(rpcs.len() >= 18, "{rpcs:?}");
         for rpc in &rpcs {
             assert!(
                 ADMIN_RPC_ROLES.iter().any(|(name, _)| name == rpc),

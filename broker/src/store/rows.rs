@@ -130,6 +130,7 @@ pub(super) fn identity(row: &impl Columns) -> Result<Identity, StoreError> {
         expires_at: row.opt_int("expires_at")?,
         enabled: row.int("enabled")? != 0,
         require_binding: row.int("require_binding")? != 0,
+        on_anomaly: crate::model::OnAnomaly::parse(&row.text("on_anomaly")?).map_err(corrupt)?,
         retired_at: row.opt_int("retired_at")?,
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,

@@ -132,7 +132,7 @@ impl WorkloadService {
             .iter()
             .map(|g| self.mint_jwt(&env, &identity, g, cnf.clone(), now, audit))
             .collect::<Result<Vec<_>, _>>()?;
-        self.broker.registry.record_issued(&identity.key, now);
+        self.note_issued(&identity, audit.peer, now);
         Ok(AttestResponse {
             identity: Some(IdentityRef {
                 env: identity.key.env.to_string(),

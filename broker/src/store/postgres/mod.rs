@@ -32,7 +32,10 @@ use crate::model::{EnvName, Identity, IdentityKey, IdentityName};
 use crate::revocation::Revocation;
 
 /// Schema steps, applied in order; `schema_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/postgres/0001_init.sql"),
+    include_str!("../../../migrations/postgres/0002_on_anomaly.sql"),
+];
 
 /// Connections per broker: the hot path does not touch the store (audit
 /// is batched), so a few serve admin calls, the feed and the batches.
@@ -248,9 +251,9 @@ impl Store for PgStore {
             "INSERT INTO identities (env, name, spiffe_id, owner, purpose, selectors, audiences,
                  scopes, jwt_ttl_seconds, x509_ttl_seconds, expires_at, enabled, retired_at,
                  created_at, updated_at, last_issued_at, last_seen_at, parent, allow_cidrs,
-                 require_binding)
+                 require_binding, on_anomaly)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                 $17, $18, $19, $20)",
+                 $17, $18, $19, $20, $21)",
         )
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
@@ -272,6 +275,7 @@ impl Store for PgStore {
         .bind(id.parent.as_ref().map(ToString::to_string))
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
         .bind(id.require_binding as i64)
+        .bind(id.on_anomaly.as_str())
         .execute(&mut *tx)
         .await;
         let result = match result {
@@ -292,8 +296,8 @@ impl Store for PgStore {
             "UPDATE identities SET owner = $1, purpose = $2, selectors = $3, audiences = $4,
                  scopes = $5, jwt_ttl_seconds = $6, x509_ttl_seconds = $7, expires_at = $8,
                  enabled = $9, retired_at = $10, updated_at = $11, allow_cidrs = $12,
-                 require_binding = $13
-             WHERE env = $14 AND name = $15",
+                 require_binding = $13, on_anomaly = $14
+             WHERE env = $15 AND name = $16",
         )
         .bind(&id.owner)
         .bind(&id.purpose)
@@ -308,6 +312,7 @@ impl Store for PgStore {
         .bind(id.updated_at)
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
         .bind(id.require_binding as i64)
+        .bind(id.on_anomaly.as_str())
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
         .execute(&mut *tx)

@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0008_key_lifecycle.sql"),
     include_str!("../../../migrations/sqlite/0009_operators.sql"),
     include_str!("../../../migrations/sqlite/0010_changes.sql"),
+    include_str!("../../../migrations/sqlite/0011_on_anomaly.sql"),
 ];
 
 /// Creates the database file 0600 if it does not exist yet (so SQLite never
@@ -216,8 +217,8 @@ impl Store for SqliteStore {
             "INSERT INTO identities (env, name, spiffe_id, owner, purpose, selectors, audiences,
                  scopes, jwt_ttl_seconds, x509_ttl_seconds, expires_at, enabled, retired_at,
                  created_at, updated_at, last_issued_at, last_seen_at, parent, allow_cidrs,
-                 require_binding)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 require_binding, on_anomaly)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
@@ -239,6 +240,7 @@ impl Store for SqliteStore {
         .bind(id.parent.as_ref().map(ToString::to_string))
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
         .bind(id.require_binding as i64)
+        .bind(id.on_anomaly.as_str())
         .execute(&mut *tx)
         .await;
         match result {
@@ -259,7 +261,7 @@ impl Store for SqliteStore {
             "UPDATE identities SET owner = ?, purpose = ?, selectors = ?, audiences = ?,
                  scopes = ?, jwt_ttl_seconds = ?, x509_ttl_seconds = ?, expires_at = ?,
                  enabled = ?, retired_at = ?, updated_at = ?, allow_cidrs = ?,
-                 require_binding = ?
+                 require_binding = ?, on_anomaly = ?
              WHERE env = ? AND name = ?",
         )
         .bind(&id.owner)
@@ -275,6 +277,7 @@ impl Store for SqliteStore {
         .bind(id.updated_at)
         .bind(to_json(&cidr_strings(&id.allow_cidrs)))
         .bind(id.require_binding as i64)
+        .bind(id.on_anomaly.as_str())
         .bind(id.key.env.as_str())
         .bind(id.key.name.as_str())
         .execute(&mut *tx)
