@@ -62,16 +62,22 @@ async fn replicas_share_keys_identities_tokens_and_one_audit_chain() {
         broker.cli_ok(&["identity", "list"]);
     }
 
-    // An identity created on A can be given a join token on B at once.
+    // An identity created on A can be given a join token on B at once (B
+    // reads what it has not heard of yet from the store), and the token
+    // attests on C at once.
     a.create_identity("dev", "api", &["billing"], &[]);
-    let took = eventually(Duration::from_secs(1), "B sees the identity", || async {
-        b.cli(&["identity", "show", "--env", "dev", "--name", "api"])
-            .status
-            .success()
-    })
-    .await;
-    eprintln!("identity created on A visible on B after {took:?}");
     let token = b.join_token("dev", "api");
+    let took = eventually(
+        Duration::from_secs(1),
+        "B's cache has the identity",
+        || async {
+            b.cli(&["identity", "show", "--env", "dev", "--name", "api"])
+                .status
+                .success()
+        },
+    )
+    .await;
+    eprintln!("identity created on A in B's cache after {took:?}");
 
     // The token is spent on C; A and B refuse it after.
     let on_c = c.client().await;

@@ -26,7 +26,9 @@ pub(super) async fn create(
     let now = unix_now();
     let identity = broker
         .registry
-        .get(&key)
+        .get_or_load(&key)
+        .await
+        .map_err(status::store)?
         .ok_or_else(|| Status::not_found(format!("identity {key} not found")))?;
     if !identity.selectors.is_empty() {
         return Err(Status::failed_precondition(format!(

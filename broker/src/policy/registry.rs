@@ -104,6 +104,25 @@ impl IdentityRegistry {
         self.identities.get(key).map(|e| Arc::clone(e.value()))
     }
 
+    /// The identity, read from the store when this broker has not heard
+    /// of it yet: one created on another broker sharing the store a moment
+    /// ago (its change is on its way) is found at once. A miss in memory
+    /// costs one store read, so use it where the caller already proved the
+    /// identity exists (a stored join token) or is an operator.
+    pub async fn get_or_load(
+        &self,
+        key: &IdentityKey,
+    ) -> Result<Option<Arc<Identity>>, StoreError> {
+        if let Some(found) = self.get(key) {
+            return Ok(Some(found));
+        }
+        let stored = self.store.get_identity(key).await?;
+        if stored.is_some() {
+            self.apply_stored(key, stored).await;
+        }
+        Ok(self.get(key))
+    }
+
     /// Identities of `env` that have selectors (the candidates for platform
     /// attestation).
     pub fn with_selectors(&self, env: &EnvName) -> Vec<Arc<Identity>> {
@@ -152,7 +171,16 @@ impl IdentityRegistry {
                 identity.key
             )));
         }
-        self.store.insert_identity(&identity).await?;
+        if let Err(e) = self.store.insert_identity(&identity).await {
+            if matches!(e, StoreError::AlreadyExists(_)) {
+                // Another broker sharing the store created it a moment ago:
+                // take it in now rather than when its change arrives.
+                drop(_guard);
+                let stored = self.store.get_identity(&identity.key).await?;
+                self.apply_stored(&identity.key, stored).await;
+            }
+            return Err(e);
+        }
         let identity = Arc::new(identity);
         self.usage.insert(
             identity.key.clone(),
@@ -172,10 +200,13 @@ impl IdentityRegistry {
         now: i64,
         change: impl FnOnce(&mut Identity) -> Result<(), PolicyError>,
     ) -> Result<Arc<Identity>, UpdateError> {
-        let _guard = self.writes.lock().await;
         let current = self
-            .get(key)
+            .get_or_load(key)
+            .await?
             .ok_or_else(|| UpdateError::Store(StoreError::NotFound(format!("identity {key}"))))?;
+        let _guard = self.writes.lock().await;
+        // Re-read under the lock: another change may have landed meanwhile.
+        let current = self.get(key).unwrap_or(current);
         let mut next = (*current).clone();
         change(&mut next).map_err(UpdateError::Policy)?;
         next.updated_at = now;

@@ -101,6 +101,16 @@ impl WorkloadService {
                 format!("{}:{attestor} {}", attested.method, attested.evidence_id)
             }
         });
+        if let Binding::Identity(key) = &attested.binding {
+            // The evidence (a stored join token) names an identity that is
+            // in the store, even if it was created on another broker
+            // sharing it a moment ago and this one has not heard yet.
+            self.broker
+                .registry
+                .get_or_load(key)
+                .await
+                .map_err(crate::api::status::store)?;
+        }
         let identity = self.resolve(&attested, req.expected_identity.as_ref(), audit)?;
         audit.identity = Some(identity.key.to_string());
         audit.env = Some(identity.key.env.to_string());
