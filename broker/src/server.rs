@@ -30,6 +30,8 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// Expired join tokens are kept this long so a late attempt is told
 /// "expired" rather than "not recognized".
 const EXPIRED_TOKEN_GRACE: i64 = 24 * 60 * 60;
+/// How often audit retention looks for entries past `audit_retention`.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// Longest time one RPC may take.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest the key schedule sleeps: a clock that jumped is noticed.
@@ -137,6 +139,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     });
 
     let rotation_task = tokio::spawn(rotate_keys(Arc::clone(&broker), stopped(stop_rx.clone())));
+    let retention_task = tokio::spawn(retain_audit(Arc::clone(&broker), stopped(stop_rx.clone())));
 
     let flusher = Arc::clone(&broker);
     let flush_stop = stopped(stop_rx);
@@ -191,7 +194,13 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         grpc_addr,
         http_addr,
         stop,
-        tasks: vec![grpc_task, http_task, flush_task, rotation_task],
+        tasks: vec![
+            grpc_task,
+            http_task,
+            flush_task,
+            rotation_task,
+            retention_task,
+        ],
     })
 }
 
@@ -217,6 +226,50 @@ async fn rotate_keys(
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
             () = &mut stop => return Ok(()),
+        }
+    }
+}
+
+/// Applies `audit_retention` every [`RETENTION_INTERVAL`] (first at
+/// start): exports and deletes what is past it, and audits each purge. A
+/// failure deletes nothing, is logged and retried at the next run.
+async fn retain_audit(
+    broker: Arc<Broker>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    use crate::audit::retention::{RetentionPolicy, catch_up};
+    let Some(keep) = broker.config.audit_retention else {
+        return Ok(());
+    };
+    let policy = RetentionPolicy {
+        keep,
+        export_dir: broker.config.audit_export_dir(),
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut stop => return Ok(()),
+        }
+        let now_ms = unix_now().saturating_mul(1000);
+        let (purges, error) =
+            catch_up(broker.store.as_ref(), broker.audit.seal(), &policy, now_ms).await;
+        for p in purges {
+            let detail = format!(
+                "retention exported entries {}..{} to {} and deleted {} rows",
+                p.first,
+                p.last,
+                p.export.display(),
+                p.deleted
+            );
+            let mut record = crate::audit::AuditRecord::new(&broker.audit, "audit.retention", None);
+            record.actor = Some("broker".to_owned());
+            record.changed(&detail);
+        }
+        if let Some(e) = error {
+            tracing::error!(error = %e, "audit retention failed; retrying at the next run");
         }
     }
 }

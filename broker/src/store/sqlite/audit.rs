@@ -3,8 +3,9 @@
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::corrupt;
+use crate::audit::checkpoint::{Checkpoint, CheckpointKind};
 use crate::audit::{AuditEntry, AuditFilter, ChainedEntry};
-use crate::store::{CertKey, CertQuery, IssuedCert, OutstandingCredential, StoreError};
+use crate::store::{AuditCut, CertKey, CertQuery, IssuedCert, OutstandingCredential, StoreError};
 
 fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
     bytes
@@ -91,6 +92,59 @@ pub(super) async fn audit_page(
         .fetch_all(pool)
         .await?;
     rows.iter().map(audit_from_row).collect()
+}
+
+pub(super) async fn audit_cut(pool: &SqlitePool) -> Result<Option<AuditCut>, StoreError> {
+    let row = sqlx::query("SELECT seq, head, at_ms, signature, export FROM audit_cut WHERE id = 1")
+        .fetch_optional(pool)
+        .await?;
+    row.map(|row| {
+        Ok(AuditCut {
+            checkpoint: Checkpoint {
+                kind: CheckpointKind::Cut,
+                seq: row.try_get("seq")?,
+                head: hash32(row.try_get("head")?)?,
+                at_ms: row.try_get("at_ms")?,
+                signature: row.try_get("signature")?,
+            },
+            export: row.try_get("export")?,
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn record_audit_cut(pool: &SqlitePool, cut: &AuditCut) -> Result<(), StoreError> {
+    let cp = &cut.checkpoint;
+    sqlx::query(
+        "INSERT INTO audit_cut (id, seq, head, at_ms, signature, export) VALUES (1, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, head = excluded.head,
+             at_ms = excluded.at_ms, signature = excluded.signature, export = excluded.export
+         WHERE excluded.seq > audit_cut.seq",
+    )
+    .bind(cp.seq)
+    .bind(cp.head.as_slice())
+    .bind(cp.at_ms)
+    .bind(&cp.signature)
+    .bind(&cut.export)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn delete_audit_through(
+    pool: &SqlitePool,
+    through: i64,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM audit_log WHERE seq IN
+             (SELECT seq FROM audit_log WHERE seq <= ? ORDER BY seq LIMIT ?)",
+    )
+    .bind(through)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 pub(super) async fn query_audit(

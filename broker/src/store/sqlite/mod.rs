@@ -9,8 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    CertQuery, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, KeyRetirement, NewRevocation,
-    OperatorRecord, OutstandingCredential, Store, StoreError, UsageUpdate,
+    AuditCut, CertQuery, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord, KeyRetirement,
+    NewRevocation, OperatorRecord, OutstandingCredential, Store, StoreError, UsageUpdate,
 };
 use crate::audit::{AuditFilter, ChainedEntry};
 use crate::model::{
@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0006_binding.sql"),
     include_str!("../../../migrations/sqlite/0008_key_lifecycle.sql"),
     include_str!("../../../migrations/sqlite/0009_operators.sql"),
+    include_str!("../../../migrations/sqlite/0010_audit_retention.sql"),
 ];
 
 /// Creates the database file 0600 if it does not exist yet (so SQLite never
@@ -475,6 +476,18 @@ impl Store for SqliteStore {
 
     async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<ChainedEntry>, StoreError> {
         audit::audit_page(&self.pool, after, limit).await
+    }
+
+    async fn audit_cut(&self) -> Result<Option<AuditCut>, StoreError> {
+        audit::audit_cut(&self.pool).await
+    }
+
+    async fn record_audit_cut(&self, cut: &AuditCut) -> Result<(), StoreError> {
+        audit::record_audit_cut(&self.pool, cut).await
+    }
+
+    async fn delete_audit_through(&self, through: i64, limit: i64) -> Result<u64, StoreError> {
+        audit::delete_audit_through(&self.pool, through, limit).await
     }
 
     async fn query_audit(&self, f: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError> {

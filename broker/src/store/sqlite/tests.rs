@@ -116,3 +116,43 @@ async fn a_schema_newer_than_this_binary_is_refused_and_left_alone() {
         .unwrap();
     assert_eq!(version, known + 1, "left as it was");
 }
+
+#[tokio::test]
+async fn audit_cuts_only_move_forward_and_deletes_are_bounded() {
+    use crate::audit::checkpoint::{Checkpoint, CheckpointKind};
+    use crate::audit::{AuditEntry, ChainKey, ChainedEntry, GENESIS};
+    let (_dir, store) = store().await;
+    assert!(store.audit_cut().await.unwrap().is_none());
+    let key = ChainKey::for_tests();
+    let mut prev = GENESIS;
+    let entries: Vec<ChainedEntry> = (1..=30)
+        .map(|seq| {
+            let e = ChainedEntry::link(seq, AuditEntry::default(), prev, &key);
+            prev = e.hash;
+            e
+        })
+        .collect();
+    store.append_audit(&entries).await.unwrap();
+    let cut = |seq: i64| AuditCut {
+        checkpoint: Checkpoint {
+            kind: CheckpointKind::Cut,
+            seq,
+            head: [seq as u8; 32],
+            at_ms: seq,
+            signature: vec![1, 2, 3],
+        },
+        export: format!("audit-{seq}.jsonl"),
+    };
+    store.record_audit_cut(&cut(20)).await.unwrap();
+    store.record_audit_cut(&cut(10)).await.unwrap();
+    assert_eq!(
+        store.audit_cut().await.unwrap(),
+        Some(cut(20)),
+        "an older cut changes nothing"
+    );
+    assert_eq!(store.delete_audit_through(20, 15).await.unwrap(), 15);
+    assert_eq!(store.audit_page(0, 100).await.unwrap()[0].seq, 16);
+    assert_eq!(store.delete_audit_through(20, 15).await.unwrap(), 5);
+    assert_eq!(store.delete_audit_through(20, 15).await.unwrap(), 0);
+    assert_eq!(store.audit_head().await.unwrap().unwrap().0, 30);
+}
