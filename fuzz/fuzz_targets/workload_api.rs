@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use credbroker_client::uds::authority::Rewriter;
-use credbroker_client::workload_api::WorkloadApi;
 use credbroker_proto::spiffe::spiffe_workload_api_server::SpiffeWorkloadApi;
 use credbroker_proto::spiffe::{
     JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
@@ -35,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = Rewriter::new().feed(body, &mut out);
         return;
     }
-    let api = WorkloadApi::new(&h.source, h.client.clone());
+    let api = &h.workload_api;
     h.rt.block_on(async {
         let work = async {
             match selector % 5 {

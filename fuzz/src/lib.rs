@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut};
+use credbroker_client::workload_api::WorkloadApi;
 use credbroker_client::{
     Client, CredentialSource, Evidence, JwtVerifier, RefreshPolicy, SourceConfig,
 };
@@ -45,10 +46,13 @@ pub struct Harness {
     pub verifier: JwtVerifier,
     /// A JWT the broker issued to the harness workload.
     pub jwt: String,
-    /// A credential source for the SPIFFE Workload API target.
+    /// The agent's SPIFFE Workload API, built once as an agent does: one
+    /// per process, its validators and revocation stream shared by every
+    /// call (one per input leaked a revocation stream each and ended in a
+    /// harness hang once the connection's streams ran out).
+    pub workload_api: WorkloadApi,
+    /// What the Workload API serves (kept refreshing for the whole run).
     pub source: CredentialSource,
-    /// An SDK client (anonymous) for the Workload API target.
-    pub client: Client,
     _running: credbroker::RunningBroker,
     _dir: tempfile::TempDir,
 }
@@ -103,8 +107,8 @@ fn start() -> Result<Harness, String> {
         anonymous: parts.anonymous,
         verifier: parts.verifier,
         jwt: parts.jwt,
+        workload_api: WorkloadApi::new(&parts.source, parts.client),
         source: parts.source,
-        client: parts.client,
         _running: running,
         _dir: dir,
     })
