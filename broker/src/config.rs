@@ -147,6 +147,21 @@ pub struct Config {
     pub ui: UiConfig,
     /// Anomaly detection thresholds (`[anomalies]`).
     pub anomalies: AnomaliesConfig,
+    /// How long audit entries are kept (`audit_retention = "90d"`; at
+    /// least [`MIN_AUDIT_RETENTION`]); older ones are exported to
+    /// `audit_export_dir` and deleted. `None` (the default) keeps them all.
+    #[serde(deserialize_with = "audit_retention")]
+    pub audit_retention: Option<Duration>,
+    /// Where retention writes its exports; default `DATA_DIR/audit-export`.
+    pub audit_export_dir: Option<PathBuf>,
+}
+
+/// The shortest `audit_retention`: shorter is almost surely a unit typo
+/// (`90m` for ninety minutes, not months).
+pub const MIN_AUDIT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn audit_retention<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    crate::model::deserialize_duration(d, "audit_retention").map(Some)
 }
 
 impl Default for Config {
@@ -173,6 +188,8 @@ impl Default for Config {
             connections: ConnectionsConfig::default(),
             ui: UiConfig::default(),
             anomalies: AnomaliesConfig::default(),
+            audit_retention: None,
+            audit_export_dir: None,
         }
     }
 }
@@ -325,6 +342,15 @@ impl Config {
         self.connections.validate().map_err(ConfigError::Invalid)?;
         self.ui.validate().map_err(ConfigError::Invalid)?;
         self.anomalies.validate().map_err(ConfigError::Invalid)?;
+        if let Some(keep) = self.audit_retention
+            && keep < MIN_AUDIT_RETENTION
+        {
+            return Err(ConfigError::Invalid(format!(
+                "audit_retention = {} is shorter than the minimum of {}",
+                format_duration(keep),
+                format_duration(MIN_AUDIT_RETENTION)
+            )));
+        }
         validate_attestors(&self.attestors, &envs)?;
         Ok(())
     }
@@ -358,6 +384,13 @@ impl Config {
     /// Where the audit log's signed checkpoints are appended.
     pub fn audit_checkpoint_file(&self) -> std::path::PathBuf {
         self.data_dir.join("audit.checkpoints")
+    }
+
+    /// Where audit retention writes its exports.
+    pub fn audit_export_dir(&self) -> PathBuf {
+        self.audit_export_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-export"))
     }
 
     /// The store URL, defaulting to SQLite under `data_dir`.
@@ -442,6 +475,7 @@ mod tests {
         assert_eq!(config.grpc_listen.port(), 9443);
         config.validate().unwrap();
         let envs = config.environments().unwrap();
+        assert_eq!(config.audit_retention, None, "retention is off by default");
         assert_eq!(envs[0].trust_domain.as_str(), "prod.corp.test");
         assert_eq!(envs[1].trust_domain.as_str(), "stage.corp.test");
     }
@@ -508,5 +542,29 @@ mod tests {
             c.apply_env(|v| (v == "CREDBROKER_HTTP_LISTEN").then(|| "nope".into()))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn audit_retention_is_a_duration_of_at_least_a_day() {
+        let config: Config = toml::from_str("audit_retention = \"90d\"").unwrap();
+        assert_eq!(
+            config.audit_retention,
+            Some(Duration::from_secs(90 * 24 * 60 * 60))
+        );
+        config.validate().unwrap();
+        assert_eq!(
+            config.audit_export_dir(),
+            config.data_dir.join("audit-export")
+        );
+        let typo: Config = toml::from_str("audit_retention = \"90m\"").unwrap();
+        let e = typo.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("audit_retention = 90m") && e.contains("24h"),
+            "{e}"
+        );
+        let e = toml::from_str::<Config>("audit_retention = \"ninety days\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("audit_retention"), "{e}");
     }
 }

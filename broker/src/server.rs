@@ -33,6 +33,8 @@ const CHANGE_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 /// Expired join tokens are kept this long so a late attempt is told
 /// "expired" rather than "not recognized".
 const EXPIRED_TOKEN_GRACE: i64 = 24 * 60 * 60;
+/// How often audit retention looks for entries past `audit_retention`.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// Longest time one RPC may take.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest the key schedule sleeps: a clock that jumped is noticed.
@@ -155,6 +157,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
             Ok(())
         }
     });
+    let retention_task = tokio::spawn(retain_audit(Arc::clone(&broker), stopped(stop_rx.clone())));
 
     let flusher = Arc::clone(&broker);
     let flush_stop = stopped(stop_rx);
@@ -223,6 +226,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
             rotation_task,
             follow_task,
             campaign_task,
+            retention_task,
         ],
     })
 }
@@ -253,6 +257,57 @@ async fn rotate_keys(
             () = tokio::time::sleep(sleep) => {}
             _ = leadership.changed() => {}
             () = &mut stop => return Ok(()),
+        }
+    }
+}
+
+/// Applies `audit_retention` every [`RETENTION_INTERVAL`] (first at
+/// start): exports and deletes what is past it, and audits each purge. A
+/// failure deletes nothing, is logged and retried at the next run.
+async fn retain_audit(
+    broker: Arc<Broker>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    use crate::audit::retention::{RetentionPolicy, catch_up};
+    let Some(keep) = broker.config.audit_retention else {
+        return Ok(());
+    };
+    let policy = RetentionPolicy {
+        keep,
+        export_dir: broker.config.audit_export_dir(),
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leads = broker.leadership.subscribe();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut stop => return Ok(()),
+        }
+        // One broker exports and deletes for all that share the store: the
+        // leader (on SQLite, this one, within moments of starting).
+        tokio::select! {
+            led = leads.wait_for(|leads| *leads) => if led.is_err() { return Ok(()) },
+            () = &mut stop => return Ok(()),
+        }
+        let now_ms = unix_now().saturating_mul(1000);
+        let (purges, error) =
+            catch_up(broker.store.as_ref(), broker.audit.seal(), &policy, now_ms).await;
+        for p in purges {
+            let detail = format!(
+                "retention exported entries {}..{} to {} and deleted {} rows",
+                p.first,
+                p.last,
+                p.export.display(),
+                p.deleted
+            );
+            let mut record = crate::audit::AuditRecord::new(&broker.audit, "audit.retention", None);
+            record.actor = Some("broker".to_owned());
+            record.changed(&detail);
+        }
+        if let Some(e) = error {
+            tracing::error!(error = %e, "audit retention failed; retrying at the next run");
         }
     }
 }

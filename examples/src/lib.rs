@@ -12,6 +12,9 @@
 //! [`load`] drives a running broker with issuing calls for the external load
 //! generator (`--example issue_bench`).
 //!
+//! [`soak`] is the soak and abuse suite (`--example soak`): bounded jobs
+//! against the real broker binary that fail when a bound is broken.
+//!
 //! [`broker`] holds what the first two need to reach a running broker as an
 //! operator: its URL, its TLS CA and the admin client certificate.
 
@@ -23,6 +26,7 @@ pub mod jwt_call;
 pub mod load;
 pub mod mtls_pair;
 pub mod procfs;
+pub mod soak;
 
 use anyhow::{Context, Result};
 

@@ -11,6 +11,7 @@ mod attack_list;
 mod attestation;
 mod audit;
 mod audit_durability;
+mod audit_retention;
 mod audit_seal;
 mod binding;
 mod connect_errors;

@@ -13,6 +13,7 @@ use credbroker_proto::v1::{
     QueryAuditRequest, QueryAuditResponse, RetireKeyRequest, RetireKeyResponse, RevokeRequest,
     RotateKeysRequest, VerifyAuditRequest, VerifyAuditResponse,
 };
+use credbroker_proto::v1::{AuditExportChunk, VerifyAuditExportResponse};
 use credbroker_proto::v1::{
     CreateOperatorRequest, CreateOperatorResponse, CreateUiLoginRequest, CreateUiLoginResponse,
     ListOperatorsRequest, ListOperatorsResponse, RevokeOperatorRequest, RevokeOperatorResponse,
@@ -365,6 +366,33 @@ impl Admin for AdminService {
             audit.denied(&format!(
                 "chain broken at entry {}: {}",
                 report.broken_at, report.problem
+            ));
+        }
+        Ok(Response::new(report))
+    }
+
+    async fn verify_audit_export(
+        &self,
+        request: Request<tonic::Streaming<AuditExportChunk>>,
+    ) -> Result<Response<VerifyAuditExportResponse>, Status> {
+        let mut audit = AuditRecord::new(
+            &self.broker.audit,
+            "audit.verify_export",
+            request.remote_addr(),
+        );
+        self.require_admin(&request, "VerifyAuditExport", &mut audit)?;
+        let report = audit_api::verify_export(&self.broker, request.into_inner()).await?;
+        if report.intact {
+            audit.changed(&format!(
+                "export intact: entries {}..{}, head {}",
+                report.after_seq + 1,
+                report.sealed_seq,
+                report.head
+            ));
+        } else {
+            audit.denied(&format!(
+                "export broken at line {}: {}",
+                report.line, report.problem
             ));
         }
         Ok(Response::new(report))

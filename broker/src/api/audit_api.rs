@@ -1,20 +1,20 @@
 //! The audit half of the Admin service: queries and chain verification.
 
 use credbroker_proto::v1::{
-    AuditEvent, QueryAuditRequest, QueryAuditResponse, VerifyAuditResponse,
+    AuditEvent, AuditExportChunk, QueryAuditRequest, QueryAuditResponse, VerifyAuditExportResponse,
+    VerifyAuditResponse,
 };
 use tonic::Status;
 
 use super::status;
-use crate::audit::checkpoint::Checkpoint;
-use crate::audit::{AuditFilter, ChainVerifier, ChainedEntry, hex};
+use crate::audit::export::ExportVerifier;
+use crate::audit::verify::verify_log;
+use crate::audit::{AuditFilter, ChainedEntry, hex};
 use crate::broker::Broker;
 
 /// Default and largest number of entries one query returns.
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 10_000;
-/// Entries read per page while verifying.
-const VERIFY_PAGE: i64 = 5_000;
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -82,9 +82,9 @@ pub(super) async fn query(
     })
 }
 
-/// Walks the whole chain from the first entry and checks it against the
-/// newest signed checkpoint in `checkpoint_lines` (or the broker's own
-/// checkpoint file when empty).
+/// Walks the chain from its start (the genesis or the newest retention
+/// cut) and checks it against the newest signed checkpoint in
+/// `checkpoint_lines` (or the broker's own checkpoint file when empty).
 pub(super) async fn verify(
     broker: &Broker,
     checkpoint_lines: Vec<String>,
@@ -101,63 +101,16 @@ pub(super) async fn verify(
     } else {
         checkpoint_lines
     };
-    let (checkpoint, unreadable) = Checkpoint::newest(lines.iter().map(String::as_str));
-    let mut verifier = ChainVerifier::new(seal.chain.clone());
-    if let Some(cp) = &checkpoint {
-        verifier.watch(cp.seq);
-    }
-    let mut after = 0;
-    loop {
-        let page = broker
-            .store
-            .audit_page(after, VERIFY_PAGE)
-            .await
-            .map_err(status::store)?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        verifier.feed(&page);
-        if (page.len() as i64) < VERIFY_PAGE {
-            break;
-        }
-    }
-    let sealed_hash = verifier.watched();
-    let mut report = verifier.finish();
-    if report.broken.is_none()
-        && let Some(cp) = &checkpoint
-    {
-        report.broken = if !cp.verify(&seal.signer) {
-            Some((
-                cp.seq,
-                "the newest checkpoint's signature is not the broker's (forged checkpoint file)"
-                    .to_owned(),
-            ))
-        } else if report.entries < cp.seq {
-            Some((
-                report.entries + 1,
-                format!(
-                    "the log ends at entry {} but a signed checkpoint sealed {} entries: entries {}..{} were removed (truncated)",
-                    report.entries,
-                    cp.seq,
-                    report.entries + 1,
-                    cp.seq
-                ),
-            ))
-        } else if sealed_hash != Some(cp.head) {
-            Some((
-                cp.seq,
-                "entry differs from what the signed checkpoint sealed: the chain was rewritten"
-                    .to_owned(),
-            ))
-        } else {
-            None
-        };
-    }
-    if unreadable > 0 {
+    let found = verify_log(broker.store.as_ref(), seal, &lines)
+        .await
+        .map_err(status::store)?;
+    if found.unreadable > 0 {
         tracing::warn!(
-            unreadable,
+            unreadable = found.unreadable,
             "checkpoint lines that could not be read were ignored"
         );
     }
+    let report = found.report;
     let (broken_at, problem) = report.broken.clone().unwrap_or((0, String::new()));
     Ok(VerifyAuditResponse {
         entries: report.entries,
@@ -165,6 +118,42 @@ pub(super) async fn verify(
         intact: report.broken.is_none(),
         broken_at,
         problem,
-        checkpoint_seq: checkpoint.map(|c| c.seq).unwrap_or(0),
+        checkpoint_seq: found.checkpoint_seq,
+        cut_seq: found.cut_seq,
+    })
+}
+
+/// Checks a retention export sent as consecutive chunks of its lines, with
+/// the broker's chain and audit keys; memory stays constant whatever the
+/// file's size (each chunk is bounded by the Admin message cap).
+pub(super) async fn verify_export(
+    broker: &Broker,
+    mut chunks: tonic::Streaming<AuditExportChunk>,
+) -> Result<VerifyAuditExportResponse, Status> {
+    let seal = broker.audit.seal();
+    let mut verifier = ExportVerifier::new(seal.chain.clone(), seal.signer.clone());
+    while let Some(chunk) = chunks.message().await? {
+        for line in &chunk.lines {
+            verifier.feed_line(line);
+        }
+    }
+    let report = verifier.finish();
+    let (broken_at, line, problem) = report
+        .broken
+        .clone()
+        .map_or((0, 0, String::new()), |p| (p.seq, p.line, p.what));
+    let (sealed_seq, head) = report
+        .sealed
+        .map_or((0, String::new()), |(s, h)| (s, hex(&h)));
+    Ok(VerifyAuditExportResponse {
+        intact: report.broken.is_none(),
+        entries: report.entries,
+        after_seq: report.after.0,
+        after_head: report.after.1.map(|h| hex(&h)).unwrap_or_default(),
+        sealed_seq,
+        head,
+        broken_at,
+        line,
+        problem,
     })
 }

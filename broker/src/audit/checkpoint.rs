@@ -20,9 +20,24 @@ use serde::{Deserialize, Serialize};
 use super::entry::hex;
 use crate::keys::JwtSigningKey;
 
+/// What a checkpoint states. Each kind signs its own message, so a
+/// periodic seal can never be passed off as a retention cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointKind {
+    /// The log held entries up to `seq` (periodic and shutdown seals).
+    #[default]
+    Seal,
+    /// Retention exported every entry up to `seq` and may delete them: the
+    /// log that remains starts right after it.
+    Cut,
+}
+
 /// A signed statement: the log held `seq` entries ending in `head`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// What is stated.
+    pub kind: CheckpointKind,
     /// Sequence number of the newest entry sealed.
     pub seq: i64,
     /// Its chain hash.
@@ -33,15 +48,24 @@ pub struct Checkpoint {
     pub signature: Vec<u8>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Line {
+/// The JSON form of a checkpoint (a line of the checkpoint file, and the
+/// first and last lines of a retention export).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointLine {
+    #[serde(default, skip_serializing_if = "is_seal")]
+    kind: CheckpointKind,
     seq: i64,
     head: String,
     at_ms: i64,
     sig: String,
 }
 
-fn unhex(text: &str) -> Option<[u8; 32]> {
+fn is_seal(kind: &CheckpointKind) -> bool {
+    *kind == CheckpointKind::Seal
+}
+
+/// The 32 bytes written as 64 hex digits in `text`.
+pub fn unhex(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 {
         return None;
     }
@@ -53,14 +77,30 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
 }
 
 impl Checkpoint {
-    fn message(seq: i64, head: &[u8; 32], at_ms: i64) -> Vec<u8> {
-        format!("credbroker-audit-checkpoint/v1 {seq} {} {at_ms}", hex(head)).into_bytes()
+    fn message(kind: CheckpointKind, seq: i64, head: &[u8; 32], at_ms: i64) -> Vec<u8> {
+        let what = match kind {
+            CheckpointKind::Seal => "checkpoint",
+            CheckpointKind::Cut => "retention-cut",
+        };
+        format!("credbroker-audit-{what}/v1 {seq} {} {at_ms}", hex(head)).into_bytes()
     }
 
     /// Seals `seq` and `head` now.
     pub fn sign(key: &JwtSigningKey, seq: i64, head: [u8; 32], at_ms: i64) -> Option<Self> {
-        let signature = key.sign(&Self::message(seq, &head, at_ms)).ok()?;
+        Self::sign_kind(key, CheckpointKind::Seal, seq, head, at_ms)
+    }
+
+    /// Signs a statement of `kind` about `seq` and `head`.
+    pub fn sign_kind(
+        key: &JwtSigningKey,
+        kind: CheckpointKind,
+        seq: i64,
+        head: [u8; 32],
+        at_ms: i64,
+    ) -> Option<Self> {
+        let signature = key.sign(&Self::message(kind, seq, &head, at_ms)).ok()?;
         Some(Self {
+            kind,
             seq,
             head,
             at_ms,
@@ -71,27 +111,38 @@ impl Checkpoint {
     /// Whether `key` made this checkpoint.
     pub fn verify(&self, key: &JwtSigningKey) -> bool {
         key.verify(
-            &Self::message(self.seq, &self.head, self.at_ms),
+            &Self::message(self.kind, self.seq, &self.head, self.at_ms),
             &self.signature,
         )
     }
 
-    /// The file form: one JSON object.
-    pub fn to_line(&self) -> String {
-        serde_json::to_string(&Line {
+    /// The JSON form.
+    pub fn to_json(&self) -> CheckpointLine {
+        CheckpointLine {
+            kind: self.kind,
             seq: self.seq,
             head: hex(&self.head),
             at_ms: self.at_ms,
             sig: URL_SAFE_NO_PAD.encode(&self.signature),
-        })
-        .unwrap_or_default()
+        }
+    }
+
+    /// The file form: one JSON object.
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(&self.to_json()).unwrap_or_default()
     }
 
     /// Parses one line of a checkpoint file.
     pub fn parse(line: &str) -> Result<Self, String> {
-        let line: Line =
+        let line: CheckpointLine =
             serde_json::from_str(line.trim()).map_err(|e| format!("not a checkpoint: {e}"))?;
+        Self::from_json(line)
+    }
+
+    /// Reads the JSON form.
+    pub fn from_json(line: CheckpointLine) -> Result<Self, String> {
         Ok(Self {
+            kind: line.kind,
             seq: line.seq,
             head: unhex(&line.head).ok_or("head is not 64 hex digits")?,
             at_ms: line.at_ms,
@@ -172,6 +223,12 @@ mod tests {
         let mut moved = parsed.clone();
         moved.seq = 41;
         assert!(!moved.verify(&key), "sequence changed after signing");
+        let mut relabelled = parsed.clone();
+        relabelled.kind = CheckpointKind::Cut;
+        assert!(!relabelled.verify(&key), "a seal passed off as a cut");
+        let cut = Checkpoint::sign_kind(&key, CheckpointKind::Cut, 42, [3u8; 32], 1_000).unwrap();
+        assert_eq!(Checkpoint::parse(&cut.to_line()).unwrap(), cut);
+        assert!(cut.to_line().contains("\"kind\":\"cut\""));
         let older = Checkpoint::sign(&key, 7, [1u8; 32], 500).unwrap();
         let text = format!("{}\ngarbage\n{}\n", cp.to_line(), older.to_line());
         let (newest, bad) = Checkpoint::newest(text.lines());

@@ -1,9 +1,10 @@
 //! One audit log entry and its place in the hash chain.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What happened, as stored. Field order is the canonical order hashed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditEntry {
     /// Unix time in milliseconds.
     pub at_ms: i64,
@@ -122,6 +123,8 @@ pub struct VerifyReport {
     pub entries: i64,
     /// Hash of the last entry checked.
     pub head: Option<[u8; 32]>,
+    /// Sequence number of the last entry checked (or of the starting point).
+    pub last_seq: i64,
     /// The first problem found: sequence number and what is wrong.
     pub broken: Option<(i64, String)>,
 }
@@ -147,6 +150,31 @@ impl ChainVerifier {
             last_seq: 0,
             watched: None,
         }
+    }
+
+    /// A verifier for the part of a chain after entry `seq`, whose hash was
+    /// `head` (a signed retention cut, or an export's starting point).
+    pub fn resume_after(key: ChainKey, seq: i64, head: [u8; 32]) -> Self {
+        let mut v = Self::new(key);
+        v.last_seq = seq;
+        v.report.last_seq = seq;
+        v.report.head = (seq > 0).then_some(head);
+        v
+    }
+
+    /// The first problem found so far.
+    pub fn broken(&self) -> Option<&(i64, String)> {
+        self.report.broken.as_ref()
+    }
+
+    /// Hash of the last entry accepted (or of the starting point).
+    pub fn head(&self) -> Option<[u8; 32]> {
+        self.report.head
+    }
+
+    /// Sequence number of the last entry accepted.
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
     }
 
     /// Also remembers the hash of entry `seq` (see [`ChainVerifier::watched`]).
@@ -185,6 +213,7 @@ impl ChainVerifier {
             }
             self.report.entries += 1;
             self.report.head = Some(e.hash);
+            self.report.last_seq = e.seq;
             if let Some((seq, found)) = &mut self.watched
                 && *seq == e.seq
             {

@@ -95,7 +95,17 @@ impl AuditLog {
         metrics: Arc<Metrics>,
         seal: AuditSeal,
     ) -> Result<Self, StoreError> {
-        let (seq, head) = store.audit_head().await?.unwrap_or((0, GENESIS));
+        // After retention deleted every entry up to its cut, the chain
+        // continues from the cut.
+        let cut = store
+            .audit_cut()
+            .await?
+            .map(|c| (c.checkpoint.seq, c.checkpoint.head));
+        let (seq, head) = match (store.audit_head().await?, cut) {
+            (Some(head), Some(cut)) if cut.0 > head.0 => cut,
+            (Some(head), _) => head,
+            (None, cut) => cut.unwrap_or((0, GENESIS)),
+        };
         if let Ok(lines) = seal.checkpoints.lines()
             && let (Some(cp), _) = Checkpoint::newest(lines.iter().map(String::as_str))
             && cp.seq > seq

@@ -7,7 +7,12 @@
 
 pub mod checkpoint;
 mod entry;
+pub mod export;
 mod log;
+pub mod retention;
+#[cfg(test)]
+mod retention_tests;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -237,7 +237,13 @@ pub async fn run_admin(cli: &Cli) -> Result<(), AdminError> {
             }
         },
         Command::Audit(AuditArgs {
-            command: Some(AuditCommand::Verify { checkpoint }),
+            command: Some(AuditCommand::Verify { export, .. }),
+            ..
+        }) if !export.is_empty() => {
+            super::audit_export::verify_exports(&mut client, export, out).await
+        }
+        Command::Audit(AuditArgs {
+            command: Some(AuditCommand::Verify { checkpoint, .. }),
             ..
         }) => {
             let checkpoints = match checkpoint {

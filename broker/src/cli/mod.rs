@@ -2,6 +2,7 @@
 //! to a running broker over gRPC with the admin client certificate.
 
 mod admin;
+mod audit_export;
 pub mod backup;
 mod keys;
 mod operator;
@@ -239,8 +240,12 @@ pub enum AuditCommand {
     Verify {
         /// Checkpoint file to check against (default: the broker's
         /// DATA_DIR/audit.checkpoints).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "export")]
         checkpoint: Option<std::path::PathBuf>,
+        /// Verify these retention export files instead of the log, in
+        /// order (each must continue the one before it).
+        #[arg(long, value_name = "FILE")]
+        export: Vec<std::path::PathBuf>,
     },
 }
 
@@ -534,7 +539,10 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Audit(AuditArgs {
-                command: Some(AuditCommand::Verify { checkpoint: None }),
+                command: Some(AuditCommand::Verify {
+                    checkpoint: None,
+                    ..
+                }),
                 ..
             })
         ));

@@ -292,6 +292,7 @@ pub fn print_verification(report: &VerifyAuditResponse, out: Output) -> Result<(
             "broken_at": (!report.intact).then_some(report.broken_at),
             "problem": or_none(&report.problem),
             "checkpoint_seq": (report.checkpoint_seq != 0).then_some(report.checkpoint_seq),
+            "retention_cut_seq": (report.cut_seq != 0).then_some(report.cut_seq),
         })));
     }
     if report.intact {
@@ -303,8 +304,16 @@ pub fn print_verification(report: &VerifyAuditResponse, out: Output) -> Result<(
                 report.checkpoint_seq
             )
         };
+        let cut = if report.cut_seq == 0 {
+            String::new()
+        } else {
+            format!(
+                " (entries 1..{} were exported and deleted by retention; checked from its signed cut)",
+                report.cut_seq
+            )
+        };
         emit(&format!(
-            "audit log intact: {} entries, head {}; {sealed}",
+            "audit log intact: {} entries{cut}, head {}; {sealed}",
             report.entries,
             if report.head.is_empty() {
                 "-"

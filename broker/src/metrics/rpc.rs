@@ -17,7 +17,7 @@ use axum::http::{Request, Response};
 use super::Metrics;
 
 /// Every RPC the broker serves, as `Service/Method` (the `method` label).
-pub const METHODS: [&str; 27] = [
+pub const METHODS: [&str; 28] = [
     "Admin/CreateIdentity",
     "Admin/GetIdentity",
     "Admin/ListIdentities",
@@ -29,6 +29,7 @@ pub const METHODS: [&str; 27] = [
     "Admin/ListRevocations",
     "Admin/QueryAudit",
     "Admin/VerifyAudit",
+    "Admin/VerifyAuditExport",
     "Admin/ListKeys",
     "Admin/RotateKeys",
     "Admin/RetireKey",

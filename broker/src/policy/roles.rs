@@ -53,6 +53,7 @@ pub const ADMIN_RPC_ROLES: &[(&str, Role)] = &[
     ("ListIdentities", Role::Auditor),
     ("QueryAudit", Role::Auditor),
     ("VerifyAudit", Role::Auditor),
+    ("VerifyAuditExport", Role::Auditor),
     ("ListRevocations", Role::Auditor),
     ("ListKeys", Role::Auditor),
     // The session carries the caller's own role: logging in grants nothing more.

@@ -45,6 +45,7 @@ macro_rules! conformance_suite {
             revocations_are_numbered_in_order_and_the_number_survives_purge,
             every_cached_write_is_a_change,
             jtis_and_instances_are_spent_once,
+            audit_cuts_only_move_forward_and_the_chain_continues_from_them,
         );
     };
     (@tests $fresh:path; $($name:ident),* $(,)?) => {
@@ -397,4 +398,45 @@ pub(crate) async fn jtis_and_instances_are_spent_once(db: &TestDb) {
         store.instance_key("aws", "i-1").await.unwrap().as_deref(),
         Some("k1")
     );
+}
+
+pub(crate) async fn audit_cuts_only_move_forward_and_the_chain_continues_from_them(db: &TestDb) {
+    use crate::audit::checkpoint::{Checkpoint, CheckpointKind};
+    let store = &db.store;
+    let key = ChainKey::for_tests();
+    assert!(store.audit_cut().await.unwrap().is_none());
+    let batch: Vec<AuditEntry> = (1..=30).map(entry).collect();
+    store.append_audit(&batch, &key).await.unwrap();
+    let page = store.audit_page(0, 100).await.unwrap();
+    let cut = |seq: i64| super::AuditCut {
+        checkpoint: Checkpoint {
+            kind: CheckpointKind::Cut,
+            seq,
+            head: page[seq as usize - 1].hash,
+            at_ms: seq,
+            signature: vec![1, 2, 3],
+        },
+        export: format!("audit-{seq}.jsonl"),
+    };
+    store.record_audit_cut(&cut(20)).await.unwrap();
+    store.record_audit_cut(&cut(10)).await.unwrap();
+    assert_eq!(
+        store.audit_cut().await.unwrap(),
+        Some(cut(20)),
+        "an older cut changes nothing"
+    );
+    assert_eq!(store.delete_audit_through(20, 15).await.unwrap(), 15);
+    assert_eq!(store.audit_page(0, 100).await.unwrap()[0].seq, 16);
+    assert_eq!(store.delete_audit_through(20, 15).await.unwrap(), 5);
+    assert_eq!(store.delete_audit_through(20, 15).await.unwrap(), 0);
+    assert_eq!(store.audit_head().await.unwrap().unwrap().0, 30);
+    // Everything exported and deleted: the next entry links to the cut,
+    // not to the genesis.
+    store.record_audit_cut(&cut(30)).await.unwrap();
+    assert_eq!(store.delete_audit_through(30, 100).await.unwrap(), 10);
+    let (seq, _) = store.append_audit(&[entry(31)], &key).await.unwrap();
+    assert_eq!(seq, 31);
+    let next = store.audit_page(0, 10).await.unwrap();
+    assert_eq!(next[0].prev_hash, page[29].hash);
+    assert!(next[0].is_intact(&key));
 }

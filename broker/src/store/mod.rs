@@ -31,6 +31,7 @@ pub use operators::OperatorRecord;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
+use crate::audit::checkpoint::Checkpoint;
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry};
 use crate::model::{Identity, IdentityKey};
 use crate::revocation::{Revocation, Target};
@@ -258,6 +259,20 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn audit_head(&self) -> Result<Option<(i64, [u8; 32])>, StoreError>;
     /// Up to `limit` entries with `seq > after`, in order (for verification).
     async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<ChainedEntry>, StoreError>;
+    /// The newest retention cut, if retention ever cut the log: entries up
+    /// to its sequence number were exported and may be gone, and the log
+    /// verifies from it.
+    async fn audit_cut(&self) -> Result<Option<AuditCut>, StoreError>;
+    /// Records `cut` as the newest retention cut, replacing an older one
+    /// (a cut at or before the recorded one changes nothing). Called once
+    /// the export is durable and before any entry it covers is deleted.
+    /// SQL: an upsert of the single row `id = 1` of table `audit_cut`,
+    /// `WHERE excluded.seq > audit_cut.seq`.
+    async fn record_audit_cut(&self, cut: &AuditCut) -> Result<(), StoreError>;
+    /// Deletes at most `limit` audit entries with `seq <= through`, oldest
+    /// first, in one transaction; returns how many. Only retention calls
+    /// it, with `through` at most the recorded cut's sequence number.
+    async fn delete_audit_through(&self, through: i64, limit: i64) -> Result<u64, StoreError>;
     /// Entries matching `filter`, newest first.
     async fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError>;
     /// Every issued credential unexpired at `now` (from the audit log);
@@ -378,6 +393,17 @@ pub trait ChangeSignal: Send {
     /// Returns when some change may have been committed. An error means
     /// notifications may have been lost: read the feed, then wait again.
     async fn wait(&mut self) -> Result<(), StoreError>;
+}
+
+/// A retention cut as stored: its signed checkpoint (kind
+/// [`CheckpointKind::Cut`](crate::audit::checkpoint::CheckpointKind::Cut))
+/// and the export file holding the entries it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCut {
+    /// The signed statement: entries up to `checkpoint.seq` were exported.
+    pub checkpoint: Checkpoint,
+    /// File name of the export (in the export directory).
+    pub export: String,
 }
 
 /// A revocation before it is stored (no sequence number yet).

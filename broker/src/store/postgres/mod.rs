@@ -23,9 +23,9 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::rows::{self, cidr_strings, corrupt, strings, to_json};
 use super::{
-    CertQuery, Change, ChangeKind, ChangeSignal, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord,
-    KeyRetirement, NewRevocation, OperatorRecord, OutstandingCredential, Store, StoreError,
-    StoreLock, UsageUpdate,
+    AuditCut, CertQuery, Change, ChangeKind, ChangeSignal, IssuedCert, JoinTokenRecord, KeyKind,
+    KeyRecord, KeyRetirement, NewRevocation, OperatorRecord, OutstandingCredential, Store,
+    StoreError, StoreLock, UsageUpdate,
 };
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry};
 use crate::model::{EnvName, Identity, IdentityKey, IdentityName};
@@ -35,6 +35,7 @@ use crate::revocation::Revocation;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../migrations/postgres/0002_on_anomaly.sql"),
+    include_str!("../../../migrations/postgres/0003_audit_retention.sql"),
 ];
 
 /// Connections per broker: the hot path does not touch the store (audit
@@ -472,6 +473,18 @@ impl Store for PgStore {
 
     async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<ChainedEntry>, StoreError> {
         audit::audit_page(&self.pool, after, limit).await
+    }
+
+    async fn audit_cut(&self) -> Result<Option<AuditCut>, StoreError> {
+        audit::audit_cut(&self.pool).await
+    }
+
+    async fn record_audit_cut(&self, cut: &AuditCut) -> Result<(), StoreError> {
+        audit::record_audit_cut(&self.pool, cut).await
+    }
+
+    async fn delete_audit_through(&self, through: i64, limit: i64) -> Result<u64, StoreError> {
+        audit::delete_audit_through(&self.pool, through, limit).await
     }
 
     async fn query_audit(&self, f: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError> {

@@ -2,9 +2,10 @@
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
+use crate::audit::checkpoint::{Checkpoint, CheckpointKind};
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry, GENESIS};
 use crate::store::rows::{self, hash32};
-use crate::store::{CertKey, CertQuery, IssuedCert, OutstandingCredential, StoreError};
+use crate::store::{AuditCut, CertKey, CertQuery, IssuedCert, OutstandingCredential, StoreError};
 
 pub(super) async fn append_audit(
     pool: &SqlitePool,
@@ -14,7 +15,7 @@ pub(super) async fn append_audit(
     // IMMEDIATE takes the write lock before the head is read, so the head
     // cannot move between reading it and appending after it.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let (mut seq, mut head) = head_of(&mut *tx).await?.unwrap_or((0, GENESIS));
+    let (mut seq, mut head) = chain_end(&mut *tx).await?.unwrap_or((0, GENESIS));
     for e in entries {
         seq += 1;
         let hash = ChainedEntry::hash_of(seq, e, &head, chain);
@@ -48,6 +49,23 @@ pub(super) async fn append_audit(
     Ok((seq, head))
 }
 
+/// Where the next entry links: the newest entry, or the retention cut when
+/// retention deleted every entry up to it.
+async fn chain_end(
+    conn: impl sqlx::SqliteExecutor<'_>,
+) -> Result<Option<(i64, [u8; 32])>, StoreError> {
+    let row = sqlx::query(
+        "SELECT seq, hash FROM (
+             SELECT seq, hash FROM (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1)
+             UNION ALL SELECT seq, head AS hash FROM audit_cut WHERE id = 1)
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| Ok((row.try_get("seq")?, hash32(row.try_get("hash")?)?)))
+        .transpose()
+}
+
 async fn head_of(
     conn: impl sqlx::SqliteExecutor<'_>,
 ) -> Result<Option<(i64, [u8; 32])>, StoreError> {
@@ -73,6 +91,59 @@ pub(super) async fn audit_page(
         .fetch_all(pool)
         .await?;
     rows.iter().map(rows::audit).collect()
+}
+
+pub(super) async fn audit_cut(pool: &SqlitePool) -> Result<Option<AuditCut>, StoreError> {
+    let row = sqlx::query("SELECT seq, head, at_ms, signature, export FROM audit_cut WHERE id = 1")
+        .fetch_optional(pool)
+        .await?;
+    row.map(|row| {
+        Ok(AuditCut {
+            checkpoint: Checkpoint {
+                kind: CheckpointKind::Cut,
+                seq: row.try_get("seq")?,
+                head: hash32(row.try_get("head")?)?,
+                at_ms: row.try_get("at_ms")?,
+                signature: row.try_get("signature")?,
+            },
+            export: row.try_get("export")?,
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn record_audit_cut(pool: &SqlitePool, cut: &AuditCut) -> Result<(), StoreError> {
+    let cp = &cut.checkpoint;
+    sqlx::query(
+        "INSERT INTO audit_cut (id, seq, head, at_ms, signature, export) VALUES (1, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, head = excluded.head,
+             at_ms = excluded.at_ms, signature = excluded.signature, export = excluded.export
+         WHERE excluded.seq > audit_cut.seq",
+    )
+    .bind(cp.seq)
+    .bind(cp.head.as_slice())
+    .bind(cp.at_ms)
+    .bind(&cp.signature)
+    .bind(&cut.export)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn delete_audit_through(
+    pool: &SqlitePool,
+    through: i64,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM audit_log WHERE seq IN
+             (SELECT seq FROM audit_log WHERE seq <= ? ORDER BY seq LIMIT ?)",
+    )
+    .bind(through)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 pub(super) async fn query_audit(

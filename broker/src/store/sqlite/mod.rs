@@ -9,9 +9,9 @@ use sqlx::{Row, SqlitePool};
 
 use super::rows::{self, cidr_strings, corrupt, strings, to_json};
 use super::{
-    CertQuery, Change, ChangeKind, ChangeSignal, IssuedCert, JoinTokenRecord, KeyKind, KeyRecord,
-    KeyRetirement, NewRevocation, OperatorRecord, OutstandingCredential, Store, StoreError,
-    StoreLock, UsageUpdate,
+    AuditCut, CertQuery, Change, ChangeKind, ChangeSignal, IssuedCert, JoinTokenRecord, KeyKind,
+    KeyRecord, KeyRetirement, NewRevocation, OperatorRecord, OutstandingCredential, Store,
+    StoreError, StoreLock, UsageUpdate,
 };
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry};
 use crate::model::{EnvName, Identity, IdentityKey, IdentityName};
@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0009_operators.sql"),
     include_str!("../../../migrations/sqlite/0010_changes.sql"),
     include_str!("../../../migrations/sqlite/0011_on_anomaly.sql"),
+    include_str!("../../../migrations/sqlite/0012_audit_retention.sql"),
 ];
 
 /// Creates the database file 0600 if it does not exist yet (so SQLite never
@@ -431,6 +432,18 @@ impl Store for SqliteStore {
 
     async fn audit_page(&self, after: i64, limit: i64) -> Result<Vec<ChainedEntry>, StoreError> {
         audit::audit_page(&self.pool, after, limit).await
+    }
+
+    async fn audit_cut(&self) -> Result<Option<AuditCut>, StoreError> {
+        audit::audit_cut(&self.pool).await
+    }
+
+    async fn record_audit_cut(&self, cut: &AuditCut) -> Result<(), StoreError> {
+        audit::record_audit_cut(&self.pool, cut).await
+    }
+
+    async fn delete_audit_through(&self, through: i64, limit: i64) -> Result<u64, StoreError> {
+        audit::delete_audit_through(&self.pool, through, limit).await
     }
 
     async fn query_audit(&self, f: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError> {
