@@ -168,7 +168,10 @@ async fn a_revocation_or_disable_on_one_replica_is_enforced_by_the_others_within
             .fetch_jwt(&JwtRequest::audience("billing"))
             .await
             .expect("fetch");
-        let answer = introspector.introspect_token(&jwt.token).await.unwrap();
+        let answer = introspector
+            .introspect_token(&jwt.token)
+            .await
+            .unwrap_or_else(|e| panic!("introspect on C: {e:?}"));
         assert!(answer.active, "{answer:?}");
         let started = Instant::now();
         let revoked = admin_a

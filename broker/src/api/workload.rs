@@ -116,6 +116,27 @@ impl WorkloadService {
         }
     }
 
+    /// Makes sure this broker knows the calling workload's identity before
+    /// a handler looks it up in memory: one created on another broker
+    /// sharing the store a moment ago, whose change has not arrived yet,
+    /// is read from the store (the caller's valid SVID shows it exists).
+    /// Costs a cached certificate lookup when the identity is known.
+    pub(super) async fn learn_caller<T: Sync>(&self, request: &Request<T>) {
+        let missing = match self
+            .broker
+            .callers
+            .authenticate(request, &self.broker.keys, unix_now())
+        {
+            Ok(Caller::Workload(peer)) if self.broker.registry.get(&peer.identity).is_none() => {
+                peer.identity.clone()
+            }
+            _ => return,
+        };
+        if let Err(e) = self.broker.registry.get_or_load(&missing).await {
+            tracing::warn!(identity = %missing, error = %e, "cannot read the caller's identity from the store");
+        }
+    }
+
     /// The caller, which must be a workload with a valid SVID, and its
     /// identity, which must be active.
     pub(super) fn workload_caller<T>(
@@ -342,6 +363,7 @@ impl Workload for WorkloadService {
             "watch_node_entries",
             request.remote_addr(),
         );
+        self.learn_caller(&request).await;
         let (peer, _node) = match self.workload_caller(&request, &mut audit, unix_now()) {
             Ok(caller) => caller,
             Err(e) => {
@@ -370,6 +392,7 @@ impl Workload for WorkloadService {
             "mint_workload_svid",
             request.remote_addr(),
         );
+        self.learn_caller(&request).await;
         let result = self.mint_workload_svid_inner(request, &mut audit);
         deliver(&self.broker, result, &audit).await
     }
@@ -384,6 +407,7 @@ impl Workload for WorkloadService {
             "mint_workload_jwt",
             request.remote_addr(),
         );
+        self.learn_caller(&request).await;
         let result = self.mint_workload_jwt_inner(request, &mut audit);
         deliver(&self.broker, result, &audit).await
     }
@@ -392,6 +416,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        self.learn_caller(&request).await;
         self.open_revocation_stream(request)
     }
 
@@ -421,6 +446,7 @@ impl Workload for WorkloadService {
         &self,
         request: Request<IntrospectRequest>,
     ) -> Result<Response<IntrospectResponse>, Status> {
+        self.learn_caller(&request).await;
         let scope = self.require_authenticated(&request)?;
         let request = request.into_inner();
         Ok(Response::new(introspect::introspect(
@@ -452,6 +478,7 @@ impl Workload for WorkloadService {
     ) -> Result<Response<FetchJwtResponse>, Status> {
         self.rates.sign_peer(request.remote_addr())?;
         let mut audit = AuditRecord::new(&self.broker.audit, "fetch_jwt", request.remote_addr());
+        self.learn_caller(&request).await;
         let result = self.fetch_jwt_inner(request, &mut audit);
         deliver(&self.broker, result, &audit).await
     }
@@ -465,6 +492,7 @@ impl Workload for WorkloadService {
         if self.retired_ca_renewal(&request).await {
             request.extensions_mut().insert(RetiredCaRenewal);
         }
+        self.learn_caller(&request).await;
         let result = self.renew_inner(request, &mut audit);
         deliver(&self.broker, result, &audit).await
     }

@@ -38,9 +38,13 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0003_audit_retention.sql"),
 ];
 
-/// Connections per broker: the hot path does not touch the store (audit
-/// is batched), so a few serve admin calls, the feed and the batches.
-const MAX_CONNECTIONS: u32 = 8;
+/// Pooled connections per broker: the hot path does not touch the store
+/// (audit is batched, one transaction at a time), so a few serve admin
+/// calls, the feed and the batches. Each broker also holds one connection
+/// for notifications and, while it leads, one for the leader lock: a
+/// broker needs at most 7 of the server's `max_connections` (100 by
+/// default).
+const MAX_CONNECTIONS: u32 = 5;
 /// Longest wait for a pooled connection before a call fails UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
