@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::{KeyKind, KeyRecord, OperatorRecord, StoreError};
+use super::{Change, ChangeKind, JoinTokenRecord, KeyKind, KeyRecord, OperatorRecord, StoreError};
 use crate::audit::{AuditEntry, ChainedEntry};
 use crate::model::{
     Audience, EnvName, Identity, IdentityKey, IdentityName, Scope, Selector, SpiffeId,
@@ -220,5 +220,33 @@ pub(super) fn operator(row: &impl Columns) -> Result<OperatorRecord, StoreError>
         revoked_at: row.opt_int("revoked_at")?,
         revoked_by: row.opt_text("revoked_by")?,
         revoke_reason: row.opt_text("revoke_reason")?,
+    })
+}
+
+/// A `join_tokens` row found by its hash.
+pub(super) fn join_token(
+    row: &impl Columns,
+    hash: [u8; 32],
+) -> Result<JoinTokenRecord, StoreError> {
+    Ok(JoinTokenRecord {
+        hash,
+        identity: IdentityKey {
+            env: EnvName::new(&row.text("env")?).map_err(corrupt)?,
+            name: IdentityName::new(&row.text("name")?).map_err(corrupt)?,
+        },
+        created_at: row.int("created_at")?,
+        expires_at: row.int("expires_at")?,
+        uses_left: row.int("uses_left")?.clamp(0, i64::from(u32::MAX)) as u32,
+    })
+}
+
+/// A `changes` row.
+pub(super) fn change(row: &impl Columns) -> Result<Change, StoreError> {
+    let kind = row.text("kind")?;
+    Ok(Change {
+        seq: row.int("seq")?,
+        kind: ChangeKind::parse(&kind)
+            .ok_or_else(|| corrupt(format!("unknown change kind {kind:?}")))?,
+        key: row.text("key")?,
     })
 }

@@ -2,10 +2,9 @@
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener};
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use super::Lock;
-use crate::store::rows::corrupt;
 use crate::store::{Change, ChangeKind, ChangeSignal, HeldLock, StoreError, StoreLock};
 
 /// The `NOTIFY` channel; the payload is the schema, so brokers in other
@@ -43,17 +42,7 @@ pub(super) async fn after(
             .bind(limit)
             .fetch_all(pool)
             .await?;
-    rows.iter()
-        .map(|r| {
-            let kind: String = r.try_get("kind")?;
-            Ok(Change {
-                seq: r.try_get("seq")?,
-                kind: ChangeKind::parse(&kind)
-                    .ok_or_else(|| corrupt(format!("unknown change kind {kind:?}")))?,
-                key: r.try_get("key")?,
-            })
-        })
-        .collect()
+    rows.iter().map(crate::store::rows::change).collect()
 }
 
 pub(super) async fn latest(pool: &PgPool) -> Result<i64, StoreError> {

@@ -21,14 +21,14 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
-use super::rows::{self, cidr_strings, corrupt, strings, to_json};
+use super::rows::{self, cidr_strings, strings, to_json};
 use super::{
     AuditCut, CertQuery, Change, ChangeKind, ChangeSignal, IssuedCert, JoinTokenRecord, KeyKind,
     KeyRecord, KeyRetirement, NewRevocation, OperatorRecord, OutstandingCredential, Store,
     StoreError, StoreLock, UsageUpdate,
 };
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry};
-use crate::model::{EnvName, Identity, IdentityKey, IdentityName};
+use crate::model::{Identity, IdentityKey};
 use crate::revocation::Revocation;
 
 /// Schema steps, applied in order; `schema_version` records how many ran.
@@ -388,21 +388,7 @@ impl Store for PgStore {
         .bind(hash.as_slice())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            let env: String = row.try_get("env")?;
-            let name: String = row.try_get("name")?;
-            Ok(JoinTokenRecord {
-                hash: *hash,
-                identity: IdentityKey {
-                    env: EnvName::new(&env).map_err(corrupt)?,
-                    name: IdentityName::new(&name).map_err(corrupt)?,
-                },
-                created_at: row.try_get("created_at")?,
-                expires_at: row.try_get("expires_at")?,
-                uses_left: row.try_get::<i64, _>("uses_left")?.max(0) as u32,
-            })
-        })
-        .transpose()
+        row.map(|row| rows::join_token(&row, *hash)).transpose()
     }
 
     async fn consume_join_token(&self, hash: &[u8; 32], now: i64) -> Result<bool, StoreError> {

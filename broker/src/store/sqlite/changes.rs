@@ -1,8 +1,7 @@
 //! The change feed table (see [`crate::store::Change`]).
 
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use super::corrupt;
 use crate::store::{Change, ChangeKind, StoreError};
 
 /// Records a change inside the transaction that makes it.
@@ -30,17 +29,7 @@ pub(super) async fn after(
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|r| {
-            let kind: String = r.try_get("kind")?;
-            Ok(Change {
-                seq: r.try_get("seq")?,
-                kind: ChangeKind::parse(&kind)
-                    .ok_or_else(|| corrupt(format!("unknown change kind {kind:?}")))?,
-                key: r.try_get("key")?,
-            })
-        })
-        .collect()
+    rows.iter().map(crate::store::rows::change).collect()
 }
 
 pub(super) async fn latest(pool: &SqlitePool) -> Result<i64, StoreError> {
