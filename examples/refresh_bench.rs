@@ -42,9 +42,11 @@
 //! cargo build --release -p credbroker && cargo run --release -p credbroker-examples --example refresh_bench -- --sources 10000
 //! ```
 //!
-//! Each source holds two TLS connections to the broker (anonymous for
-//! attestation, mTLS for renewals), so 10,000 sources need more than 20,000
-//! open files in this process and in the broker (which inherits the limit).
+//! Each source holds one TLS connection to the broker (mTLS with its SVID;
+//! the anonymous one it attests over is closed once it holds an SVID), and
+//! a second for a moment while it attests or renews, so 10,000 sources need
+//! more than 10,000 open files in this process and in the broker (which
+//! inherits the limit).
 //! The standard library cannot raise `RLIMIT_NOFILE` and `libc` is not a
 //! dependency here, so the example checks the limit and stops with a clear
 //! message when it is too low: run it under `ulimit -n 65536` (which needs
@@ -1052,17 +1054,17 @@ fn check_open_files(sources: usize) -> Result<u64> {
         )
     };
     bail!(
-        "{sources} sources need about {needed} open files (two TLS connections each, in this \
-         process and in the broker, which inherits the limit) but the soft limit is {soft}.\n\
+        "{sources} sources need about {needed} open files (one TLS connection each, two for \
+         a moment, in this process and in the broker, which inherits the limit) but the soft limit is {soft}.\n\
          The standard library cannot raise it, so {hint}."
     )
 }
 
-/// Open files `sources` need in this process and in the broker: two
-/// connections per source (anonymous for attestation, mTLS for renewals),
-/// now and then a third for a moment while renewing, plus a margin.
+/// Open files `sources` need in this process and in the broker: one
+/// connection per source (mTLS with its SVID), a second for a moment while
+/// it attests or renews, plus a margin.
 fn files_needed(sources: usize) -> u64 {
-    (2 * sources + sources / 10 + 512) as u64
+    (sources + sources / 5 + 512) as u64
 }
 
 /// How many files process `pid` (0: this one) has open.

@@ -55,11 +55,36 @@ pub(crate) fn new_key_and_csr() -> Result<(PrivatePkcs8KeyDer<'static>, Vec<u8>)
 /// one becomes unreachable or unavailable; see [`Brokers`] for the rules.
 #[derive(Debug, Clone)]
 pub struct Client {
-    brokers: Brokers,
-    bundle_pem: Vec<u8>,
+    target: Target,
     pool: Pool,
-    /// Which broker is in use, shared with every session made from here.
+}
+
+/// Where sessions connect: the broker list, the CAs that vouch for it,
+/// and which broker is in use (shared by every session made from one
+/// [`Client`], so what one learns the others use).
+#[derive(Debug, Clone)]
+struct Target {
+    brokers: Brokers,
+    bundle_pem: Arc<[u8]>,
     health: Arc<Health>,
+}
+
+impl Target {
+    /// A pool presenting `svid` as the TLS client certificate, starting
+    /// with the broker in use.
+    async fn session(&self, svid: &X509Svid) -> Result<WorkloadClient, ClientError> {
+        let identity = Identity::from_pem(svid.cert_chain_pem(), svid.private_key_pem());
+        let pool = Pool::open(
+            &self.brokers,
+            &tls(&self.bundle_pem, Some(identity)),
+            Arc::clone(&self.health),
+        )
+        .await?;
+        Ok(WorkloadClient {
+            pool,
+            target: self.clone(),
+        })
+    }
 }
 
 fn tls(bundle_pem: &[u8], identity: Option<Identity>) -> ClientTlsConfig {
@@ -101,25 +126,28 @@ impl Client {
         let health = Health::new();
         let pool = Pool::open(&brokers, &tls(bundle_pem, None), Arc::clone(&health)).await?;
         Ok(Self {
-            brokers,
-            bundle_pem: bundle_pem.to_vec(),
+            target: Target {
+                brokers,
+                bundle_pem: bundle_pem.into(),
+                health,
+            },
             pool,
-            health,
         })
     }
 
     /// The brokers this client uses, in order of preference.
     pub fn brokers(&self) -> &Brokers {
-        &self.brokers
+        &self.target.brokers
     }
 
     /// The broker in use now: its URL, followed by the address in
     /// parentheses when its host name has several (`https://broker:7443
     /// (10.0.0.7:7443)`).
     pub fn current_broker(&self) -> String {
-        self.health
+        self.target
+            .health
             .active()
-            .unwrap_or_else(|| self.brokers.urls()[0].clone())
+            .unwrap_or_else(|| self.target.brokers.urls()[0].clone())
     }
 
     /// Proves what this workload is and receives its first credentials. A
@@ -181,16 +209,24 @@ impl Client {
     }
 
     /// A client that presents `svid` as its TLS client certificate, to
-    /// the same brokers (starting with the one in use).
+    /// the same brokers (starting with the one in use). It opens its own
+    /// connection; once attested, this `Client` (and its connection) can
+    /// be dropped: [`WorkloadClient::with_svid`] makes the next session.
     pub async fn authenticated(&self, svid: &X509Svid) -> Result<WorkloadClient, ClientError> {
-        let identity = Identity::from_pem(svid.cert_chain_pem(), svid.private_key_pem());
-        let pool = Pool::open(
-            &self.brokers,
-            &tls(&self.bundle_pem, Some(identity)),
-            Arc::clone(&self.health),
-        )
-        .await?;
-        Ok(WorkloadClient { pool })
+        self.target.session(svid).await
+    }
+
+    /// This client with no connection open: the next call connects again
+    /// (to the broker in use; what it learnt of the others is kept). The
+    /// connection this one holds closes once every clone of it is dropped.
+    /// A workload that has attested needs only its SVID session
+    /// ([`Client::authenticated`]); keeping an idle `Client` for a later
+    /// attestation then costs no second connection.
+    pub fn idle(&self) -> Client {
+        Client {
+            target: self.target.clone(),
+            pool: self.pool.idle(),
+        }
     }
 
     /// A client without a client certificate, for probing (calls that need
@@ -198,6 +234,7 @@ impl Client {
     pub fn anonymous(&self) -> WorkloadClient {
         WorkloadClient {
             pool: self.pool.clone(),
+            target: self.target.clone(),
         }
     }
 }
@@ -208,9 +245,17 @@ impl Client {
 #[derive(Debug, Clone)]
 pub struct WorkloadClient {
     pool: Pool,
+    target: Target,
 }
 
 impl WorkloadClient {
+    /// A session to the same brokers presenting `svid` instead (the one a
+    /// renewal returned), on a connection of its own; this session's
+    /// connection closes when the last clone of it is dropped.
+    pub async fn with_svid(&self, svid: &X509Svid) -> Result<WorkloadClient, ClientError> {
+        self.target.session(svid).await
+    }
+
     /// The underlying generated gRPC client of the broker in use, for calls
     /// the SDK does not wrap (these do not fail over by themselves).
     pub fn grpc(&self) -> Grpc<Channel> {

@@ -114,6 +114,11 @@ impl Admin {
         &mut self.0
     }
 
+    /// Another handle on the same connection, for calls in flight at once.
+    pub fn grpc_clone(&self) -> AdminClient<Channel> {
+        self.0.clone()
+    }
+
     /// Registers `identity`; one that is already registered (from an
     /// earlier run) is reused as it is, and says so.
     pub async fn register(&mut self, identity: &Registration<'_>) -> Result<()> {

@@ -7,7 +7,8 @@
 //! SVID) and as nobody. Inputs go out as raw request bodies, so the
 //! broker's own decoder sees every byte, then its handlers. A panic in any
 //! thread aborts the process (libFuzzer's panic hook): a crash. A call that
-//! does not answer within [`CALL_TIMEOUT`] panics too: a hang.
+//! does not answer within [`CALL_TIMEOUT`] ([`LOG_WALK_TIMEOUT`] for the
+//! calls that verify the whole audit log) panics too: a hang.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -27,6 +28,19 @@ use tonic::{Request, Status};
 
 /// Longest one fuzzed call may take before it counts as a hang.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for calls that walk the whole audit log (verifying it): the
+/// log grows with every call of a long run (hundreds of thousands of
+/// entries after an hour), so their honest time grows with it.
+pub const LOG_WALK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a call to `path` may take before it counts as a hang.
+fn timeout_for(path: &str) -> Duration {
+    if path.starts_with("/credbroker.v1.Admin/VerifyAudit") {
+        LOG_WALK_TIMEOUT
+    } else {
+        CALL_TIMEOUT
+    }
+}
 /// The environment and audience the harness's identity uses.
 pub const ENV: &str = "dev";
 /// Audience of the harness identity's JWTs.
@@ -298,8 +312,9 @@ pub fn call(h: &Harness, channel: &Channel, path: &'static str, kind: Kind, body
                 }
             }
         };
-        if tokio::time::timeout(CALL_TIMEOUT, work).await.is_err() {
-            panic!("{name} did not answer within {CALL_TIMEOUT:?}");
+        let limit = timeout_for(name);
+        if tokio::time::timeout(limit, work).await.is_err() {
+            panic!("{name} did not answer within {limit:?}");
         }
     });
 }

@@ -18,7 +18,7 @@ use super::status;
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::broker::Broker;
 use crate::issue::VerifiedCsr;
-use crate::keys::{pem_encode, random_serial};
+use crate::keys::{new_serial, pem_encode};
 use crate::model::{format_duration, unix_now};
 use crate::policy::roles::{Role, check_operator_name};
 use crate::store::OperatorRecord;
@@ -104,7 +104,7 @@ pub(super) async fn create(
     let expires_at = (now + ttl.as_secs() as i64).min(ca.not_after());
     params.not_after = time::OffsetDateTime::from_unix_timestamp(expires_at)
         .map_err(|e| Status::internal(e.to_string()))?;
-    let serial = random_serial().map_err(status::key)?;
+    let serial = new_serial().map_err(status::key)?;
     params.serial_number = Some(serial);
     params.use_authority_key_identifier_extension = true;
     let cert = ca.sign(&params, &csr).map_err(status::key)?;
@@ -132,7 +132,7 @@ pub(super) async fn create(
     let committed = broker
         .audit
         .commit(vec![AuditEntry {
-            at_ms: now_ms(),
+            at_ms: crate::model::unix_now_ms(),
             action: audit.action.to_owned(),
             decision: "done".into(),
             actor: audit.actor.clone(),
@@ -174,13 +174,6 @@ pub(super) async fn create(
         certificate_pem: pem_encode("CERTIFICATE", &cert),
         broker_ca_pem: broker_ca,
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Operator certificates: live ones, or every one with `all`.

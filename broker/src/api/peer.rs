@@ -10,8 +10,14 @@
 //! FetchJwt after signing, and its answer never changes for a given
 //! certificate, so [`CallerCache`] remembers it keyed by the certificate's
 //! SHA-256. Validity times are still checked on every call.
+//!
+//! The SHA-256 itself (a certificate is a dozen hash blocks, 8 % of a
+//! FetchJwt's instructions when it was taken on every call) is taken once
+//! per connection: [`ConnectionDigests`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use rustls_pki_types::CertificateDer;
 
 use dashmap::DashMap;
 use tonic::{Request, Status};
@@ -27,6 +33,50 @@ use crate::revocation::CredentialFacts;
 /// Certificates remembered at most; the cache is emptied when full (every
 /// entry can be recomputed).
 const CACHE_CAPACITY: usize = 100_000;
+
+/// Connections whose certificate digest is remembered at most before
+/// closed connections are forgotten.
+const CONNECTIONS_CAPACITY: usize = 65_536;
+
+/// The peer certificates of one TLS connection, as tonic hands them to
+/// every request on it: one `Arc`, made at the handshake.
+type PeerCerts = Arc<Vec<CertificateDer<'static>>>;
+
+/// The SHA-256 of each open connection's client certificate, so a
+/// connection's requests hash it once. Keyed by the address of the
+/// connection's certificate list, holding a [`Weak`] to it: while the
+/// `Weak` lives that allocation cannot be reused, so an equal address is
+/// the same connection's list, never a later one's.
+#[derive(Debug, Default)]
+struct ConnectionDigests {
+    by_connection: DashMap<usize, (Weak<Vec<CertificateDer<'static>>>, [u8; 32])>,
+}
+
+impl ConnectionDigests {
+    /// The SHA-256 of the leaf of `certs`.
+    fn leaf_digest(&self, certs: &PeerCerts, leaf: &[u8]) -> [u8; 32] {
+        let key = Arc::as_ptr(certs) as usize;
+        if let Some(hit) = self.by_connection.get(&key) {
+            // An entry's Weak keeps its address from being reused: a hit
+            // is this very list.
+            return hit.1;
+        }
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, leaf).as_ref());
+        if self.by_connection.len() >= CONNECTIONS_CAPACITY {
+            // Closed connections' lists are gone (no strong reference);
+            // if most are open, start over (every digest can be retaken).
+            self.by_connection
+                .retain(|_, (list, _)| list.strong_count() > 0);
+            if self.by_connection.len() >= CONNECTIONS_CAPACITY / 2 {
+                self.by_connection.clear();
+            }
+        }
+        self.by_connection
+            .insert(key, (Arc::downgrade(certs), digest));
+        digest
+    }
+}
 
 /// An authenticated workload.
 #[derive(Debug, Clone)]
@@ -108,6 +158,7 @@ enum VerifiedCaller {
 #[derive(Debug, Default)]
 pub struct CallerCache {
     verified: DashMap<[u8; 32], Verified>,
+    connections: ConnectionDigests,
     /// Named operators' certificates, checked at every admin call.
     pub operators: OperatorRegistry,
 }
@@ -126,9 +177,7 @@ impl CallerCache {
         let Some(leaf) = certs.first() else {
             return Ok(Caller::Anonymous);
         };
-        let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
-        let mut fingerprint = [0u8; 32];
-        fingerprint.copy_from_slice(digest.as_ref());
+        let fingerprint = self.connections.leaf_digest(&certs, leaf);
         let generation = keys.generation();
         let cached = self
             .verified
@@ -303,6 +352,42 @@ mod tests {
             .sign(&params, &key)
             .unwrap()
             .to_vec()
+    }
+
+    #[test]
+    fn a_new_connection_never_inherits_a_closed_ones_digest() {
+        let digests = ConnectionDigests::default();
+        let sha = |b: &[u8]| {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
+            out
+        };
+        let list = |b: &'static [u8]| -> PeerCerts { Arc::new(vec![CertificateDer::from(b)]) };
+        let first = list(b"certificate of the first connection");
+        assert_eq!(
+            digests.leaf_digest(&first, &first[0]),
+            sha(&first[0]),
+            "first use"
+        );
+        assert_eq!(
+            digests.leaf_digest(&first, &first[0]),
+            sha(&first[0]),
+            "remembered"
+        );
+        let first_at = Arc::as_ptr(&first) as usize;
+        drop(first);
+        // The allocator hands a freed block of the same size straight back:
+        // without the Weak held for it, one of these would get the closed
+        // connection's digest.
+        for n in 0..64 {
+            let other = list(b"another workload's certificate");
+            let reused = Arc::as_ptr(&other) as usize == first_at;
+            assert_eq!(
+                digests.leaf_digest(&other, &other[0]),
+                sha(&other[0]),
+                "connection {n} (same address as the closed one: {reused})"
+            );
+        }
     }
 
     #[tokio::test]

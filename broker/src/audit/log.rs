@@ -221,10 +221,7 @@ impl AuditLog {
 
 /// Seals `seq`/`head` into the checkpoint file and the log stream.
 fn seal_checkpoint(seal: &AuditSeal, seq: i64, head: [u8; 32]) -> bool {
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let at_ms = crate::model::unix_now_ms();
     let Some(cp) = Checkpoint::sign(&seal.signer, seq, head, at_ms) else {
         tracing::error!("cannot sign an audit checkpoint");
         return false;

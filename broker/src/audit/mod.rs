@@ -84,13 +84,6 @@ pub struct AuditRecord {
     pub evidence: Option<String>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl AuditRecord {
     /// Starts a record for `action` from `peer`, written to `log`.
     pub fn new(log: &AuditLog, action: &'static str, peer: Option<SocketAddr>) -> Self {
@@ -108,7 +101,7 @@ impl AuditRecord {
 
     fn entry(&self, decision: &str) -> AuditEntry {
         AuditEntry {
-            at_ms: now_ms(),
+            at_ms: crate::model::unix_now_ms(),
             action: self.action.to_owned(),
             decision: decision.to_owned(),
             actor: self.actor.clone(),

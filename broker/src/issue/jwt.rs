@@ -2,7 +2,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 
 use crate::keys::{JwtSigningKey, KeyError};
@@ -90,10 +89,7 @@ pub struct MintedJwt {
 
 /// Signs a JWT-SVID at unix time `now`.
 pub fn mint(key: &JwtSigningKey, spec: JwtSpec<'_>, now: i64) -> Result<MintedJwt, KeyError> {
-    let mut jti = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut jti)
-        .map_err(|_| KeyError::Random)?;
+    let jti = super::ids::time_ordered_id(crate::model::unix_now_ms())?;
     let claims = JwtClaims {
         iss: spec.issuer.to_owned(),
         sub: spec.spiffe_id.to_string(),

@@ -1,6 +1,7 @@
 //! Credential issuance: X.509-SVIDs from CSRs and JWT-SVIDs. Pure functions
 //! over keys and decisions already made by [`crate::policy`].
 
+pub mod ids;
 pub mod jwt;
 pub mod x509;
 

@@ -22,7 +22,7 @@ use x509_parser::oid_registry::{
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
-use crate::keys::{CertificateAuthority, KeyError, random_serial};
+use crate::keys::{CertificateAuthority, KeyError, new_serial};
 use crate::model::SpiffeId;
 
 /// Largest CSR accepted, in bytes. A P-256 CSR is ~250 bytes, RSA-4096 ~1.7 KiB.
@@ -166,7 +166,7 @@ pub fn issue_svid(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
-    let serial = random_serial()?;
+    let serial = new_serial()?;
     let serial_hex = serial
         .to_bytes()
         .iter()

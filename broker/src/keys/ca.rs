@@ -8,7 +8,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
 };
-use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use x509_parser::certificate::X509Certificate;
@@ -79,7 +78,7 @@ impl CertificateAuthority {
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
             .map_err(|e| KeyError::BadCertificate(format!("CA expiry {not_after}: {e}")))?;
-        params.serial_number = Some(random_serial()?);
+        params.serial_number = Some(new_serial()?);
         let cert = match upstream {
             Some(up) => {
                 params.use_authority_key_identifier_extension = true;
@@ -230,15 +229,12 @@ pub fn serial_of(cert: &X509Certificate<'_>) -> String {
         .collect()
 }
 
-/// A random positive 126-bit serial whose first byte is never zero, so its
-/// hex form is the same however a parser trims leading zeros.
-pub fn random_serial() -> Result<SerialNumber, KeyError> {
-    let mut bytes = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| KeyError::Random)?;
-    bytes[0] = (bytes[0] & 0x3f) | 0x40;
-    Ok(SerialNumber::from_slice(&bytes))
+/// A new certificate serial: positive, 16 bytes, never starting with a
+/// zero byte, unguessable (72 random bits) and ordered by time (see
+/// [`crate::issue::ids`]).
+pub fn new_serial() -> Result<SerialNumber, KeyError> {
+    let serial = crate::issue::ids::time_ordered_serial(crate::model::unix_now_ms())?;
+    Ok(SerialNumber::from_slice(&serial))
 }
 
 #[cfg(test)]

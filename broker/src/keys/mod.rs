@@ -30,7 +30,7 @@ use thiserror::Error;
 use tokio::sync::{Mutex, watch};
 
 pub use ca::{
-    CertificateAuthority, authority_key_id, pem_encode, random_serial, serial_of, subject_key_id,
+    CertificateAuthority, authority_key_id, new_serial, pem_encode, serial_of, subject_key_id,
 };
 pub use commands::{KeyCommandError, KeyInfo, Retired};
 pub use config::KeysConfig;

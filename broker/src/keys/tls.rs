@@ -10,7 +10,7 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use super::{CertificateAuthority, KeyError, pem_encode, random_serial, write_private_file};
+use super::{CertificateAuthority, KeyError, new_serial, pem_encode, write_private_file};
 use crate::model::unix_now;
 
 /// Lifetime of the broker's TLS certificate; it is re-issued at every start.
@@ -60,7 +60,7 @@ impl ServerTls {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         set_validity(&mut params, SERVER_CERT_TTL, ca);
-        params.serial_number = Some(random_serial()?);
+        params.serial_number = Some(new_serial()?);
         params.use_authority_key_identifier_extension = true;
         let not_after = params.not_after.unix_timestamp();
         let cert = ca.sign(&params, &key)?;
@@ -135,7 +135,7 @@ impl AdminFiles {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         set_validity(&mut params, ADMIN_CERT_TTL, ca);
-        params.serial_number = Some(random_serial()?);
+        params.serial_number = Some(new_serial()?);
         params.use_authority_key_identifier_extension = true;
         let cert = ca.sign(&params, &key)?;
         let io = |path: &Path| {

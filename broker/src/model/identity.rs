@@ -1,12 +1,12 @@
 //! The identity (registration entry): who a workload is, who owns it, and
 //! what it may be issued.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::name_set::NameSet;
 use super::names::{Audience, EnvName, IdentityName, Scope, SpiffeId};
 
 /// The key of an identity: its environment and name.
@@ -66,9 +66,9 @@ pub struct Identity {
     /// Peer networks credential calls may come from; empty allows any.
     pub allow_cidrs: Vec<crate::policy::Cidr>,
     /// Audiences JWTs may be issued for.
-    pub audiences: BTreeSet<Audience>,
+    pub audiences: NameSet<Audience>,
     /// Scopes JWTs may carry.
-    pub scopes: BTreeSet<Scope>,
+    pub scopes: NameSet<Scope>,
     /// Lifetime (and maximum lifetime) of issued JWTs.
     pub jwt_ttl: Duration,
     /// Lifetime of issued X.509-SVIDs.
@@ -188,8 +188,10 @@ pub(crate) fn test_identity() -> Identity {
         selectors: vec![],
         parent: None,
         allow_cidrs: vec![],
-        audiences: BTreeSet::from([Audience::new("billing").unwrap()]),
-        scopes: BTreeSet::from([Scope::new("read").unwrap(), Scope::new("write").unwrap()]),
+        audiences: [Audience::new("billing").unwrap()].into_iter().collect(),
+        scopes: [Scope::new("read").unwrap(), Scope::new("write").unwrap()]
+            .into_iter()
+            .collect(),
         jwt_ttl: Duration::from_secs(300),
         x509_ttl: Duration::from_secs(3600),
         expires_at: None,

@@ -2,6 +2,7 @@
 
 mod duration;
 mod identity;
+mod name_set;
 mod names;
 
 pub use duration::{
@@ -10,6 +11,7 @@ pub use duration::{
 #[cfg(test)]
 pub(crate) use identity::test_identity;
 pub use identity::{Identity, IdentityKey, IdentityStatus, OnAnomaly, Selector};
+pub use name_set::NameSet;
 pub use names::{Audience, EnvName, IdentityName, NameError, Scope, SpiffeId, TrustDomain};
 
 /// Current unix time in seconds.

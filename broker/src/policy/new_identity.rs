@@ -1,14 +1,13 @@
 //! Validation of a new identity: every field checked, with an error naming
 //! the field, before anything is stored.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::{Cidr, PolicyError, TtlLimits};
 use crate::attest::{AttestorInfo, RESERVED_PREFIX};
 use crate::config::Environment;
 use crate::model::{
-    Audience, EnvName, Identity, IdentityKey, IdentityName, Scope, Selector, SpiffeId,
+    Audience, EnvName, Identity, IdentityKey, IdentityName, NameSet, Scope, Selector, SpiffeId,
 };
 
 /// The fields an operator supplies for a new identity.
@@ -129,13 +128,13 @@ pub fn validate_new_identity(
         .audiences
         .iter()
         .map(|a| Audience::new(a))
-        .collect::<Result<BTreeSet<_>, _>>()
+        .collect::<Result<NameSet<_>, _>>()
         .map_err(|e| invalid(e.to_string()))?;
     let scopes = req
         .scopes
         .iter()
         .map(|s| Scope::new(s))
-        .collect::<Result<BTreeSet<_>, _>>()
+        .collect::<Result<NameSet<_>, _>>()
         .map_err(|e| invalid(e.to_string()))?;
     let jwt_ttl = ttl(
         "JWT TTL",

@@ -29,6 +29,34 @@ impl Usage {
     }
 }
 
+/// One identity in memory: its settings, shared with requests, and its
+/// usage times, counted here. One map entry per identity (one key, one
+/// slot): a second map for usage cost every identity its key twice.
+#[derive(Debug)]
+struct Entry {
+    identity: Arc<Identity>,
+    usage: Usage,
+}
+
+impl Entry {
+    fn new(identity: Arc<Identity>) -> Self {
+        Self {
+            usage: Usage::from_identity(&identity),
+            identity,
+        }
+    }
+
+    /// The settings with the usage times counted since.
+    fn view(&self, now: i64) -> IdentityView {
+        let nonzero = |v: i64| (v != 0).then_some(v);
+        let mut identity = (*self.identity).clone();
+        identity.last_issued_at = nonzero(self.usage.last_issued_at.load(Ordering::Relaxed));
+        identity.last_seen_at = nonzero(self.usage.last_seen_at.load(Ordering::Relaxed));
+        let status = identity.status(now);
+        IdentityView { identity, status }
+    }
+}
+
 /// An identity with its latest usage times, as shown to operators.
 #[derive(Debug, Clone)]
 pub struct IdentityView {
@@ -45,8 +73,7 @@ const CHANGE_BUFFER: usize = 4096;
 /// In-memory identities backed by a [`Store`].
 pub struct IdentityRegistry {
     store: Arc<dyn Store>,
-    identities: DashMap<IdentityKey, Arc<Identity>>,
-    usage: DashMap<IdentityKey, Arc<Usage>>,
+    identities: DashMap<IdentityKey, Entry>,
     /// Every created or changed identity, as stored, for node streams.
     changes: broadcast::Sender<Arc<Identity>>,
     /// Serializes read-modify-write changes so two admins cannot lose each
@@ -65,19 +92,18 @@ impl std::fmt::Debug for IdentityRegistry {
 impl IdentityRegistry {
     /// Loads every identity from `store`.
     pub async fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let stored = store.list_identities().await?;
+        // Sized once: growing would hold the old and the new table at once.
+        let identities = DashMap::with_capacity(stored.len());
+        for id in stored {
+            identities.insert(id.key.clone(), Entry::new(Arc::new(id)));
+        }
         let registry = Self {
             store,
-            identities: DashMap::new(),
-            usage: DashMap::new(),
+            identities,
             changes: broadcast::channel(CHANGE_BUFFER).0,
             writes: Mutex::new(()),
         };
-        for id in registry.store.list_identities().await? {
-            registry
-                .usage
-                .insert(id.key.clone(), Arc::new(Usage::from_identity(&id)));
-            registry.identities.insert(id.key.clone(), Arc::new(id));
-        }
         Ok(registry)
     }
 
@@ -92,8 +118,8 @@ impl IdentityRegistry {
         let mut out: Vec<Arc<Identity>> = self
             .identities
             .iter()
-            .filter(|e| e.value().parent.as_ref() == Some(node))
-            .map(|e| Arc::clone(e.value()))
+            .filter(|e| e.value().identity.parent.as_ref() == Some(node))
+            .map(|e| Arc::clone(&e.value().identity))
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
@@ -101,7 +127,7 @@ impl IdentityRegistry {
 
     /// The identity's current settings (usage times as of load).
     pub fn get(&self, key: &IdentityKey) -> Option<Arc<Identity>> {
-        self.identities.get(key).map(|e| Arc::clone(e.value()))
+        self.identities.get(key).map(|e| Arc::clone(&e.identity))
     }
 
     /// The identity, read from the store when this broker has not heard
@@ -128,14 +154,14 @@ impl IdentityRegistry {
     pub fn with_selectors(&self, env: &EnvName) -> Vec<Arc<Identity>> {
         self.identities
             .iter()
-            .filter(|e| e.key().env == *env && !e.value().selectors.is_empty())
-            .map(|e| Arc::clone(e.value()))
+            .filter(|e| e.key().env == *env && !e.value().identity.selectors.is_empty())
+            .map(|e| Arc::clone(&e.value().identity))
             .collect()
     }
 
     /// The identity with up-to-date usage times.
     pub fn view(&self, key: &IdentityKey, now: i64) -> Option<IdentityView> {
-        self.get(key).map(|id| self.merge_usage(&id, now))
+        self.identities.get(key).map(|e| e.view(now))
     }
 
     /// Identities matching the filters, sorted by environment and name.
@@ -144,22 +170,11 @@ impl IdentityRegistry {
             .identities
             .iter()
             .filter(|e| env.is_none_or(|env| &e.key().env == env))
-            .filter(|e| owner.is_none_or(|o| e.value().owner == o))
-            .map(|e| self.merge_usage(e.value(), now))
+            .filter(|e| owner.is_none_or(|o| e.value().identity.owner == o))
+            .map(|e| e.value().view(now))
             .collect();
         out.sort_by(|a, b| a.identity.key.cmp(&b.identity.key));
         out
-    }
-
-    fn merge_usage(&self, id: &Identity, now: i64) -> IdentityView {
-        let mut identity = id.clone();
-        if let Some(usage) = self.usage.get(&id.key) {
-            let nonzero = |v: i64| (v != 0).then_some(v);
-            identity.last_issued_at = nonzero(usage.last_issued_at.load(Ordering::Relaxed));
-            identity.last_seen_at = nonzero(usage.last_seen_at.load(Ordering::Relaxed));
-        }
-        let status = identity.status(now);
-        IdentityView { identity, status }
     }
 
     /// Stores a new identity, then caches it.
@@ -182,12 +197,8 @@ impl IdentityRegistry {
             return Err(e);
         }
         let identity = Arc::new(identity);
-        self.usage.insert(
-            identity.key.clone(),
-            Arc::new(Usage::from_identity(&identity)),
-        );
         self.identities
-            .insert(identity.key.clone(), Arc::clone(&identity));
+            .insert(identity.key.clone(), Entry::new(Arc::clone(&identity)));
         let _ = self.changes.send(Arc::clone(&identity));
         Ok(identity)
     }
@@ -212,7 +223,7 @@ impl IdentityRegistry {
         next.updated_at = now;
         self.store.update_identity(&next).await?;
         let next = Arc::new(next);
-        self.identities.insert(key.clone(), Arc::clone(&next));
+        self.replace(key, &next);
         let _ = self.changes.send(Arc::clone(&next));
         Ok(next)
     }
@@ -224,7 +235,6 @@ impl IdentityRegistry {
         let _guard = self.writes.lock().await;
         let Some(stored) = stored else {
             self.identities.remove(key);
-            self.usage.remove(key);
             return;
         };
         if self.get(key).is_some_and(|cached| {
@@ -241,19 +251,28 @@ impl IdentityRegistry {
             // Its own change, or one already applied: nothing new.
             return;
         }
-        self.usage
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Usage::from_identity(&stored)));
         let stored = Arc::new(stored);
-        self.identities.insert(key.clone(), Arc::clone(&stored));
+        self.replace(key, &stored);
         let _ = self.changes.send(stored);
+    }
+
+    /// Caches `next` as `key`'s settings, keeping the usage counted so far.
+    fn replace(&self, key: &IdentityKey, next: &Arc<Identity>) {
+        match self.identities.get_mut(key) {
+            Some(mut entry) => entry.identity = Arc::clone(next),
+            None => {
+                self.identities
+                    .insert(key.clone(), Entry::new(Arc::clone(next)));
+            }
+        }
     }
 
     /// Notes that a credential was issued to `key` at `now`.
     /// Returns the previous last issuance, if there was one (for the
     /// stale-identity anomaly rule).
     pub fn record_issued(&self, key: &IdentityKey, now: i64) -> Option<i64> {
-        let usage = self.usage.get(key)?;
+        let entry = self.identities.get(key)?;
+        let usage = &entry.usage;
         let previous = usage.last_issued_at.fetch_max(now, Ordering::Relaxed);
         usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
         usage.dirty.store(true, Ordering::Release);
@@ -262,24 +281,25 @@ impl IdentityRegistry {
 
     /// Notes an authenticated use by `key` at `now`.
     pub fn record_seen(&self, key: &IdentityKey, now: i64) {
-        if let Some(usage) = self.usage.get(key) {
-            usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
-            usage.dirty.store(true, Ordering::Release);
+        if let Some(entry) = self.identities.get(key) {
+            entry.usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
+            entry.usage.dirty.store(true, Ordering::Release);
         }
     }
 
     /// Writes changed usage times to the store in one batch.
     pub async fn flush_usage(&self) -> Result<usize, StoreError> {
         let updates: Vec<UsageUpdate> = self
-            .usage
+            .identities
             .iter()
-            .filter(|e| e.value().dirty.swap(false, Ordering::AcqRel))
+            .filter(|e| e.value().usage.dirty.swap(false, Ordering::AcqRel))
             .map(|e| {
                 let nonzero = |v: i64| (v != 0).then_some(v);
+                let usage = &e.value().usage;
                 UsageUpdate {
                     identity: e.key().clone(),
-                    last_issued_at: nonzero(e.value().last_issued_at.load(Ordering::Relaxed)),
-                    last_seen_at: nonzero(e.value().last_seen_at.load(Ordering::Relaxed)),
+                    last_issued_at: nonzero(usage.last_issued_at.load(Ordering::Relaxed)),
+                    last_seen_at: nonzero(usage.last_seen_at.load(Ordering::Relaxed)),
                 }
             })
             .collect();
@@ -289,8 +309,8 @@ impl IdentityRegistry {
         if let Err(e) = self.store.record_usage(&updates).await {
             // Keep them for the next attempt.
             for u in &updates {
-                if let Some(usage) = self.usage.get(&u.identity) {
-                    usage.dirty.store(true, Ordering::Release);
+                if let Some(entry) = self.identities.get(&u.identity) {
+                    entry.usage.dirty.store(true, Ordering::Release);
                 }
             }
             return Err(e);

@@ -13,6 +13,7 @@
 //! transaction, and [`Store::change_signal`] wakes the others to read them
 //! (see [`crate::replica`]).
 
+mod audit_rows;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod locks;

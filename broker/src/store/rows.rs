@@ -5,13 +5,12 @@
 //! serves SQLite and PostgreSQL alike. [`Columns`] is the little a decoder
 //! needs from a row; each backend's row type implements it.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::{Change, ChangeKind, JoinTokenRecord, KeyKind, KeyRecord, OperatorRecord, StoreError};
 use crate::audit::{AuditEntry, ChainedEntry};
 use crate::model::{
-    Audience, EnvName, Identity, IdentityKey, IdentityName, Scope, Selector, SpiffeId,
+    Audience, EnvName, Identity, IdentityKey, IdentityName, NameSet, Scope, Selector, SpiffeId,
 };
 use crate::policy::Cidr;
 use crate::policy::roles::Role;
@@ -118,12 +117,12 @@ pub(super) fn identity(row: &impl Columns) -> Result<Identity, StoreError> {
         audiences: audiences
             .iter()
             .map(|a| Audience::new(a))
-            .collect::<Result<BTreeSet<_>, _>>()
+            .collect::<Result<NameSet<_>, _>>()
             .map_err(corrupt)?,
         scopes: scopes
             .iter()
             .map(|s| Scope::new(s))
-            .collect::<Result<BTreeSet<_>, _>>()
+            .collect::<Result<NameSet<_>, _>>()
             .map_err(corrupt)?,
         jwt_ttl: Duration::from_secs(row.int("jwt_ttl_seconds")?.max(0) as u64),
         x509_ttl: Duration::from_secs(row.int("x509_ttl_seconds")?.max(0) as u64),

@@ -229,16 +229,12 @@ async fn attest(client: &Client, config: &SourceConfig) -> Result<Held, ClientEr
 }
 
 /// Renews whatever is due; on success the held state is updated in place.
-async fn refresh_due(
-    client: &Client,
-    held: &mut Held,
-    policy: &RefreshPolicy,
-) -> Result<bool, ClientError> {
+async fn refresh_due(held: &mut Held, policy: &RefreshPolicy) -> Result<bool, ClientError> {
     let now = Instant::now();
     let mut changed = false;
     if held.svid_due <= now {
         let (svid, bundle) = held.session.renew().await?;
-        let session = client.authenticated(&svid).await?;
+        let session = held.session.with_svid(&svid).await?;
         held.svid_due = Instant::now() + renew_after(svid.remaining(), policy);
         tracing::info!(serial = %svid.serial, expires_in = ?svid.remaining(), "renewed X.509-SVID");
         held.creds.svid = svid;
@@ -282,7 +278,7 @@ fn is_permanent(e: &ClientError) -> bool {
 async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
     let policy = config.policy;
     let mut failures = 0u32;
-    let client = loop {
+    let mut client = loop {
         match Client::connect(&config.broker, &config.bundle_pem).await {
             Ok(client) => break client,
             Err(e) => {
@@ -318,6 +314,10 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
             match attest(&client, &config).await {
                 Ok(h) => {
                     failures = 0;
+                    // From here the SVID session is the one connection;
+                    // the next attestation (if the SVID ever expires)
+                    // connects again, to the broker in use.
+                    client = client.idle();
                     let _ = tx.send(SourceState::Ready(Arc::new(h.creds.clone())));
                     revocations.subscribe(&h.session).await;
                     held = Some(h);
@@ -440,7 +440,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
             let _ = tx.send(SourceState::Ready(Arc::new(current.creds.clone())));
         }
         let serial_before = current.creds.svid.serial.clone();
-        match refresh_due(&client, current, &policy).await {
+        match refresh_due(current, &policy).await {
             Ok(changed) => {
                 failures = 0;
                 hint = Duration::ZERO;

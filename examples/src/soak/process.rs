@@ -59,7 +59,42 @@ pub struct BrokerProcess {
     /// Where its log goes.
     pub log: PathBuf,
     proc: Option<ProcFiles>,
+    launch: Launch,
     _dir: TempDir,
+}
+
+/// How the process was started, to start it again the same way.
+struct Launch {
+    bin: PathBuf,
+    config: PathBuf,
+    nofile: Option<u64>,
+}
+
+impl Launch {
+    fn spawn(&self, log: &Path) -> Result<Child> {
+        let mut command = match self.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        command
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env_remove("CREDBROKER_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)?,
+            )
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))
+    }
 }
 
 impl BrokerProcess {
@@ -78,23 +113,12 @@ impl BrokerProcess {
         let config = dir.path().join("credbroker.toml");
         std::fs::write(&config, toml)?;
         let log = dir.path().join("broker.log");
-        let mut command = match nofile {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg(bin);
-                c
-            }
-            None => Command::new(bin),
+        let launch = Launch {
+            bin: bin.to_path_buf(),
+            config,
+            nofile,
         };
-        let child = command
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("CREDBROKER_DATA_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = launch.spawn(&log)?;
         let mut broker = Self {
             proc: ProcFiles::open(child.id()),
             child,
@@ -102,18 +126,45 @@ impl BrokerProcess {
             url: format!("https://127.0.0.1:{grpc_port}"),
             http_port,
             log,
+            launch,
             _dir: dir,
         };
+        broker.wait_ready().await?;
+        Ok(broker)
+    }
+
+    /// Stops the broker as an operator would (SIGTERM: it finishes what it
+    /// holds and exits), then starts it again on the same configuration and
+    /// data, and waits until it is ready.
+    pub async fn restart(&mut self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM {} failed", self.child.id());
         let began = Instant::now();
-        while http_status(http_port, "/readyz", Duration::from_secs(2))
+        while self.child.try_wait()?.is_none() {
+            ensure!(
+                began.elapsed() < READY_TIMEOUT,
+                "the broker did not stop within {READY_TIMEOUT:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = self.launch.spawn(&self.log)?;
+        self.proc = ProcFiles::open(self.child.id());
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let began = Instant::now();
+        while http_status(self.http_port, "/readyz", Duration::from_secs(2))
             .await
             .ok()
             != Some(200)
         {
-            if let Some(status) = broker.child.try_wait()? {
+            if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "the broker exited with {status}; log: {}",
-                    broker.log.display()
+                    self.log.display()
                 );
             }
             ensure!(
@@ -122,7 +173,7 @@ impl BrokerProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(broker)
+        Ok(())
     }
 
     /// Its process id.

@@ -5,12 +5,13 @@ use sqlx::{PgPool, Postgres, QueryBuilder, Row, Transaction};
 use super::{Lock, finish, lock_for_transaction};
 use crate::audit::checkpoint::{Checkpoint, CheckpointKind};
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry, GENESIS};
+use crate::store::audit_rows;
 use crate::store::rows::{self, hash32};
 use crate::store::{AuditCut, CertKey, CertQuery, IssuedCert, OutstandingCredential, StoreError};
 
 /// Appends a batch after the newest row. The audit lock serialises
 /// appenders across brokers for the length of one short transaction (read
-/// the head, one multi-row INSERT), so batches from every broker form one
+/// the head, a few multi-row INSERTs), so batches from every broker form one
 /// chain ordered by the database.
 pub(super) async fn append_audit(
     pool: &PgPool,
@@ -28,41 +29,17 @@ async fn append_in(
     chain: &ChainKey,
 ) -> Result<(i64, [u8; 32]), StoreError> {
     lock_for_transaction(tx, Lock::Audit).await?;
-    let (mut seq, mut head) = chain_end(&mut **tx).await?.unwrap_or((0, GENESIS));
+    let (seq, head) = chain_end(&mut **tx).await?.unwrap_or((0, GENESIS));
     if entries.is_empty() {
         return Ok((seq, head));
     }
-    let mut linked = Vec::with_capacity(entries.len());
-    for e in entries {
-        seq += 1;
-        let hash = ChainedEntry::hash_of(seq, e, &head, chain);
-        linked.push((seq, e, head, hash));
-        head = hash;
+    let (linked, seq, head) = audit_rows::link(entries, seq, head, chain);
+    for run in audit_rows::runs(&linked) {
+        audit_rows::insert::<Postgres>(run)
+            .build()
+            .execute(&mut **tx)
+            .await?;
     }
-    let mut q = QueryBuilder::<Postgres>::new(
-        "INSERT INTO audit_log (seq, at_ms, action, decision, actor, peer, identity, env,
-             credential, jti, serial, expires_at, reason, detail, evidence, prev_hash, hash) ",
-    );
-    q.push_values(linked, |mut row, (seq, e, prev, hash)| {
-        row.push_bind(seq)
-            .push_bind(e.at_ms)
-            .push_bind(e.action.clone())
-            .push_bind(e.decision.clone())
-            .push_bind(e.actor.clone())
-            .push_bind(e.peer.clone())
-            .push_bind(e.identity.clone())
-            .push_bind(e.env.clone())
-            .push_bind(e.credential.clone())
-            .push_bind(e.jti.clone())
-            .push_bind(e.serial.clone())
-            .push_bind(e.expires_at)
-            .push_bind(e.reason.clone())
-            .push_bind(e.detail.clone())
-            .push_bind(e.evidence.clone())
-            .push_bind(prev.to_vec())
-            .push_bind(hash.to_vec());
-    });
-    q.build().execute(&mut **tx).await?;
     Ok((seq, head))
 }
 

@@ -234,10 +234,14 @@ impl Store for PgStore {
     }
 
     async fn list_identities(&self) -> Result<Vec<Identity>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM identities ORDER BY env, name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(rows::identity).collect()
+        // Decoded row by row as they arrive: never every row and every
+        // identity in memory at once (100,000 rows are hundreds of MB).
+        let mut rows = sqlx::query("SELECT * FROM identities ORDER BY env, name").fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(row) = tokio_stream::StreamExt::next(&mut rows).await {
+            out.push(rows::identity(&row?)?);
+        }
+        Ok(out)
     }
 
     async fn get_identity(&self, key: &IdentityKey) -> Result<Option<Identity>, StoreError> {

@@ -4,6 +4,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::audit::checkpoint::{Checkpoint, CheckpointKind};
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry, GENESIS};
+use crate::store::audit_rows;
 use crate::store::rows::{self, hash32};
 use crate::store::{AuditCut, CertKey, CertQuery, IssuedCert, OutstandingCredential, StoreError};
 
@@ -15,35 +16,13 @@ pub(super) async fn append_audit(
     // IMMEDIATE takes the write lock before the head is read, so the head
     // cannot move between reading it and appending after it.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let (mut seq, mut head) = chain_end(&mut *tx).await?.unwrap_or((0, GENESIS));
-    for e in entries {
-        seq += 1;
-        let hash = ChainedEntry::hash_of(seq, e, &head, chain);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at_ms, action, decision, actor, peer, identity, env,
-                 credential, jti, serial, expires_at, reason, detail, evidence, prev_hash, hash)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(seq)
-        .bind(e.at_ms)
-        .bind(&e.action)
-        .bind(&e.decision)
-        .bind(&e.actor)
-        .bind(&e.peer)
-        .bind(&e.identity)
-        .bind(&e.env)
-        .bind(&e.credential)
-        .bind(&e.jti)
-        .bind(&e.serial)
-        .bind(e.expires_at)
-        .bind(&e.reason)
-        .bind(&e.detail)
-        .bind(&e.evidence)
-        .bind(head.as_slice())
-        .bind(hash.as_slice())
-        .execute(&mut *tx)
-        .await?;
-        head = hash;
+    let (seq, head) = chain_end(&mut *tx).await?.unwrap_or((0, GENESIS));
+    let (linked, seq, head) = audit_rows::link(entries, seq, head, chain);
+    for run in audit_rows::runs(&linked) {
+        audit_rows::insert::<Sqlite>(run)
+            .build()
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok((seq, head))
