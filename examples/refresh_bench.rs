@@ -55,10 +55,11 @@
 //! Figures depend on the machine: the broker and all sources share its
 //! cores, so the sources' key generation and TLS handshakes compete with
 //! the broker for CPU. On the two-core machine this was written on, with an
-//! open-files hard limit of 20,000 (so at most about 9,280 sources), 7,500
-//! sources kept up at the default TTL (about 500 renewals/s, the broker
-//! using about 70 % of one core and the sources as much again); 9,000 did
-//! not.
+//! open-files hard limit of 20,000 (when sources held two connections each,
+//! at most about 9,280 sources; with one, about 16,000), 7,500 sources kept
+//! up at the default TTL (about 500 renewals/s, the broker using about 70 %
+//! of one core and the sources as much again); 9,000 did not. With 4,000
+//! sources the broker held 4,023 open files (one connection per source).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

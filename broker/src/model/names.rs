@@ -74,8 +74,11 @@ fn check_chars(
 macro_rules! string_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        ///
+        /// Held as a shared `Arc<str>`: every identity is in memory, and its
+        /// key, SPIFFE ID and map entry share one copy of each name.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// The validated value.
@@ -132,7 +135,7 @@ impl EnvName {
                 why: "must not start or end with '-'",
             });
         }
-        Ok(Self(value.to_owned()))
+        Ok(Self(value.into()))
     }
 }
 
@@ -163,7 +166,7 @@ impl IdentityName {
                 why: "segments between '/' must be non-empty and not '.' or '..'",
             });
         }
-        Ok(Self(value.to_owned()))
+        Ok(Self(value.into()))
     }
 }
 
@@ -178,7 +181,7 @@ impl TrustDomain {
         check_chars("trust domain", value, 255, "a-z 0-9 . - _", |c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')
         })?;
-        Ok(Self(value.to_owned()))
+        Ok(Self(value.into()))
     }
 }
 
@@ -197,7 +200,7 @@ impl Audience {
             "printable ASCII without spaces",
             |c| c.is_ascii_graphic(),
         )?;
-        Ok(Self(value.to_owned()))
+        Ok(Self(value.into()))
     }
 }
 
@@ -216,7 +219,7 @@ impl Scope {
             "printable ASCII except space, '\"' and '\\'",
             |c| c.is_ascii_graphic() && c != '"' && c != '\\',
         )?;
-        Ok(Self(value.to_owned()))
+        Ok(Self(value.into()))
     }
 }
 

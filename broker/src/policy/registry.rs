@@ -2,6 +2,7 @@
 //! on the database), written through to the store on change, with usage times
 //! collected in memory and flushed in batches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
@@ -9,7 +10,7 @@ use dashmap::DashMap;
 use tokio::sync::{Mutex, broadcast};
 
 use super::PolicyError;
-use crate::model::{EnvName, Identity, IdentityKey, IdentityStatus};
+use crate::model::{EnvName, Identity, IdentityKey, IdentityStatus, SpiffeId, TrustDomain};
 use crate::store::{Store, StoreError, UsageUpdate};
 
 #[derive(Debug, Default)]
@@ -57,6 +58,34 @@ impl Entry {
     }
 }
 
+/// One copy of each environment name and trust domain for every identity
+/// loaded, and one of each identity's name for its key and SPIFFE ID (each
+/// row read from the store comes with copies of its own).
+#[derive(Default)]
+struct SharedNames {
+    envs: HashMap<EnvName, EnvName>,
+    domains: HashMap<TrustDomain, TrustDomain>,
+}
+
+impl SharedNames {
+    fn share(&mut self, mut id: Identity) -> Identity {
+        let env = self
+            .envs
+            .entry(id.key.env.clone())
+            .or_insert_with(|| id.key.env.clone());
+        id.key.env = env.clone();
+        let domain = self
+            .domains
+            .entry(id.spiffe_id.trust_domain().clone())
+            .or_insert_with(|| id.spiffe_id.trust_domain().clone())
+            .clone();
+        if id.spiffe_id.path() == &id.key.name {
+            id.spiffe_id = SpiffeId::new(domain, id.key.name.clone());
+        }
+        id
+    }
+}
+
 /// An identity with its latest usage times, as shown to operators.
 #[derive(Debug, Clone)]
 pub struct IdentityView {
@@ -95,7 +124,9 @@ impl IdentityRegistry {
         let stored = store.list_identities().await?;
         // Sized once: growing would hold the old and the new table at once.
         let identities = DashMap::with_capacity(stored.len());
+        let mut names = SharedNames::default();
         for id in stored {
+            let id = names.share(id);
             identities.insert(id.key.clone(), Entry::new(Arc::new(id)));
         }
         let registry = Self {
