@@ -157,11 +157,5 @@ async fn run(args: Args) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Args::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("identity_memory: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    credbroker_examples::exit_code("identity_memory", run(Args::parse()).await)
 }

@@ -140,11 +140,5 @@ async fn run(args: Args) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Args::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("replica_bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    credbroker_examples::exit_code("replica_bench", run(Args::parse()).await)
 }

@@ -30,6 +30,18 @@ pub mod soak;
 
 use anyhow::{Context, Result};
 
+/// An example's exit code for what its `run` returned: success, or failure
+/// with the error and its causes on stderr after the example's `name`.
+pub fn exit_code(name: &str, result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The serial of a DER certificate as upper-case hex, the form the broker
 /// reports and `credbroker revoke --serial` takes.
 pub fn serial_of(cert_der: &[u8]) -> Result<String> {
