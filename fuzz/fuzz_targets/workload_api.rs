@@ -39,19 +39,19 @@ fuzz_target!(|data: &[u8]| {
         let work = async {
             match selector % 5 {
                 0 => {
-                    if let Ok(m) = X509svidRequest::decode(body) {
-                        if let Ok(s) = api.fetch_x509svid(request(m)).await {
-                            let mut s = s.into_inner();
-                            let _ = tokio_first(&mut s).await;
-                        }
+                    if let Ok(m) = X509svidRequest::decode(body)
+                        && let Ok(s) = api.fetch_x509svid(request(m)).await
+                    {
+                        let mut s = s.into_inner();
+                        let _ = tokio_first(&mut s).await;
                     }
                 }
                 1 => {
-                    if let Ok(m) = X509BundlesRequest::decode(body) {
-                        if let Ok(s) = api.fetch_x509_bundles(request(m)).await {
-                            let mut s = s.into_inner();
-                            let _ = tokio_first(&mut s).await;
-                        }
+                    if let Ok(m) = X509BundlesRequest::decode(body)
+                        && let Ok(s) = api.fetch_x509_bundles(request(m)).await
+                    {
+                        let mut s = s.into_inner();
+                        let _ = tokio_first(&mut s).await;
                     }
                 }
                 2 => {
@@ -60,11 +60,11 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 3 => {
-                    if let Ok(m) = JwtBundlesRequest::decode(body) {
-                        if let Ok(s) = api.fetch_jwt_bundles(request(m)).await {
-                            let mut s = s.into_inner();
-                            let _ = tokio_first(&mut s).await;
-                        }
+                    if let Ok(m) = JwtBundlesRequest::decode(body)
+                        && let Ok(s) = api.fetch_jwt_bundles(request(m)).await
+                    {
+                        let mut s = s.into_inner();
+                        let _ = tokio_first(&mut s).await;
                     }
                 }
                 _ => {
