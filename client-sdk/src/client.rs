@@ -70,6 +70,12 @@ struct Target {
 }
 
 impl Target {
+    fn current_broker(&self) -> String {
+        self.health
+            .active()
+            .unwrap_or_else(|| self.brokers.urls()[0].clone())
+    }
+
     /// A pool presenting `svid` as the TLS client certificate, starting
     /// with the broker in use.
     async fn session(&self, svid: &X509Svid) -> Result<WorkloadClient, ClientError> {
@@ -123,16 +129,22 @@ impl Client {
         if certs.is_empty() {
             return Err(ClientError::Bundle("no PEM certificate found".into()));
         }
-        let health = Health::new();
-        let pool = Pool::open(&brokers, &tls(bundle_pem, None), Arc::clone(&health)).await?;
-        Ok(Self {
-            target: Target {
-                brokers,
-                bundle_pem: bundle_pem.into(),
-                health,
-            },
-            pool,
+        Self::open(Target {
+            brokers,
+            bundle_pem: bundle_pem.into(),
+            health: Health::new(),
         })
+        .await
+    }
+
+    async fn open(target: Target) -> Result<Self, ClientError> {
+        let pool = Pool::open(
+            &target.brokers,
+            &tls(&target.bundle_pem, None),
+            Arc::clone(&target.health),
+        )
+        .await?;
+        Ok(Self { target, pool })
     }
 
     /// The brokers this client uses, in order of preference.
@@ -144,10 +156,7 @@ impl Client {
     /// parentheses when its host name has several (`https://broker:7443
     /// (10.0.0.7:7443)`).
     pub fn current_broker(&self) -> String {
-        self.target
-            .health
-            .active()
-            .unwrap_or_else(|| self.target.brokers.urls()[0].clone())
+        self.target.current_broker()
     }
 
     /// Proves what this workload is and receives its first credentials. A
@@ -216,16 +225,15 @@ impl Client {
         self.target.session(svid).await
     }
 
-    /// This client with no connection open: the next call connects again
-    /// (to the broker in use; what it learnt of the others is kept). The
-    /// connection this one holds closes once every clone of it is dropped.
-    /// A workload that has attested needs only its SVID session
-    /// ([`Client::authenticated`]); keeping an idle `Client` for a later
-    /// attestation then costs no second connection.
-    pub fn idle(&self) -> Client {
-        Client {
+    /// What this client needs to connect again later, without its
+    /// connection or TLS state (the connection closes once every clone of
+    /// this client is dropped). A workload that has attested needs only its
+    /// SVID session ([`Client::authenticated`]); holding an [`IdleClient`]
+    /// for a later attestation instead of a `Client` costs no second
+    /// connection.
+    pub fn idle(&self) -> IdleClient {
+        IdleClient {
             target: self.target.clone(),
-            pool: self.pool.idle(),
         }
     }
 
@@ -236,6 +244,26 @@ impl Client {
             pool: self.pool.clone(),
             target: self.target.clone(),
         }
+    }
+}
+
+/// A [`Client`] put aside ([`Client::idle`]): the brokers, the CAs that
+/// vouch for them and what was learnt of which one works, but no
+/// connection. [`IdleClient::connect`] makes a `Client` again.
+#[derive(Debug, Clone)]
+pub struct IdleClient {
+    target: Target,
+}
+
+impl IdleClient {
+    /// Connects again, to the broker that was in use first.
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        Client::open(self.target.clone()).await
+    }
+
+    /// The broker in use when this client was put aside, or since.
+    pub fn current_broker(&self) -> String {
+        self.target.current_broker()
     }
 }
 

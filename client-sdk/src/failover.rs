@@ -143,7 +143,6 @@ impl Health {
 #[derive(Debug, Clone)]
 struct Member {
     label: String,
-    endpoint: Endpoint,
     grpc: Grpc<Channel>,
 }
 
@@ -177,7 +176,6 @@ impl Pool {
             .enumerate()
             .map(|(i, (endpoint, target))| Member {
                 label: target.label.clone(),
-                endpoint: endpoint.clone(),
                 grpc: Grpc::new(if i == up {
                     channel.clone()
                 } else {
@@ -186,25 +184,6 @@ impl Pool {
             })
             .collect();
         Ok(Self { members, health })
-    }
-
-    /// The same targets, sharing `health`, with no connection open: each
-    /// connects when first used. This pool's connections close once every
-    /// clone of it is dropped.
-    pub(crate) fn idle(&self) -> Self {
-        let members = self
-            .members
-            .iter()
-            .map(|m| Member {
-                label: m.label.clone(),
-                endpoint: m.endpoint.clone(),
-                grpc: Grpc::new(m.endpoint.connect_lazy()),
-            })
-            .collect();
-        Self {
-            members,
-            health: Arc::clone(&self.health),
-        }
     }
 
     fn labels(&self) -> Vec<&str> {

@@ -48,7 +48,7 @@ pub mod verifier;
 pub mod workload_api;
 
 pub use brokers::{Brokers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RPC_TIMEOUT, MAX_BROKERS};
-pub use client::{Attestation, Client, WorkloadClient};
+pub use client::{Attestation, Client, IdleClient, WorkloadClient};
 pub use credbroker_proto::v1::{IntrospectResponse, Revocation};
 pub use error::ClientError;
 pub use evidence::{DEFAULT_IMDS_URL, Evidence};

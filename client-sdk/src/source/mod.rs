@@ -27,7 +27,7 @@ pub(crate) mod timing;
 use revocation::{Revocations, Verdict, check_revoked, signed_by_retired_ca};
 use timing::{backoff, honour_hint, renew_after};
 
-use crate::client::{Client, WorkloadClient};
+use crate::client::{Client, IdleClient, WorkloadClient};
 use crate::error::ClientError;
 use crate::evidence::Evidence;
 use crate::request::JwtRequest;
@@ -228,6 +228,39 @@ async fn attest(client: &Client, config: &SourceConfig) -> Result<Held, ClientEr
     })
 }
 
+/// How the source reaches the brokers to attest: connected while it
+/// attests, and put aside (no connection, no TLS state) once it holds an
+/// SVID, until it must attest again.
+struct Attester {
+    idle: IdleClient,
+    connected: Option<Client>,
+}
+
+impl Attester {
+    fn new(client: Client) -> Self {
+        Self {
+            idle: client.idle(),
+            connected: Some(client),
+        }
+    }
+
+    async fn attest(&mut self, config: &SourceConfig) -> Result<Held, ClientError> {
+        let client = match &self.connected {
+            Some(client) => client,
+            None => self.connected.insert(self.idle.connect().await?),
+        };
+        attest(client, config).await
+    }
+
+    fn set_aside(&mut self) {
+        self.connected = None;
+    }
+
+    fn current_broker(&self) -> String {
+        self.idle.current_broker()
+    }
+}
+
 /// Renews whatever is due; on success the held state is updated in place.
 async fn refresh_due(held: &mut Held, policy: &RefreshPolicy) -> Result<bool, ClientError> {
     let now = Instant::now();
@@ -275,11 +308,15 @@ fn is_permanent(e: &ClientError) -> bool {
     )
 }
 
+/// The source's task, one per source for as long as it runs. Every call
+/// it makes is boxed: a task is as large as the largest future it may hold
+/// inline, and a process may run thousands of sources that spend nearly all
+/// their time asleep; boxed, each call's state exists only while it runs.
 async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
     let policy = config.policy;
     let mut failures = 0u32;
-    let mut client = loop {
-        match Client::connect(&config.broker, &config.bundle_pem).await {
+    let client = loop {
+        match Box::pin(Client::connect(&config.broker, &config.bundle_pem)).await {
             Ok(client) => break client,
             Err(e) => {
                 failures += 1;
@@ -302,6 +339,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
             }
         }
     };
+    let mut attester = Attester::new(client);
     let mut held: Option<Held> = None;
     // The broker an attestation reached before failing: a join token may
     // have been spent there, which a later "already used" should say.
@@ -311,15 +349,13 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
     let mut hint = Duration::ZERO;
     loop {
         let Some(current) = held.as_mut() else {
-            match attest(&client, &config).await {
+            match Box::pin(attester.attest(&config)).await {
                 Ok(h) => {
                     failures = 0;
-                    // From here the SVID session is the one connection;
-                    // the next attestation (if the SVID ever expires)
-                    // connects again, to the broker in use.
-                    client = client.idle();
+                    // From here the SVID session is the one connection.
+                    attester.set_aside();
                     let _ = tx.send(SourceState::Ready(Arc::new(h.creds.clone())));
-                    revocations.subscribe(&h.session).await;
+                    Box::pin(revocations.subscribe(&h.session)).await;
                     held = Some(h);
                 }
                 Err(e) if is_permanent(&e) && !config.evidence.is_rereadable() => {
@@ -339,7 +375,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                 }
                 Err(e) => {
                     if crate::failover::maybe_delivered(&e) {
-                        sent_to = Some(client.current_broker());
+                        sent_to = Some(attester.current_broker());
                     }
                     // Platform evidence is read afresh each time (a rotated
                     // token file, a new CI token), so a refusal may not last.
@@ -395,7 +431,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                 let Some(event) = event else {
                     // Broken or never established: `next` already waited a
                     // jittered delay, so a fleet does not reconnect at once.
-                    revocations.subscribe(&current.session).await;
+                    Box::pin(revocations.subscribe(&current.session)).await;
                     continue;
                 };
                 if signed_by_retired_ca(&current.creds.svid, &event) {
@@ -406,7 +442,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                     current.svid_due = Instant::now();
                     continue;
                 }
-                match check_revoked(current).await {
+                match Box::pin(check_revoked(current)).await {
                     Ok(Verdict::SvidRevoked(reason)) => {
                         tracing::error!(serial = %current.creds.svid.serial, %reason, "SVID revoked");
                         let _ = tx.send(SourceState::Unavailable {
@@ -440,7 +476,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
             let _ = tx.send(SourceState::Ready(Arc::new(current.creds.clone())));
         }
         let serial_before = current.creds.svid.serial.clone();
-        match refresh_due(current, &policy).await {
+        match Box::pin(refresh_due(current, &policy)).await {
             Ok(changed) => {
                 failures = 0;
                 hint = Duration::ZERO;
@@ -450,7 +486,7 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                 if current.creds.svid.serial != serial_before {
                     crate::agent::metrics::rotated();
                     // The old session's certificate is on its way out.
-                    revocations.subscribe(&current.session).await;
+                    Box::pin(revocations.subscribe(&current.session)).await;
                 }
             }
             Err(e) => {
@@ -460,5 +496,29 @@ async fn run(config: SourceConfig, tx: watch::Sender<SourceState>) {
                 tracing::warn!(error = %e, attempt = failures, "renewal failed; keeping current credentials");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Thousands of sources share a process and sleep nearly all the time:
+    /// what each task holds while asleep is its whole future, as large as
+    /// the largest call it might make inline.
+    #[test]
+    fn a_sleeping_source_task_is_small() {
+        let config = SourceConfig {
+            broker: "https://127.0.0.1:1".into(),
+            bundle_pem: Vec::new(),
+            evidence: Evidence::JoinToken("token".into()),
+            jwt_audiences: vec!["a".into()],
+            policy: RefreshPolicy::default(),
+        };
+        let (tx, _rx) = watch::channel(SourceState::Starting);
+        let task = run(config, tx);
+        // 7,248 bytes when its calls were held inline; 2,416 boxed.
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 3072, "the source task's future is {size} bytes");
     }
 }
