@@ -17,9 +17,8 @@
 
 use std::sync::{Arc, Weak};
 
-use rustls_pki_types::CertificateDer;
-
 use dashmap::DashMap;
+use rustls_pki_types::CertificateDer;
 use tonic::{Request, Status};
 use x509_parser::certificate::X509Certificate;
 

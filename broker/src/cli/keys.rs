@@ -39,8 +39,9 @@ pub enum KeysCommand {
         /// Environment.
         #[arg(long)]
         env: String,
-        /// The key's id, as `keys list` shows it.
-        #[arg(long = "key")]
+        /// The key's id, as `keys list` shows it. A JWT key's id is
+        /// base64url and may start with `-`.
+        #[arg(long = "key", allow_hyphen_values = true)]
         id: String,
         /// Why (recorded in the audit log and the revocation).
         #[arg(long)]

@@ -503,6 +503,19 @@ mod tests {
         assert_eq!(args.jti.as_deref(), Some("-bM2PvHmKwWq"));
         let cli = Cli::try_parse_from(["credbroker", "revoke", "--jti", "-x", "--reason", "r"]);
         assert!(cli.is_ok(), "{cli:?}");
+        // So does one JWT key id in 64 (a base64url thumbprint).
+        let cli = Cli::try_parse_from([
+            "credbroker",
+            "keys",
+            "retire",
+            "--env",
+            "dev",
+            "--key",
+            "-gFh23fNbuwjJ6DYam5kFlYBuuWHgzeGOJQdQAqQ-MQ",
+            "--reason",
+            "leaked",
+        ]);
+        assert!(cli.is_ok(), "{cli:?}");
         assert!(
             Cli::try_parse_from(["credbroker", "revoke", "--jti", "j"]).is_err(),
             "reason required"
