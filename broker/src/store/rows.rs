@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
-use super::{Change, ChangeKind, JoinTokenRecord, KeyKind, KeyRecord, OperatorRecord, StoreError};
+use super::{
+    AuditCut, Change, ChangeKind, JoinTokenRecord, KeyKind, KeyRecord, OperatorRecord, StoreError,
+};
+use crate::audit::checkpoint::{Checkpoint, CheckpointKind};
 use crate::audit::{AuditEntry, ChainedEntry};
 use crate::model::{
     Audience, EnvName, Identity, IdentityKey, IdentityName, NameSet, Scope, Selector, SpiffeId,
@@ -167,6 +170,20 @@ pub(super) fn hash32(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
     bytes
         .try_into()
         .map_err(|_| corrupt("audit hash is not 32 bytes"))
+}
+
+/// The `audit_cut` row: where retention cut the log, and its export.
+pub(super) fn audit_cut(row: &impl Columns) -> Result<AuditCut, StoreError> {
+    Ok(AuditCut {
+        checkpoint: Checkpoint {
+            kind: CheckpointKind::Cut,
+            seq: row.int("seq")?,
+            head: hash32(row.bytes("head")?)?,
+            at_ms: row.int("at_ms")?,
+            signature: row.bytes("signature")?,
+        },
+        export: row.text("export")?,
+    })
 }
 
 /// An `audit_log` row.

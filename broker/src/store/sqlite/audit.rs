@@ -2,7 +2,6 @@
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use crate::audit::checkpoint::{Checkpoint, CheckpointKind};
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry, GENESIS};
 use crate::store::audit_rows;
 use crate::store::rows::{self, hash32};
@@ -76,19 +75,7 @@ pub(super) async fn audit_cut(pool: &SqlitePool) -> Result<Option<AuditCut>, Sto
     let row = sqlx::query("SELECT seq, head, at_ms, signature, export FROM audit_cut WHERE id = 1")
         .fetch_optional(pool)
         .await?;
-    row.map(|row| {
-        Ok(AuditCut {
-            checkpoint: Checkpoint {
-                kind: CheckpointKind::Cut,
-                seq: row.try_get("seq")?,
-                head: hash32(row.try_get("head")?)?,
-                at_ms: row.try_get("at_ms")?,
-                signature: row.try_get("signature")?,
-            },
-            export: row.try_get("export")?,
-        })
-    })
-    .transpose()
+    row.as_ref().map(rows::audit_cut).transpose()
 }
 
 pub(super) async fn record_audit_cut(pool: &SqlitePool, cut: &AuditCut) -> Result<(), StoreError> {
