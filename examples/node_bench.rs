@@ -122,8 +122,7 @@ impl Drop for Agent {
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    credbroker_examples::report::percentile(sorted, p).unwrap_or_default()
 }
 
 fn ms(d: Duration) -> String {

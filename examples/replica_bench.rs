@@ -46,8 +46,7 @@ struct Args {
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    credbroker_examples::report::percentile(sorted, p).unwrap_or_default()
 }
 
 async fn run(args: Args) -> Result<()> {

@@ -12,6 +12,9 @@
 //! [`load`] drives a running broker with issuing calls for the external load
 //! generator (`--example issue_bench`).
 //!
+//! [`scale`] plays a fleet of node agents for the scale benchmark
+//! (`--example scale_bench`); [`report`] holds the tables' arithmetic.
+//!
 //! [`soak`] is the soak and abuse suite (`--example soak`): bounded jobs
 //! against the real broker binary that fail when a bound is broken.
 //!
@@ -26,6 +29,8 @@ pub mod jwt_call;
 pub mod load;
 pub mod mtls_pair;
 pub mod procfs;
+pub mod report;
+pub mod scale;
 pub mod soak;
 
 use anyhow::{Context, Result};

@@ -2,15 +2,7 @@
 
 use std::time::Duration;
 
-/// Nearest-rank percentile `p` (0 to 1) of sorted values; `None` if there
-/// are none.
-pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
+pub use credbroker_examples::report::percentile;
 
 /// A duration in milliseconds with three decimals, or `-` for none.
 pub fn millis(d: Option<Duration>) -> String {

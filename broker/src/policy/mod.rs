@@ -8,6 +8,9 @@ mod new_identity;
 pub mod node;
 pub mod rate_limit;
 mod registry;
+mod registry_index;
+#[cfg(test)]
+mod registry_tests;
 pub mod roles;
 pub mod selectors;
 

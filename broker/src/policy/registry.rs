@@ -10,7 +10,11 @@ use dashmap::DashMap;
 use tokio::sync::{Mutex, broadcast};
 
 use super::PolicyError;
-use crate::model::{EnvName, Identity, IdentityKey, IdentityStatus, SpiffeId, TrustDomain};
+use super::node::is_served_by;
+use super::registry_index::RegistryIndex;
+use crate::model::{
+    EnvName, Identity, IdentityKey, IdentityStatus, Selector, SpiffeId, TrustDomain,
+};
 use crate::store::{Store, StoreError, UsageUpdate};
 
 #[derive(Debug, Default)]
@@ -58,13 +62,15 @@ impl Entry {
     }
 }
 
-/// One copy of each environment name and trust domain for every identity
-/// loaded, and one of each identity's name for its key and SPIFFE ID (each
-/// row read from the store comes with copies of its own).
+/// One copy of each environment name, trust domain and parent node for
+/// every identity loaded, and one of each identity's name for its key and
+/// SPIFFE ID (each row read from the store comes with copies of its own: a
+/// node's thousand workloads held a thousand copies of its key).
 #[derive(Default)]
 struct SharedNames {
     envs: HashMap<EnvName, EnvName>,
     domains: HashMap<TrustDomain, TrustDomain>,
+    parents: HashMap<IdentityKey, IdentityKey>,
 }
 
 impl SharedNames {
@@ -81,6 +87,20 @@ impl SharedNames {
             .clone();
         if id.spiffe_id.path() == &id.key.name {
             id.spiffe_id = SpiffeId::new(domain, id.key.name.clone());
+        }
+        if let Some(parent) = id.parent.take() {
+            let shared = self
+                .parents
+                .entry(parent)
+                .or_insert_with_key(|p| IdentityKey {
+                    env: self
+                        .envs
+                        .get(&p.env)
+                        .cloned()
+                        .unwrap_or_else(|| p.env.clone()),
+                    name: p.name.clone(),
+                });
+            id.parent = Some(shared.clone());
         }
         id
     }
@@ -103,11 +123,17 @@ const CHANGE_BUFFER: usize = 4096;
 pub struct IdentityRegistry {
     store: Arc<dyn Store>,
     identities: DashMap<IdentityKey, Entry>,
+    /// Children of each node and platform candidates by selector, kept in
+    /// step with `identities` by every writer (all hold `writes`).
+    index: RegistryIndex,
     /// Every created or changed identity, as stored, for node streams.
     changes: broadcast::Sender<Arc<Identity>>,
     /// Serializes read-modify-write changes so two admins cannot lose each
     /// other's update.
     writes: Mutex<()>,
+    /// Identities whose usage changed since the last flush, each once: the
+    /// flush writes these instead of scanning every identity each second.
+    dirty: std::sync::Mutex<Vec<IdentityKey>>,
 }
 
 impl std::fmt::Debug for IdentityRegistry {
@@ -124,16 +150,20 @@ impl IdentityRegistry {
         let stored = store.list_identities().await?;
         // Sized once: growing would hold the old and the new table at once.
         let identities = DashMap::with_capacity(stored.len());
+        let index = RegistryIndex::default();
         let mut names = SharedNames::default();
         for id in stored {
             let id = names.share(id);
+            index.replace(None, Some(&id));
             identities.insert(id.key.clone(), Entry::new(Arc::new(id)));
         }
         let registry = Self {
             store,
             identities,
+            index,
             changes: broadcast::channel(CHANGE_BUFFER).0,
             writes: Mutex::new(()),
+            dirty: std::sync::Mutex::default(),
         };
         Ok(registry)
     }
@@ -144,16 +174,14 @@ impl IdentityRegistry {
         self.changes.subscribe()
     }
 
-    /// The identities parented to `node`, in any status.
+    /// The identities parented to `node`, in any status, sorted by key.
     pub fn children(&self, node: &IdentityKey) -> Vec<Arc<Identity>> {
-        let mut out: Vec<Arc<Identity>> = self
-            .identities
+        self.index
+            .children(node)
             .iter()
-            .filter(|e| e.value().identity.parent.as_ref() == Some(node))
-            .map(|e| Arc::clone(&e.value().identity))
-            .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out
+            .filter_map(|key| self.get(key))
+            .filter(|child| is_served_by(child, node))
+            .collect()
     }
 
     /// The identity's current settings (usage times as of load).
@@ -180,13 +208,20 @@ impl IdentityRegistry {
         Ok(self.get(key))
     }
 
-    /// Identities of `env` that have selectors (the candidates for platform
-    /// attestation).
-    pub fn with_selectors(&self, env: &EnvName) -> Vec<Arc<Identity>> {
-        self.identities
+    /// The identities of `env` that platform evidence proving `proven`
+    /// may match: every one it matches, and some it does not (check each
+    /// with [`super::selectors::matching`]). Never one with a parent: only
+    /// its node agent attests it.
+    pub fn platform_candidates<'a>(
+        &self,
+        env: &EnvName,
+        proven: impl IntoIterator<Item = &'a Selector>,
+    ) -> Vec<Arc<Identity>> {
+        self.index
+            .platform_candidates(env, proven)
             .iter()
-            .filter(|e| e.key().env == *env && !e.value().identity.selectors.is_empty())
-            .map(|e| Arc::clone(&e.value().identity))
+            .filter_map(|key| self.get(key))
+            .filter(|id| id.parent.is_none())
             .collect()
     }
 
@@ -228,6 +263,7 @@ impl IdentityRegistry {
             return Err(e);
         }
         let identity = Arc::new(identity);
+        self.index.replace(None, Some(&identity));
         self.identities
             .insert(identity.key.clone(), Entry::new(Arc::clone(&identity)));
         let _ = self.changes.send(Arc::clone(&identity));
@@ -265,7 +301,9 @@ impl IdentityRegistry {
     pub async fn apply_stored(&self, key: &IdentityKey, stored: Option<Identity>) {
         let _guard = self.writes.lock().await;
         let Some(stored) = stored else {
-            self.identities.remove(key);
+            if let Some((_, gone)) = self.identities.remove(key) {
+                self.index.replace(Some(&gone.identity), None);
+            }
             return;
         };
         if self.get(key).is_some_and(|cached| {
@@ -288,7 +326,10 @@ impl IdentityRegistry {
     }
 
     /// Caches `next` as `key`'s settings, keeping the usage counted so far.
+    /// Callers hold `writes`.
     fn replace(&self, key: &IdentityKey, next: &Arc<Identity>) {
+        let previous = self.get(key);
+        self.index.replace(previous.as_deref(), Some(next));
         match self.identities.get_mut(key) {
             Some(mut entry) => entry.identity = Arc::clone(next),
             None => {
@@ -306,7 +347,7 @@ impl IdentityRegistry {
         let usage = &entry.usage;
         let previous = usage.last_issued_at.fetch_max(now, Ordering::Relaxed);
         usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
-        usage.dirty.store(true, Ordering::Release);
+        self.mark_dirty(key, usage);
         (previous != 0).then_some(previous)
     }
 
@@ -314,24 +355,39 @@ impl IdentityRegistry {
     pub fn record_seen(&self, key: &IdentityKey, now: i64) {
         if let Some(entry) = self.identities.get(key) {
             entry.usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
-            entry.usage.dirty.store(true, Ordering::Release);
+            self.mark_dirty(key, &entry.usage);
         }
     }
 
-    /// Writes changed usage times to the store in one batch.
+    /// Queues `key` for the next flush unless it is queued already.
+    fn mark_dirty(&self, key: &IdentityKey, usage: &Usage) {
+        if !usage.dirty.swap(true, Ordering::AcqRel) {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(key.clone());
+        }
+    }
+
+    /// Writes changed usage times to the store in one batch: those of the
+    /// identities used since the last flush, not a scan of all of them.
     pub async fn flush_usage(&self) -> Result<usize, StoreError> {
-        let updates: Vec<UsageUpdate> = self
-            .identities
-            .iter()
-            .filter(|e| e.value().usage.dirty.swap(false, Ordering::AcqRel))
-            .map(|e| {
-                let nonzero = |v: i64| (v != 0).then_some(v);
-                let usage = &e.value().usage;
-                UsageUpdate {
-                    identity: e.key().clone(),
-                    last_issued_at: nonzero(usage.last_issued_at.load(Ordering::Relaxed)),
-                    last_seen_at: nonzero(usage.last_seen_at.load(Ordering::Relaxed)),
-                }
+        let queued = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        // Cleared before the times are read: a use after the read marks
+        // the identity again and queues it for the next flush.
+        let updates: Vec<UsageUpdate> = queued
+            .into_iter()
+            .filter_map(|key| {
+                let entry = self.identities.get(&key)?;
+                let usage = &entry.usage;
+                usage.dirty.swap(false, Ordering::AcqRel).then(|| {
+                    let nonzero = |v: i64| (v != 0).then_some(v);
+                    UsageUpdate {
+                        last_issued_at: nonzero(usage.last_issued_at.load(Ordering::Relaxed)),
+                        last_seen_at: nonzero(usage.last_seen_at.load(Ordering::Relaxed)),
+                        identity: key.clone(),
+                    }
+                })
             })
             .collect();
         if updates.is_empty() {
@@ -341,7 +397,7 @@ impl IdentityRegistry {
             // Keep them for the next attempt.
             for u in &updates {
                 if let Some(entry) = self.identities.get(&u.identity) {
-                    entry.usage.dirty.store(true, Ordering::Release);
+                    self.mark_dirty(&u.identity, &entry.usage);
                 }
             }
             return Err(e);

@@ -194,7 +194,7 @@ impl WorkloadService {
                 selectors: proven,
             } => {
                 audit.env = Some(env.to_string());
-                let candidates = self.broker.registry.with_selectors(env);
+                let candidates = self.broker.registry.platform_candidates(env, proven);
                 let matched = selectors::matching(&candidates, env, proven);
                 let names = |ids: &[Arc<Identity>]| {
                     ids.iter()

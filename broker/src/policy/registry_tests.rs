@@ -1,0 +1,170 @@
+//! The registry's indexes against the real store: what a node's snapshot
+//! and a platform attestation see after identities are created, loaded
+//! from the store, changed by another broker, and removed.
+
+use std::sync::Arc;
+
+use super::IdentityRegistry;
+use crate::model::{EnvName, Identity, IdentityKey, Selector, SpiffeId, test_identity};
+use crate::store::{SqliteStore, Store};
+
+fn key(s: &str) -> IdentityKey {
+    IdentityKey::parse(s).unwrap()
+}
+
+fn sel(key: &str, value: &str) -> Selector {
+    Selector {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn identity(name: &str, selectors: Vec<Selector>, parent: Option<&str>) -> Identity {
+    let mut id = test_identity();
+    id.key = key(name);
+    id.spiffe_id = SpiffeId::new(id.spiffe_id.trust_domain().clone(), id.key.name.clone());
+    id.selectors = selectors;
+    id.parent = parent.map(key);
+    id
+}
+
+fn names(ids: &[Arc<Identity>]) -> Vec<String> {
+    ids.iter().map(|i| i.key.to_string()).collect()
+}
+
+async fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.unwrap());
+    (dir, store)
+}
+
+#[tokio::test]
+async fn a_nodes_children_are_exactly_its_own_after_create_load_move_and_delete() {
+    let (_dir, store) = store().await;
+    let registry = IdentityRegistry::load(Arc::clone(&store)).await.unwrap();
+    for node in ["dev/node-a", "dev/node-b"] {
+        registry.create(identity(node, vec![], None)).await.unwrap();
+    }
+    for (i, node) in ["dev/node-a", "dev/node-a", "dev/node-b"]
+        .iter()
+        .enumerate()
+    {
+        let uid = i.to_string();
+        registry
+            .create(identity(
+                &format!("dev/w{i}"),
+                vec![sel("unix:uid", &uid)],
+                Some(node),
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        names(&registry.children(&key("dev/node-a"))),
+        ["dev/w0", "dev/w1"]
+    );
+    assert_eq!(names(&registry.children(&key("dev/node-b"))), ["dev/w2"]);
+
+    // Loaded from the store, as after a restart.
+    let loaded = IdentityRegistry::load(Arc::clone(&store)).await.unwrap();
+    assert_eq!(
+        names(&loaded.children(&key("dev/node-a"))),
+        ["dev/w0", "dev/w1"]
+    );
+
+    // Another broker sharing the store moved w1 to node-b, then deleted w0.
+    let moved = identity("dev/w1", vec![sel("unix:uid", "1")], Some("dev/node-b"));
+    loaded.apply_stored(&key("dev/w1"), Some(moved)).await;
+    assert_eq!(names(&loaded.children(&key("dev/node-a"))), ["dev/w0"]);
+    assert_eq!(
+        names(&loaded.children(&key("dev/node-b"))),
+        ["dev/w1", "dev/w2"]
+    );
+    loaded.apply_stored(&key("dev/w0"), None).await;
+    assert!(loaded.children(&key("dev/node-a")).is_empty());
+}
+
+#[tokio::test]
+async fn platform_candidates_hold_every_match_and_no_served_workload() {
+    let (_dir, store) = store().await;
+    let registry = IdentityRegistry::load(Arc::clone(&store)).await.unwrap();
+    registry
+        .create(identity(
+            "dev/api",
+            vec![sel("k8s:ns", "pay"), sel("k8s:sa", "api")],
+            None,
+        ))
+        .await
+        .unwrap();
+    registry
+        .create(identity("dev/web", vec![sel("k8s:ns", "web")], None))
+        .await
+        .unwrap();
+    registry
+        .create(identity("dev/node", vec![], None))
+        .await
+        .unwrap();
+    registry
+        .create(identity(
+            "dev/w",
+            vec![sel("unix:uid", "7")],
+            Some("dev/node"),
+        ))
+        .await
+        .unwrap();
+    let env = EnvName::new("dev").unwrap();
+    let proven = [
+        sel("k8s:ns", "pay"),
+        sel("k8s:sa", "api"),
+        sel("unix:uid", "7"),
+    ];
+    assert_eq!(
+        names(&registry.platform_candidates(&env, &proven)),
+        ["dev/api"]
+    );
+    let loaded = IdentityRegistry::load(store).await.unwrap();
+    assert_eq!(
+        names(&loaded.platform_candidates(&env, &proven)),
+        ["dev/api"]
+    );
+    assert_eq!(
+        names(&loaded.platform_candidates(&env, &[sel("k8s:ns", "web")])),
+        ["dev/web"]
+    );
+    let prod = EnvName::new("prod").unwrap();
+    assert!(loaded.platform_candidates(&prod, &proven).is_empty());
+}
+
+#[tokio::test]
+async fn a_flush_writes_the_identities_used_since_the_last_one_and_only_those() {
+    let (_dir, store) = store().await;
+    let registry = IdentityRegistry::load(Arc::clone(&store)).await.unwrap();
+    for name in ["dev/a", "dev/b", "dev/c"] {
+        registry.create(identity(name, vec![], None)).await.unwrap();
+    }
+    assert_eq!(registry.flush_usage().await.unwrap(), 0);
+    registry.record_issued(&key("dev/a"), 1_000);
+    registry.record_issued(&key("dev/a"), 1_005);
+    registry.record_seen(&key("dev/b"), 1_001);
+    assert_eq!(registry.flush_usage().await.unwrap(), 2);
+    assert_eq!(
+        registry.flush_usage().await.unwrap(),
+        0,
+        "nothing used since"
+    );
+    registry.record_seen(&key("dev/a"), 1_010);
+    assert_eq!(registry.flush_usage().await.unwrap(), 1);
+
+    // What reached the store is the latest of each.
+    let loaded = IdentityRegistry::load(store).await.unwrap();
+    let a = loaded.view(&key("dev/a"), 2_000).unwrap().identity;
+    assert_eq!(
+        (a.last_issued_at, a.last_seen_at),
+        (Some(1_005), Some(1_010))
+    );
+    let b = loaded.view(&key("dev/b"), 2_000).unwrap().identity;
+    assert_eq!((b.last_issued_at, b.last_seen_at), (None, Some(1_001)));
+    let c = loaded.view(&key("dev/c"), 2_000).unwrap().identity;
+    assert_eq!((c.last_issued_at, c.last_seen_at), (None, None));
+}
