@@ -47,9 +47,11 @@ pub(super) fn link<'a>(
     (linked, seq, head)
 }
 
-/// `linked` cut into runs whose lengths are powers of two, largest first.
-pub(super) fn runs<'l, 'a>(linked: &'l [Linked<'a>]) -> impl Iterator<Item = &'l [Linked<'a>]> {
-    let mut rest = linked;
+/// `rows` cut into runs whose lengths are powers of two (at most
+/// [`MAX_ROWS`]), largest first: any multi-row statement built per run has
+/// one of ten shapes, which the connection's statement cache keeps.
+pub(super) fn runs<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;

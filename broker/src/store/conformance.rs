@@ -37,6 +37,7 @@ macro_rules! conformance_suite {
     ($fresh:path) => {
         $crate::store::conformance::conformance_suite!(@tests $fresh;
             identities_round_trip_and_conflict,
+            a_usage_batch_lands_row_by_row_and_zero_stays_never,
             join_tokens_are_consumed_once_and_purged_after_expiry,
             a_join_token_use_is_spent_once_across_brokers,
             operators_round_trip_and_revoke_once,
@@ -98,6 +99,68 @@ pub(crate) async fn identities_round_trip_and_conflict(db: &TestDb) {
         store.update_identity(&missing).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A flush of 300 identities (several multi-row statements on SQLite,
+/// one on PostgreSQL): each row gets its own times, a time never moves
+/// back, and "never" (None or 0) stays NULL.
+pub(crate) async fn a_usage_batch_lands_row_by_row_and_zero_stays_never(db: &TestDb) {
+    let store = &db.store;
+    let mut ids = Vec::new();
+    for i in 0..300i64 {
+        let mut id = test_identity();
+        id.key.name = crate::model::IdentityName::new(&format!("svc-{i:03}")).unwrap();
+        id.spiffe_id =
+            crate::model::SpiffeId::new(id.spiffe_id.trust_domain().clone(), id.key.name.clone());
+        store.insert_identity(&id).await.unwrap();
+        ids.push(id);
+    }
+    let first: Vec<UsageUpdate> = ids
+        .iter()
+        .zip(0i64..)
+        .map(|(id, i)| UsageUpdate {
+            identity: id.key.clone(),
+            last_issued_at: (i % 3 != 0).then_some(1_000 + i),
+            last_seen_at: Some(if i % 5 == 0 { 0 } else { 2_000 + i }),
+        })
+        .collect();
+    store.record_usage(&first).await.unwrap();
+    // Older times for every other identity: nothing moves back.
+    let older: Vec<UsageUpdate> = ids
+        .iter()
+        .step_by(2)
+        .map(|id| UsageUpdate {
+            identity: id.key.clone(),
+            last_issued_at: Some(1),
+            last_seen_at: Some(1),
+        })
+        .collect();
+    store.record_usage(&older).await.unwrap();
+    let stored = store.list_identities().await.unwrap();
+    assert_eq!(stored.len(), 300);
+    for (id, i) in stored.iter().zip(0i64..) {
+        assert_eq!(id.key, ids[i as usize].key);
+        let issued = if i % 3 != 0 {
+            Some(1_000 + i)
+        } else if i % 2 == 0 {
+            Some(1)
+        } else {
+            None
+        };
+        let seen = if i % 5 != 0 {
+            Some(2_000 + i)
+        } else if i % 2 == 0 {
+            Some(1)
+        } else {
+            None
+        };
+        assert_eq!(
+            (id.last_issued_at, id.last_seen_at),
+            (issued, seen),
+            "{}",
+            id.key
+        );
+    }
 }
 
 fn token(id: &crate::model::Identity, uses_left: u32) -> JoinTokenRecord {
