@@ -169,7 +169,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Err(e) = flusher.registry.flush_usage().await {
+                    if let Err(e) = flusher.registry.flush_usage(unix_now()).await {
                         tracing::warn!(error = %e, "could not record usage times; will retry");
                     }
                 }
@@ -206,7 +206,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
                 () = &mut flush_stop => break,
             }
         }
-        let _ = flusher.registry.flush_usage().await;
+        let _ = flusher.registry.flush_all_usage(unix_now()).await;
         if let Err(e) = flusher.audit.flush().await {
             tracing::error!(error = %e, "audit log not flushed at shutdown");
         }

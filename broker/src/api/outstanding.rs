@@ -11,12 +11,15 @@ use crate::revocation::CredentialFacts;
 use crate::store::OutstandingCredential;
 
 /// Issued credentials unexpired now and not revoked, from the audit log
-/// and the live revocations.
-async fn live(broker: &Broker) -> Result<Vec<OutstandingCredential>, Status> {
+/// and the live revocations: every identity's, or `identity`'s only.
+async fn live(
+    broker: &Broker,
+    identity: Option<&str>,
+) -> Result<Vec<OutstandingCredential>, Status> {
     broker.audit.flush().await.map_err(status::audit)?;
     let issued = broker
         .store
-        .outstanding_credentials(unix_now())
+        .outstanding_credentials(unix_now(), identity)
         .await
         .map_err(status::store)?;
     Ok(issued
@@ -49,11 +52,17 @@ fn is_revoked(broker: &Broker, c: &OutstandingCredential) -> bool {
 /// Unexpired, unrevoked issued credentials per identity (`env/name`).
 pub(crate) async fn count(broker: &Broker) -> Result<HashMap<String, u32>, Status> {
     let mut counts = HashMap::new();
-    for c in live(broker).await? {
+    for c in live(broker, None).await? {
         let n: &mut u32 = counts.entry(c.identity).or_default();
         *n = n.saturating_add(1);
     }
     Ok(counts)
+}
+
+/// How many unexpired, unrevoked credentials `key` holds.
+pub(crate) async fn count_of(broker: &Broker, key: &IdentityKey) -> Result<u32, Status> {
+    let n = live(broker, Some(&key.to_string())).await?.len();
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// The unexpired, unrevoked credentials of `key`, newest first.
@@ -61,12 +70,7 @@ pub(crate) async fn of_identity(
     broker: &Broker,
     key: &IdentityKey,
 ) -> Result<Vec<OutstandingCredential>, Status> {
-    let key = key.to_string();
-    let mut mine: Vec<_> = live(broker)
-        .await?
-        .into_iter()
-        .filter(|c| c.identity == key)
-        .collect();
+    let mut mine = live(broker, Some(&key.to_string())).await?;
     mine.sort_by_key(|c| std::cmp::Reverse(c.issued_at));
     Ok(mine)
 }

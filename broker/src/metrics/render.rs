@@ -219,20 +219,27 @@ fn state_gauges(out: &mut String, broker: &Broker) {
         .iter()
         .map(|e| (e.name.to_string(), ([0; 4], 0)))
         .collect();
-    for view in broker.registry.list(None, None, now) {
-        let entry = identities
-            .entry(view.identity.key.env.to_string())
-            .or_default();
-        let s = statuses.iter().position(|s| *s == view.status).unwrap_or(0);
-        entry.0[s] += 1;
-        let last = view
-            .identity
-            .last_issued_at
-            .unwrap_or(view.identity.created_at);
-        if view.status == IdentityStatus::Active && last < now - STALE_AFTER_SECONDS {
-            entry.1 += 1;
-        }
-    }
+    broker
+        .registry
+        .census(now, |identity, status, last_issued| {
+            let env = identity.key.env.as_str();
+            if !identities.contains_key(env) {
+                identities.insert(env.to_owned(), ([0; 4], 0));
+            }
+            let Some(entry) = identities.get_mut(env) else {
+                return;
+            };
+            let s = statuses.iter().position(|s| *s == status).unwrap_or(0);
+            entry.0[s] += 1;
+            let last = if last_issued == 0 {
+                identity.created_at
+            } else {
+                last_issued
+            };
+            if status == IdentityStatus::Active && last < now - STALE_AFTER_SECONDS {
+                entry.1 += 1;
+            }
+        });
     family(
         out,
         "credbroker_identities",

@@ -13,6 +13,7 @@ mod registry_index;
 mod registry_tests;
 pub mod roles;
 pub mod selectors;
+mod usage;
 
 pub use cidr::{Cidr, CidrError};
 pub use context::check_peer;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
 use tokio::sync::{Mutex, broadcast};
@@ -12,27 +12,11 @@ use tokio::sync::{Mutex, broadcast};
 use super::PolicyError;
 use super::node::is_served_by;
 use super::registry_index::RegistryIndex;
+use super::usage::{MAX_PER_FLUSH, Usage, UsageQueue, WRITE_EVERY};
 use crate::model::{
     EnvName, Identity, IdentityKey, IdentityStatus, Selector, SpiffeId, TrustDomain,
 };
 use crate::store::{Store, StoreError, UsageUpdate};
-
-#[derive(Debug, Default)]
-struct Usage {
-    last_issued_at: AtomicI64,
-    last_seen_at: AtomicI64,
-    dirty: AtomicBool,
-}
-
-impl Usage {
-    fn from_identity(id: &Identity) -> Self {
-        Self {
-            last_issued_at: AtomicI64::new(id.last_issued_at.unwrap_or(0)),
-            last_seen_at: AtomicI64::new(id.last_seen_at.unwrap_or(0)),
-            dirty: AtomicBool::new(false),
-        }
-    }
-}
 
 /// One identity in memory: its settings, shared with requests, and its
 /// usage times, counted here. One map entry per identity (one key, one
@@ -44,9 +28,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(identity: Arc<Identity>) -> Self {
+    /// `identity` as stored, taken in at `now`.
+    fn new(identity: Arc<Identity>, now: i64) -> Self {
         Self {
-            usage: Usage::from_identity(&identity),
+            usage: Usage::from_identity(&identity, now),
             identity,
         }
     }
@@ -55,8 +40,9 @@ impl Entry {
     fn view(&self, now: i64) -> IdentityView {
         let nonzero = |v: i64| (v != 0).then_some(v);
         let mut identity = (*self.identity).clone();
-        identity.last_issued_at = nonzero(self.usage.last_issued_at.load(Ordering::Relaxed));
-        identity.last_seen_at = nonzero(self.usage.last_seen_at.load(Ordering::Relaxed));
+        let (issued, seen) = self.usage.times();
+        identity.last_issued_at = nonzero(issued);
+        identity.last_seen_at = nonzero(seen);
         let status = identity.status(now);
         IdentityView { identity, status }
     }
@@ -131,9 +117,12 @@ pub struct IdentityRegistry {
     /// Serializes read-modify-write changes so two admins cannot lose each
     /// other's update.
     writes: Mutex<()>,
-    /// Identities whose usage changed since the last flush, each once: the
-    /// flush writes these instead of scanning every identity each second.
-    dirty: std::sync::Mutex<Vec<IdentityKey>>,
+    /// Identities whose usage is due to be written, each once: the flush
+    /// writes these instead of scanning every identity each second.
+    usage_queue: UsageQueue,
+    /// When the flush last looked for identities changed once and idle
+    /// since (no use queued them).
+    last_sweep: AtomicI64,
 }
 
 impl std::fmt::Debug for IdentityRegistry {
@@ -152,10 +141,11 @@ impl IdentityRegistry {
         let identities = DashMap::with_capacity(stored.len());
         let index = RegistryIndex::default();
         let mut names = SharedNames::default();
+        let now = crate::model::unix_now();
         for id in stored {
             let id = names.share(id);
             index.replace(None, Some(&id));
-            identities.insert(id.key.clone(), Entry::new(Arc::new(id)));
+            identities.insert(id.key.clone(), Entry::new(Arc::new(id), now));
         }
         let registry = Self {
             store,
@@ -163,7 +153,8 @@ impl IdentityRegistry {
             index,
             changes: broadcast::channel(CHANGE_BUFFER).0,
             writes: Mutex::new(()),
-            dirty: std::sync::Mutex::default(),
+            usage_queue: UsageQueue::default(),
+            last_sweep: AtomicI64::new(now),
         };
         Ok(registry)
     }
@@ -230,6 +221,17 @@ impl IdentityRegistry {
         self.identities.get(key).map(|e| e.view(now))
     }
 
+    /// Visits every identity with its status and last issuance (0: never),
+    /// copying none: what the metrics count at every scrape, which listing
+    /// (a copy of each, then a sort) made seconds of CPU at a million.
+    pub fn census(&self, now: i64, mut visit: impl FnMut(&Identity, IdentityStatus, i64)) {
+        for e in self.identities.iter() {
+            let entry = e.value();
+            let (last_issued, _) = entry.usage.times();
+            visit(&entry.identity, entry.identity.status(now), last_issued);
+        }
+    }
+
     /// Identities matching the filters, sorted by environment and name.
     pub fn list(&self, env: Option<&EnvName>, owner: Option<&str>, now: i64) -> Vec<IdentityView> {
         let mut out: Vec<IdentityView> = self
@@ -264,8 +266,10 @@ impl IdentityRegistry {
         }
         let identity = Arc::new(identity);
         self.index.replace(None, Some(&identity));
-        self.identities
-            .insert(identity.key.clone(), Entry::new(Arc::clone(&identity)));
+        self.identities.insert(
+            identity.key.clone(),
+            Entry::new(Arc::clone(&identity), crate::model::unix_now()),
+        );
         let _ = self.changes.send(Arc::clone(&identity));
         Ok(identity)
     }
@@ -333,8 +337,10 @@ impl IdentityRegistry {
         match self.identities.get_mut(key) {
             Some(mut entry) => entry.identity = Arc::clone(next),
             None => {
-                self.identities
-                    .insert(key.clone(), Entry::new(Arc::clone(next)));
+                self.identities.insert(
+                    key.clone(),
+                    Entry::new(Arc::clone(next), crate::model::unix_now()),
+                );
             }
         }
     }
@@ -344,60 +350,72 @@ impl IdentityRegistry {
     /// stale-identity anomaly rule).
     pub fn record_issued(&self, key: &IdentityKey, now: i64) -> Option<i64> {
         let entry = self.identities.get(key)?;
-        let usage = &entry.usage;
-        let previous = usage.last_issued_at.fetch_max(now, Ordering::Relaxed);
-        usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
-        self.mark_dirty(key, usage);
+        let previous = entry.usage.issued(now);
+        if entry.usage.changed(now) {
+            self.usage_queue.push(key);
+        }
         (previous != 0).then_some(previous)
     }
 
     /// Notes an authenticated use by `key` at `now`.
     pub fn record_seen(&self, key: &IdentityKey, now: i64) {
         if let Some(entry) = self.identities.get(key) {
-            entry.usage.last_seen_at.fetch_max(now, Ordering::Relaxed);
-            self.mark_dirty(key, &entry.usage);
+            entry.usage.seen(now);
+            if entry.usage.changed(now) {
+                self.usage_queue.push(key);
+            }
         }
     }
 
-    /// Queues `key` for the next flush unless it is queued already.
-    fn mark_dirty(&self, key: &IdentityKey, usage: &Usage) {
-        if !usage.dirty.swap(true, Ordering::AcqRel) {
-            self.dirty
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(key.clone());
+    /// Writes the usage times that are due (see [`super::usage`]), at most
+    /// [`MAX_PER_FLUSH`] identities, in one batch. Every [`WRITE_EVERY`] it
+    /// also looks for identities used once and idle since, which no use
+    /// queued.
+    pub async fn flush_usage(&self, now: i64) -> Result<usize, StoreError> {
+        if now - self.last_sweep.load(Ordering::Relaxed) >= WRITE_EVERY {
+            self.last_sweep.store(now, Ordering::Relaxed);
+            for e in self.identities.iter() {
+                if e.value().usage.due(now) {
+                    self.usage_queue.push(e.key());
+                }
+            }
         }
-    }
-
-    /// Writes changed usage times to the store in one batch: those of the
-    /// identities used since the last flush, not a scan of all of them.
-    pub async fn flush_usage(&self) -> Result<usize, StoreError> {
-        let queued = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
-        // Cleared before the times are read: a use after the read marks
-        // the identity again and queues it for the next flush.
-        let updates: Vec<UsageUpdate> = queued
-            .into_iter()
-            .filter_map(|key| {
-                let entry = self.identities.get(&key)?;
-                let usage = &entry.usage;
-                usage.dirty.swap(false, Ordering::AcqRel).then(|| {
-                    let nonzero = |v: i64| (v != 0).then_some(v);
-                    UsageUpdate {
-                        last_issued_at: nonzero(usage.last_issued_at.load(Ordering::Relaxed)),
-                        last_seen_at: nonzero(usage.last_seen_at.load(Ordering::Relaxed)),
-                        identity: key.clone(),
-                    }
-                })
-            })
+        let updates: Vec<UsageUpdate> = self
+            .usage_queue
+            .take_batch()
+            .iter()
+            .filter_map(|key| self.identities.get(key)?.usage.take(key, now))
             .collect();
+        self.write_usage(&updates, now).await
+    }
+
+    /// Writes every changed identity's usage times, due or not: at
+    /// shutdown, so a graceful stop loses none.
+    pub async fn flush_all_usage(&self, now: i64) -> Result<usize, StoreError> {
+        let updates: Vec<UsageUpdate> = self
+            .identities
+            .iter()
+            .filter_map(|e| e.value().usage.take(e.key(), now))
+            .collect();
+        let mut written = 0;
+        for chunk in updates.chunks(MAX_PER_FLUSH) {
+            written += self.write_usage(chunk, now).await?;
+        }
+        Ok(written)
+    }
+
+    async fn write_usage(&self, updates: &[UsageUpdate], now: i64) -> Result<usize, StoreError> {
         if updates.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = self.store.record_usage(&updates).await {
+        if let Err(e) = self.store.record_usage(updates).await {
             // Keep them for the next attempt.
-            for u in &updates {
+            for u in updates {
                 if let Some(entry) = self.identities.get(&u.identity) {
-                    self.mark_dirty(&u.identity, &entry.usage);
+                    entry.usage.retry();
+                    if entry.usage.due(now) {
+                        self.usage_queue.push(&u.identity);
+                    }
                 }
             }
             return Err(e);

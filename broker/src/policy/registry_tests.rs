@@ -136,35 +136,52 @@ async fn platform_candidates_hold_every_match_and_no_served_workload() {
     assert!(loaded.platform_candidates(&prod, &proven).is_empty());
 }
 
+/// Usage times as the store has them (what a restarted broker reads).
+async fn stored_times(store: &Arc<dyn Store>, name: &str) -> (Option<i64>, Option<i64>) {
+    let id = store.get_identity(&key(name)).await.unwrap().unwrap();
+    (id.last_issued_at, id.last_seen_at)
+}
+
 #[tokio::test]
-async fn a_flush_writes_the_identities_used_since_the_last_one_and_only_those() {
+async fn usage_reaches_the_store_once_per_interval_and_all_of_it_at_shutdown() {
+    use super::usage::WRITE_EVERY;
     let (_dir, store) = store().await;
     let registry = IdentityRegistry::load(Arc::clone(&store)).await.unwrap();
     for name in ["dev/a", "dev/b", "dev/c"] {
         registry.create(identity(name, vec![], None)).await.unwrap();
     }
-    assert_eq!(registry.flush_usage().await.unwrap(), 0);
-    registry.record_issued(&key("dev/a"), 1_000);
-    registry.record_issued(&key("dev/a"), 1_005);
-    registry.record_seen(&key("dev/b"), 1_001);
-    assert_eq!(registry.flush_usage().await.unwrap(), 2);
-    assert_eq!(
-        registry.flush_usage().await.unwrap(),
-        0,
-        "nothing used since"
-    );
-    registry.record_seen(&key("dev/a"), 1_010);
-    assert_eq!(registry.flush_usage().await.unwrap(), 1);
+    let t0 = crate::model::unix_now();
+    // Used within an interval of their creation: counted, not written.
+    registry.record_issued(&key("dev/a"), t0 + 1);
+    registry.record_seen(&key("dev/b"), t0 + 2);
+    assert_eq!(registry.flush_usage(t0 + 3).await.unwrap(), 0);
+    assert_eq!(stored_times(&store, "dev/a").await, (None, None));
+    let shown = registry.view(&key("dev/a"), t0 + 3).unwrap().identity;
+    assert_eq!(shown.last_issued_at, Some(t0 + 1), "operators see memory");
 
-    // What reached the store is the latest of each.
-    let loaded = IdentityRegistry::load(store).await.unwrap();
-    let a = loaded.view(&key("dev/a"), 2_000).unwrap().identity;
+    // An interval later, a use writes that identity at once, and the
+    // sweep finds dev/b, used once and idle since; dev/c was never used.
+    let t1 = t0 + WRITE_EVERY + 5;
+    registry.record_issued(&key("dev/a"), t1);
+    assert_eq!(registry.flush_usage(t1).await.unwrap(), 2);
+    assert_eq!(stored_times(&store, "dev/a").await, (Some(t1), Some(t1)));
+    assert_eq!(stored_times(&store, "dev/b").await, (None, Some(t0 + 2)));
+    assert_eq!(stored_times(&store, "dev/c").await, (None, None));
     assert_eq!(
-        (a.last_issued_at, a.last_seen_at),
-        (Some(1_005), Some(1_010))
+        registry.flush_usage(t1 + 1).await.unwrap(),
+        0,
+        "nothing new"
     );
-    let b = loaded.view(&key("dev/b"), 2_000).unwrap().identity;
-    assert_eq!((b.last_issued_at, b.last_seen_at), (None, Some(1_001)));
-    let c = loaded.view(&key("dev/c"), 2_000).unwrap().identity;
-    assert_eq!((c.last_issued_at, c.last_seen_at), (None, None));
+    // Used again at once: counted, not written for another interval.
+    registry.record_seen(&key("dev/a"), t1 + 2);
+    assert_eq!(registry.flush_usage(t1 + 3).await.unwrap(), 0);
+    assert_eq!(stored_times(&store, "dev/a").await, (Some(t1), Some(t1)));
+
+    // A graceful stop writes whatever is left, due or not.
+    assert_eq!(registry.flush_all_usage(t1 + 5).await.unwrap(), 1);
+    assert_eq!(
+        stored_times(&store, "dev/a").await,
+        (Some(t1), Some(t1 + 2))
+    );
+    assert_eq!(registry.flush_all_usage(t1 + 6).await.unwrap(), 0);
 }

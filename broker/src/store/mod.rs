@@ -276,11 +276,14 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn delete_audit_through(&self, through: i64, limit: i64) -> Result<u64, StoreError>;
     /// Entries matching `filter`, newest first.
     async fn query_audit(&self, filter: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError>;
-    /// Every issued credential unexpired at `now` (from the audit log);
-    /// whether one is revoked is the caller's to judge.
+    /// Every issued credential unexpired at `now` (from the audit log),
+    /// of `identity` only when given (`env/name`: read through its own
+    /// index, not every credential outstanding); whether one is revoked is
+    /// the caller's to judge.
     async fn outstanding_credentials(
         &self,
         now: i64,
+        identity: Option<&str>,
     ) -> Result<Vec<OutstandingCredential>, StoreError>;
     /// X.509-SVIDs matching `query`, issued at or before `query.until`
     /// and unexpired at `now` (from the audit log, by an index).

@@ -155,14 +155,17 @@ pub(super) async fn query_audit(
 pub(super) async fn outstanding_credentials(
     pool: &PgPool,
     now: i64,
+    identity: Option<&str>,
 ) -> Result<Vec<OutstandingCredential>, StoreError> {
-    let rows = sqlx::query(
+    let mut q = QueryBuilder::<Postgres>::new(
         "SELECT identity, jti, serial, at_ms FROM audit_log
-         WHERE decision = 'issued' AND expires_at > $1 AND identity IS NOT NULL",
-    )
-    .bind(now)
-    .fetch_all(pool)
-    .await?;
+         WHERE decision = 'issued' AND identity IS NOT NULL AND expires_at > ",
+    );
+    q.push_bind(now);
+    if let Some(identity) = identity {
+        q.push(" AND identity = ").push_bind(identity);
+    }
+    let rows = q.build().fetch_all(pool).await?;
     rows.iter()
         .map(|r| {
             Ok(OutstandingCredential {

@@ -448,8 +448,9 @@ impl Store for SqliteStore {
     async fn outstanding_credentials(
         &self,
         now: i64,
+        identity: Option<&str>,
     ) -> Result<Vec<OutstandingCredential>, StoreError> {
-        audit::outstanding_credentials(&self.pool, now).await
+        audit::outstanding_credentials(&self.pool, now, identity).await
     }
 
     async fn issued_certificates(
