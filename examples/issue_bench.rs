@@ -190,15 +190,5 @@ async fn run(args: Args) -> Result<bool> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match run(Args::parse()).await {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("some calls failed");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("issue_bench: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    credbroker_examples::bench_exit_code("issue_bench", run(Args::parse()).await)
 }

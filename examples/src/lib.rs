@@ -47,6 +47,19 @@ pub fn exit_code(name: &str, result: Result<()>) -> std::process::ExitCode {
     }
 }
 
+/// A benchmark's exit code: success when it ran and no call failed
+/// (`Ok(true)`), failure when a call failed or it could not run.
+pub fn bench_exit_code(name: &str, result: Result<bool>) -> std::process::ExitCode {
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("{name}: some calls failed");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => exit_code(name, Err(e)),
+    }
+}
+
 /// The serial of a DER certificate as upper-case hex, the form the broker
 /// reports and `credbroker revoke --serial` takes.
 pub fn serial_of(cert_der: &[u8]) -> Result<String> {

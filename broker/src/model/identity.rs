@@ -171,6 +171,15 @@ impl Identity {
     }
 }
 
+/// The selector `key=value`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_selector(key: &str, value: &str) -> Selector {
+    Selector {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
 /// An active `dev/api` identity allowing audience `billing` and scopes
 /// `read` and `write`, for unit tests.
 #[cfg(test)]

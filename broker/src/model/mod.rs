@@ -8,9 +8,9 @@ mod names;
 pub use duration::{
     DURATION_FORMS, deserialize_duration, format_duration, parse_duration, rfc3339,
 };
-#[cfg(test)]
-pub(crate) use identity::test_identity;
 pub use identity::{Identity, IdentityKey, IdentityStatus, OnAnomaly, Selector};
+#[cfg(test)]
+pub(crate) use identity::{test_identity, test_selector};
 pub use name_set::NameSet;
 pub use names::{Audience, EnvName, IdentityName, NameError, Scope, SpiffeId, TrustDomain};
 

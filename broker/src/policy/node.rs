@@ -128,14 +128,7 @@ pub fn is_served_by(identity: &Identity, node: &IdentityKey) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::test_identity;
-
-    fn sel(key: &str, value: &str) -> Selector {
-        Selector {
-            key: key.into(),
-            value: value.into(),
-        }
-    }
+    use crate::model::{test_identity, test_selector};
 
     fn node() -> Identity {
         let mut n = test_identity();
@@ -153,14 +146,16 @@ mod tests {
     #[test]
     fn parented_identities_take_valid_unix_selectors_only() {
         let n = node();
-        assert!(check_node_rules(&workload(vec![sel("unix:uid", "1000")]), Some(&n)).is_ok());
+        assert!(
+            check_node_rules(&workload(vec![test_selector("unix:uid", "1000")]), Some(&n)).is_ok()
+        );
         assert!(
             check_node_rules(
                 &workload(vec![
-                    sel("unix:path", "/usr/bin/app"),
-                    sel("unix:sha256", &"a".repeat(64)),
-                    sel("unix:user", "app"),
-                    sel("unix:gid", "10"),
+                    test_selector("unix:path", "/usr/bin/app"),
+                    test_selector("unix:sha256", &"a".repeat(64)),
+                    test_selector("unix:user", "app"),
+                    test_selector("unix:gid", "10"),
                 ]),
                 Some(&n)
             )
@@ -168,11 +163,14 @@ mod tests {
         );
         let cases = [
             (vec![], "at least one unix: selector"),
-            (vec![sel("k8s:ns", "x")], "unix: selectors only"),
-            (vec![sel("unix:uid", "abc")], "must be a number"),
-            (vec![sel("unix:path", "bin/app")], "absolute path"),
-            (vec![sel("unix:sha256", "abc")], "64 hex digits"),
-            (vec![sel("unix:pid", "1")], "unknown selector unix:pid"),
+            (vec![test_selector("k8s:ns", "x")], "unix: selectors only"),
+            (vec![test_selector("unix:uid", "abc")], "must be a number"),
+            (vec![test_selector("unix:path", "bin/app")], "absolute path"),
+            (vec![test_selector("unix:sha256", "abc")], "64 hex digits"),
+            (
+                vec![test_selector("unix:pid", "1")],
+                "unknown selector unix:pid",
+            ),
         ];
         for (selectors, needle) in cases {
             let err = check_node_rules(&workload(selectors), Some(&n)).unwrap_err();
@@ -182,7 +180,7 @@ mod tests {
 
     #[test]
     fn parent_must_exist_share_the_environment_and_not_be_a_workload() {
-        let w = workload(vec![sel("unix:uid", "1")]);
+        let w = workload(vec![test_selector("unix:uid", "1")]);
         assert!(
             check_node_rules(&w, None)
                 .unwrap_err()
@@ -210,7 +208,7 @@ mod tests {
     #[test]
     fn unix_selectors_need_a_parent() {
         let mut id = test_identity();
-        id.selectors = vec![sel("unix:uid", "1000")];
+        id.selectors = vec![test_selector("unix:uid", "1000")];
         let err = check_node_rules(&id, None).unwrap_err();
         assert!(err.to_string().contains("--parent"), "{err}");
     }

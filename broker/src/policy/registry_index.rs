@@ -139,14 +139,7 @@ impl RegistryIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::test_identity;
-
-    fn sel(key: &str, value: &str) -> Selector {
-        Selector {
-            key: key.into(),
-            value: value.into(),
-        }
-    }
+    use crate::model::{test_identity, test_selector};
 
     fn key(s: &str) -> IdentityKey {
         IdentityKey::parse(s).unwrap()
@@ -163,15 +156,27 @@ mod tests {
     #[test]
     fn children_follow_creation_reparenting_and_removal() {
         let index = RegistryIndex::default();
-        let a = with("dev/a", vec![sel("unix:uid", "1")], Some("dev/node-1"));
-        let b = with("dev/b", vec![sel("unix:uid", "2")], Some("dev/node-1"));
+        let a = with(
+            "dev/a",
+            vec![test_selector("unix:uid", "1")],
+            Some("dev/node-1"),
+        );
+        let b = with(
+            "dev/b",
+            vec![test_selector("unix:uid", "2")],
+            Some("dev/node-1"),
+        );
         index.replace(None, Some(&a));
         index.replace(None, Some(&b));
         assert_eq!(
             index.children(&key("dev/node-1")),
             vec![key("dev/a"), key("dev/b")]
         );
-        let moved = with("dev/b", vec![sel("unix:uid", "2")], Some("dev/node-2"));
+        let moved = with(
+            "dev/b",
+            vec![test_selector("unix:uid", "2")],
+            Some("dev/node-2"),
+        );
         index.replace(Some(&b), Some(&moved));
         assert_eq!(index.children(&key("dev/node-1")), vec![key("dev/a")]);
         assert_eq!(index.children(&key("dev/node-2")), vec![key("dev/b")]);
@@ -192,36 +197,36 @@ mod tests {
         let index = RegistryIndex::default();
         let before = with(
             "dev/api",
-            vec![sel("k8s:sa", "api"), sel("k8s:ns", "a")],
+            vec![test_selector("k8s:sa", "api"), test_selector("k8s:ns", "a")],
             None,
         );
         index.replace(None, Some(&before));
         let env = EnvName::new("dev").unwrap();
         // Filed under its least selector only.
         assert_eq!(
-            index.platform_candidates(&env, &[sel("k8s:ns", "a")]),
+            index.platform_candidates(&env, &[test_selector("k8s:ns", "a")]),
             vec![key("dev/api")]
         );
         assert!(
             index
-                .platform_candidates(&env, &[sel("k8s:sa", "api")])
+                .platform_candidates(&env, &[test_selector("k8s:sa", "api")])
                 .is_empty()
         );
-        let after = with("dev/api", vec![sel("k8s:ns", "b")], None);
+        let after = with("dev/api", vec![test_selector("k8s:ns", "b")], None);
         index.replace(Some(&before), Some(&after));
         assert!(
             index
-                .platform_candidates(&env, &[sel("k8s:ns", "a")])
+                .platform_candidates(&env, &[test_selector("k8s:ns", "a")])
                 .is_empty()
         );
         assert_eq!(
-            index.platform_candidates(&env, &[sel("k8s:ns", "b")]),
+            index.platform_candidates(&env, &[test_selector("k8s:ns", "b")]),
             vec![key("dev/api")]
         );
         let other_env = EnvName::new("prod").unwrap();
         assert!(
             index
-                .platform_candidates(&other_env, &[sel("k8s:ns", "b")])
+                .platform_candidates(&other_env, &[test_selector("k8s:ns", "b")])
                 .is_empty()
         );
     }
@@ -229,14 +234,18 @@ mod tests {
     #[test]
     fn parented_and_selectorless_identities_are_never_platform_candidates() {
         let index = RegistryIndex::default();
-        let served = with("dev/w", vec![sel("unix:uid", "7")], Some("dev/node"));
+        let served = with(
+            "dev/w",
+            vec![test_selector("unix:uid", "7")],
+            Some("dev/node"),
+        );
         let token_only = with("dev/t", vec![], None);
         index.replace(None, Some(&served));
         index.replace(None, Some(&token_only));
         let env = EnvName::new("dev").unwrap();
         assert!(
             index
-                .platform_candidates(&env, &[sel("unix:uid", "7")])
+                .platform_candidates(&env, &[test_selector("unix:uid", "7")])
                 .is_empty()
         );
         assert!(index.0.read().unwrap().by_least_selector.is_empty());

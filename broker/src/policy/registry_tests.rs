@@ -5,18 +5,13 @@
 use std::sync::Arc;
 
 use super::IdentityRegistry;
-use crate::model::{EnvName, Identity, IdentityKey, Selector, SpiffeId, test_identity};
+use crate::model::{
+    EnvName, Identity, IdentityKey, Selector, SpiffeId, test_identity, test_selector,
+};
 use crate::store::{SqliteStore, Store};
 
 fn key(s: &str) -> IdentityKey {
     IdentityKey::parse(s).unwrap()
-}
-
-fn sel(key: &str, value: &str) -> Selector {
-    Selector {
-        key: key.into(),
-        value: value.into(),
-    }
 }
 
 fn identity(name: &str, selectors: Vec<Selector>, parent: Option<&str>) -> Identity {
@@ -54,7 +49,7 @@ async fn a_nodes_children_are_exactly_its_own_after_create_load_move_and_delete(
         registry
             .create(identity(
                 &format!("dev/w{i}"),
-                vec![sel("unix:uid", &uid)],
+                vec![test_selector("unix:uid", &uid)],
                 Some(node),
             ))
             .await
@@ -74,7 +69,11 @@ async fn a_nodes_children_are_exactly_its_own_after_create_load_move_and_delete(
     );
 
     // Another broker sharing the store moved w1 to node-b, then deleted w0.
-    let moved = identity("dev/w1", vec![sel("unix:uid", "1")], Some("dev/node-b"));
+    let moved = identity(
+        "dev/w1",
+        vec![test_selector("unix:uid", "1")],
+        Some("dev/node-b"),
+    );
     loaded.apply_stored(&key("dev/w1"), Some(moved)).await;
     assert_eq!(names(&loaded.children(&key("dev/node-a"))), ["dev/w0"]);
     assert_eq!(
@@ -92,13 +91,20 @@ async fn platform_candidates_hold_every_match_and_no_served_workload() {
     registry
         .create(identity(
             "dev/api",
-            vec![sel("k8s:ns", "pay"), sel("k8s:sa", "api")],
+            vec![
+                test_selector("k8s:ns", "pay"),
+                test_selector("k8s:sa", "api"),
+            ],
             None,
         ))
         .await
         .unwrap();
     registry
-        .create(identity("dev/web", vec![sel("k8s:ns", "web")], None))
+        .create(identity(
+            "dev/web",
+            vec![test_selector("k8s:ns", "web")],
+            None,
+        ))
         .await
         .unwrap();
     registry
@@ -108,16 +114,16 @@ async fn platform_candidates_hold_every_match_and_no_served_workload() {
     registry
         .create(identity(
             "dev/w",
-            vec![sel("unix:uid", "7")],
+            vec![test_selector("unix:uid", "7")],
             Some("dev/node"),
         ))
         .await
         .unwrap();
     let env = EnvName::new("dev").unwrap();
     let proven = [
-        sel("k8s:ns", "pay"),
-        sel("k8s:sa", "api"),
-        sel("unix:uid", "7"),
+        test_selector("k8s:ns", "pay"),
+        test_selector("k8s:sa", "api"),
+        test_selector("unix:uid", "7"),
     ];
     assert_eq!(
         names(&registry.platform_candidates(&env, &proven)),
@@ -129,7 +135,7 @@ async fn platform_candidates_hold_every_match_and_no_served_workload() {
         ["dev/api"]
     );
     assert_eq!(
-        names(&loaded.platform_candidates(&env, &[sel("k8s:ns", "web")])),
+        names(&loaded.platform_candidates(&env, &[test_selector("k8s:ns", "web")])),
         ["dev/web"]
     );
     let prod = EnvName::new("prod").unwrap();

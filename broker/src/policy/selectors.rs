@@ -78,29 +78,26 @@ pub fn reachable_by(identity: &Identity, attestors: &[AttestorInfo]) -> Vec<Stri
 mod tests {
     use super::*;
     use crate::attest::AttestorKind;
-    use crate::model::test_identity;
-
-    fn sel(k: &str, v: &str) -> Selector {
-        Selector {
-            key: k.into(),
-            value: v.into(),
-        }
-    }
+    use crate::model::{test_identity, test_selector};
 
     #[test]
     fn all_selectors_must_be_proven_in_the_right_environment() {
         let mut id = test_identity();
         let dev = EnvName::new("dev").unwrap();
         let prod = EnvName::new("prod").unwrap();
-        let proven = BTreeSet::from([sel("c:ns", "pay"), sel("c:sa", "api"), sel("c:pod", "p")]);
+        let proven = BTreeSet::from([
+            test_selector("c:ns", "pay"),
+            test_selector("c:sa", "api"),
+            test_selector("c:pod", "p"),
+        ]);
         assert!(
             !matches(&id, &dev, &proven),
             "no selectors: join token only"
         );
-        id.selectors = vec![sel("c:ns", "pay"), sel("c:sa", "api")];
+        id.selectors = vec![test_selector("c:ns", "pay"), test_selector("c:sa", "api")];
         assert!(matches(&id, &dev, &proven));
         assert!(!matches(&id, &prod, &proven), "other environment");
-        id.selectors.push(sel("c:node", "n1"));
+        id.selectors.push(test_selector("c:node", "n1"));
         assert!(!matches(&id, &dev, &proven), "one selector unproven");
         let infos = [AttestorInfo {
             name: "c".into(),
