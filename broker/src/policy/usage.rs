@@ -7,7 +7,7 @@
 //! SQLite's one write lock that audit commits wait for. The times operators
 //! see come from memory and are exact; the store's (what another replica or
 //! a restarted broker reads) trail by at most [`WRITE_EVERY`], and a
-//! graceful shutdown writes every one ([`UsageQueue`]'s callers sweep).
+//! graceful shutdown writes every one (`IdentityRegistry::flush_all_usage`).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
