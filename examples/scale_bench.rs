@@ -216,7 +216,7 @@ async fn run(args: Args) -> Result<bool> {
     let needed = fleet.workloads() as f64
         * (1.0 / (jwt_ttl.as_secs_f64() / 2.0) + 1.0 / (x509_ttl.as_secs_f64() / 2.0));
     println!(
-        "JWT-SVIDs live {} s, X.509-SVIDs {} s: renewing each at half its life needs {needed:.0} credentials/s",
+        "JWT-SVIDs live {} s, X.509-SVIDs {} s: renewing each at half its life needs {needed:.1} credentials/s",
         jwt_ttl.as_secs(),
         x509_ttl.as_secs()
     );

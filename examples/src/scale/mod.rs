@@ -80,3 +80,25 @@ impl Spread {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spread_is_reproducible_and_covers_the_interval() {
+        let draws: Vec<f64> = {
+            let mut s = Spread::new(7);
+            (0..10_000).map(|_| s.next_fraction()).collect()
+        };
+        assert!(draws.iter().all(|f| (0.0..1.0).contains(f)));
+        let mut again = Spread::new(7);
+        assert_eq!(again.next_fraction(), draws[0]);
+        // Roughly uniform: each tenth of the interval gets its share.
+        for decile in 0..10 {
+            let lo = f64::from(decile) / 10.0;
+            let n = draws.iter().filter(|f| (lo..lo + 0.1).contains(*f)).count();
+            assert!((800..1200).contains(&n), "decile {decile}: {n}");
+        }
+    }
+}

@@ -91,3 +91,26 @@ impl Tally {
         std::mem::take(&mut *self.window())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_add_up_and_keep_the_first_failure() {
+        let tally = Tally::default();
+        tally.renewed(Kind::Jwt, Duration::from_millis(3), false);
+        tally.failed("first".into());
+        let mut run = tally.take();
+        tally.renewed(Kind::X509, Duration::from_millis(1), true);
+        tally.renewed(Kind::Jwt, Duration::from_millis(2), false);
+        tally.failed("second".into());
+        run.absorb(tally.take());
+        assert_eq!((run.jwts, run.svids, run.credentials()), (2, 1, 3));
+        assert_eq!((run.lapsed, run.failures), (1, 2));
+        assert_eq!(run.first_failure.as_deref(), Some("first"));
+        assert_eq!(run.lag(0.5), Some(Duration::from_millis(2)));
+        assert_eq!(run.lag(1.0), Some(Duration::from_millis(3)));
+        assert_eq!(tally.take().credentials(), 0, "taking empties the window");
+    }
+}
