@@ -38,6 +38,7 @@ macro_rules! conformance_suite {
         $crate::store::conformance::conformance_suite!(@tests $fresh;
             identities_round_trip_and_conflict,
             a_usage_batch_lands_row_by_row_and_zero_stays_never,
+            outstanding_credentials_of_one_identity_are_its_own_unexpired_ones,
             join_tokens_are_consumed_once_and_purged_after_expiry,
             a_join_token_use_is_spent_once_across_brokers,
             operators_round_trip_and_revoke_once,
@@ -284,6 +285,49 @@ async fn verify_chain(store: &dyn Store, key: &ChainKey) -> i64 {
     let report = verifier.finish();
     assert_eq!(report.broken, None, "the chain is broken");
     report.entries
+}
+
+/// What `GetIdentity` counts: one identity's issued credentials that have
+/// not expired, and nobody else's; without an identity, everyone's.
+pub(crate) async fn outstanding_credentials_of_one_identity_are_its_own_unexpired_ones(
+    db: &TestDb,
+) {
+    let key = ChainKey::for_tests();
+    let of = |identity: &str, n: i64| AuditEntry {
+        identity: Some(identity.into()),
+        ..entry(n)
+    };
+    // expires_at is 1,000 + n: at 1,002, entries 3 and up are unexpired.
+    let entries = [
+        of("dev/api", 1),
+        of("dev/api", 3),
+        of("dev/api", 4),
+        of("dev/web", 5),
+        of("dev/web", 6),
+    ];
+    db.store.append_audit(&entries, &key).await.unwrap();
+    let jtis = |found: Vec<super::OutstandingCredential>| {
+        let mut jtis: Vec<String> = found.into_iter().filter_map(|c| c.jti).collect();
+        jtis.sort();
+        jtis
+    };
+    let api = db
+        .store
+        .outstanding_credentials(1_002, Some("dev/api"))
+        .await;
+    assert_eq!(jtis(api.unwrap()), ["jti-3", "jti-4"]);
+    let web = db
+        .store
+        .outstanding_credentials(1_002, Some("dev/web"))
+        .await;
+    assert_eq!(jtis(web.unwrap()), ["jti-5", "jti-6"]);
+    let none = db
+        .store
+        .outstanding_credentials(1_002, Some("dev/gone"))
+        .await;
+    assert!(none.unwrap().is_empty());
+    let all = db.store.outstanding_credentials(1_002, None).await;
+    assert_eq!(jtis(all.unwrap()), ["jti-3", "jti-4", "jti-5", "jti-6"]);
 }
 
 pub(crate) async fn audit_appends_chain_after_whatever_was_committed(db: &TestDb) {
