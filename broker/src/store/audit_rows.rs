@@ -11,7 +11,7 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use crate::audit::{AuditEntry, ChainKey, ChainedEntry};
 
-/// Most rows in one INSERT: 512 × 17 columns = 8,704 bound values, under
+/// Most rows in one INSERT: 512 × 18 columns = 9,216 bound values, under
 /// both SQLite's (32,766) and PostgreSQL's (65,535) limits.
 const MAX_ROWS: usize = 512;
 
@@ -22,6 +22,26 @@ pub(super) struct Linked<'a> {
     entry: &'a AuditEntry,
     prev_hash: [u8; 32],
     hash: [u8; 32],
+    /// The seq of the same identity's previous entry, where the backend
+    /// links them ([`LogColumns::WithIdentityPrev`]).
+    identity_prev: Option<i64>,
+}
+
+impl Linked<'_> {
+    /// Records the seq of the same identity's previous entry.
+    pub(super) fn set_identity_prev(&mut self, prev: Option<i64>) {
+        self.identity_prev = prev;
+    }
+}
+
+/// The audit log's columns in a backend: SQLite links each identity's
+/// entries (`identity_prev`); PostgreSQL indexes them instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LogColumns {
+    /// The entry's own columns.
+    Entry,
+    /// Those and `identity_prev`.
+    WithIdentityPrev,
 }
 
 /// Places `entries` after `seq`/`head`; returns them with the new end of
@@ -41,6 +61,7 @@ pub(super) fn link<'a>(
             entry,
             prev_hash: head,
             hash,
+            identity_prev: None,
         });
         head = hash;
     }
@@ -66,7 +87,7 @@ pub(super) fn runs<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
 
 /// One INSERT of `rows`, for any backend whose placeholders the builder
 /// knows (`?` or `$n`).
-pub(super) fn insert<DB>(rows: &[Linked<'_>]) -> QueryBuilder<DB>
+pub(super) fn insert<DB>(rows: &[Linked<'_>], columns: LogColumns) -> QueryBuilder<DB>
 where
     DB: Database,
     DB::Arguments: Default,
@@ -76,10 +97,16 @@ where
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
 {
+    let linked_column = columns == LogColumns::WithIdentityPrev;
     let mut q = QueryBuilder::<DB>::new(
         "INSERT INTO audit_log (seq, at_ms, action, decision, actor, peer, identity, env,
-             credential, jti, serial, expires_at, reason, detail, evidence, prev_hash, hash) ",
+             credential, jti, serial, expires_at, reason, detail, evidence, prev_hash, hash",
     );
+    q.push(if linked_column {
+        ", identity_prev) "
+    } else {
+        ") "
+    });
     q.push_values(rows, |mut row, linked| {
         let e = linked.entry;
         row.push_bind(linked.seq)
@@ -99,6 +126,9 @@ where
             .push_bind(e.evidence.as_deref())
             .push_bind(linked.prev_hash.as_slice())
             .push_bind(linked.hash.as_slice());
+        if linked_column {
+            row.push_bind(linked.identity_prev);
+        }
     });
     q
 }

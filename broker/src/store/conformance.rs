@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
             identities_round_trip_and_conflict,
             a_usage_batch_lands_row_by_row_and_zero_stays_never,
             outstanding_credentials_of_one_identity_are_its_own_unexpired_ones,
+            an_identitys_history_is_whole_across_brokers_and_restarts,
             join_tokens_are_consumed_once_and_purged_after_expiry,
             a_join_token_use_is_spent_once_across_brokers,
             operators_round_trip_and_revoke_once,
@@ -328,6 +329,94 @@ pub(crate) async fn outstanding_credentials_of_one_identity_are_its_own_unexpire
     assert!(none.unwrap().is_empty());
     let all = db.store.outstanding_credentials(1_002, None).await;
     assert_eq!(jtis(all.unwrap()), ["jti-3", "jti-4", "jti-5", "jti-6"]);
+}
+
+/// One identity's history: newest first, nobody else's, whichever broker
+/// appended each entry and whichever reads it, after a restart too.
+pub(crate) async fn an_identitys_history_is_whole_across_brokers_and_restarts(db: &TestDb) {
+    use super::{CertKey, CertQuery};
+    use crate::audit::AuditFilter;
+    let key = ChainKey::for_tests();
+    let of = |identity: &str, n: i64| AuditEntry {
+        identity: Some(identity.into()),
+        ..entry(n)
+    };
+    let cert = |identity: &str, n: i64| AuditEntry {
+        credential: Some("x509-svid".into()),
+        jti: None,
+        serial: Some(format!("5E{n:02}")),
+        ..of(identity, n)
+    };
+    let first = &db.store;
+    first
+        .append_audit(
+            &[of("dev/api", 1), of("dev/web", 2), of("dev/api", 3)],
+            &key,
+        )
+        .await
+        .unwrap();
+    let second = db.open_again().await;
+    second
+        .append_audit(&[of("dev/web", 4), cert("dev/api", 5)], &key)
+        .await
+        .unwrap();
+    // The first broker's next entry for dev/api follows the second's.
+    first
+        .append_audit(
+            &[of("dev/api", 6), of("dev/api", 7), of("dev/web", 8)],
+            &key,
+        )
+        .await
+        .unwrap();
+    let restarted = db.open_again().await;
+    for store in [first, &second, &restarted] {
+        let history = |identity: &str, limit: i64, since_ms: Option<i64>, until_ms| {
+            let filter = AuditFilter {
+                identity: Some(identity.into()),
+                since_ms,
+                until_ms,
+                limit,
+                ..Default::default()
+            };
+            async move {
+                let found = store.query_audit(&filter).await.unwrap();
+                found.iter().map(|e| e.entry.at_ms).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(history("dev/api", 10, None, None).await, [7, 6, 5, 3, 1]);
+        assert_eq!(history("dev/web", 10, None, None).await, [8, 4, 2]);
+        assert_eq!(history("dev/api", 2, None, None).await, [7, 6]);
+        assert_eq!(history("dev/api", 10, Some(3), Some(7)).await, [6, 5, 3]);
+        assert_eq!(history("dev/api", 1, Some(2), Some(4)).await, [3]);
+        assert!(history("dev/gone", 10, None, None).await.is_empty());
+        let outstanding = store
+            .outstanding_credentials(1_000, Some("dev/api"))
+            .await
+            .unwrap();
+        assert!(outstanding.iter().all(|c| c.identity == "dev/api"));
+        let mut ids: Vec<String> = outstanding
+            .into_iter()
+            .filter_map(|c| c.jti.or(c.serial))
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["5E05", "jti-1", "jti-3", "jti-6", "jti-7"]);
+        let certs = store
+            .issued_certificates(
+                &CertQuery {
+                    by: CertKey::Identity,
+                    value: "dev/api",
+                    until: 1_000,
+                },
+                1_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            certs.iter().map(|c| c.serial.as_str()).collect::<Vec<_>>(),
+            ["5E05"],
+            "the certificate the other broker issued"
+        );
+    }
 }
 
 pub(crate) async fn audit_appends_chain_after_whatever_was_committed(db: &TestDb) {

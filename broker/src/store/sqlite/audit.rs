@@ -1,6 +1,10 @@
 //! The audit log tables: appending chained entries and querying them.
 
+use std::sync::Arc;
+
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::identity_chain::{self, IdentityHeads};
 
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry, GENESIS};
 use crate::store::audit_rows;
@@ -9,22 +13,51 @@ use crate::store::{AuditCut, CertKey, CertQuery, IssuedCert, OutstandingCredenti
 
 pub(super) async fn append_audit(
     pool: &SqlitePool,
+    heads: &Arc<IdentityHeads>,
     entries: &[AuditEntry],
     chain: &ChainKey,
 ) -> Result<(i64, [u8; 32]), StoreError> {
     // IMMEDIATE takes the write lock before the head is read, so the head
     // cannot move between reading it and appending after it.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let (seq, head) = chain_end(&mut *tx).await?.unwrap_or((0, GENESIS));
-    let (linked, seq, head) = audit_rows::link(entries, seq, head, chain);
+    let (end, head) = chain_end(&mut *tx).await?.unwrap_or((0, GENESIS));
+    // Whatever another process appended is linked to before this batch.
+    heads.catch_up(&mut *tx, end).await?;
+    let (mut linked, seq, head) = audit_rows::link(entries, end, head, chain);
+    let (prevs, pending) = heads.link(entries, end + 1);
+    for (row, prev) in linked.iter_mut().zip(prevs) {
+        row.set_identity_prev(prev);
+    }
     for run in audit_rows::runs(&linked) {
-        audit_rows::insert::<Sqlite>(run)
+        audit_rows::insert::<Sqlite>(run, audit_rows::LogColumns::WithIdentityPrev)
             .build()
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await?;
+    // Published before the caller hears of the commit: a query that starts
+    // after that (a revocation looking for this identity's certificates)
+    // finds these entries.
+    if heads.publish(pending) {
+        let (heads, pool) = (Arc::clone(heads), pool.clone());
+        tokio::spawn(async move {
+            if let Err(e) = heads.persist(&pool).await {
+                tracing::warn!(error = %e, "could not persist the audit log's identity heads");
+            }
+        });
+    }
     Ok((seq, head))
+}
+
+/// `identity`'s newest entry, after reading what other processes appended.
+async fn head_of_identity(
+    pool: &SqlitePool,
+    heads: &IdentityHeads,
+    identity: &str,
+) -> Result<Option<i64>, StoreError> {
+    let end = chain_end(pool).await?.map_or(0, |(seq, _)| seq);
+    heads.catch_up(pool, end).await?;
+    Ok(heads.head(identity))
 }
 
 /// Where the next entry links: the newest entry, or the retention cut when
@@ -114,15 +147,36 @@ pub(super) async fn delete_audit_through(
 
 pub(super) async fn query_audit(
     pool: &SqlitePool,
+    heads: &IdentityHeads,
     f: &AuditFilter,
 ) -> Result<Vec<ChainedEntry>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM audit_log WHERE 1 = 1");
+    // A jti or serial names one or two entries through its own index; an
+    // identity alone is a walk along its chain.
+    let mut q = match (&f.identity, &f.jti, &f.serial) {
+        (Some(identity), None, None) => {
+            let Some(head) = head_of_identity(pool, heads, identity).await? else {
+                return Ok(Vec::new());
+            };
+            // Stopping the walk at the limit is right only when every
+            // entry walked is returned.
+            let filtered = f.actor.is_some() || f.env.is_some();
+            let timed = f.since_ms.is_some() || f.until_ms.is_some();
+            let walk_limit = (!filtered && !timed).then_some(f.limit);
+            identity_chain::walk_from("a.*", head, identity, walk_limit)
+        }
+        _ => {
+            let mut q = QueryBuilder::<Sqlite>::new("SELECT a.* FROM audit_log AS a WHERE 1 = 1");
+            if let Some(identity) = &f.identity {
+                q.push(" AND a.identity = ").push_bind(identity.clone());
+            }
+            q
+        }
+    };
     let columns = [
-        (" AND identity = ", &f.identity),
-        (" AND jti = ", &f.jti),
-        (" AND serial = ", &f.serial),
-        (" AND actor = ", &f.actor),
-        (" AND env = ", &f.env),
+        (" AND a.jti = ", &f.jti),
+        (" AND a.serial = ", &f.serial),
+        (" AND a.actor = ", &f.actor),
+        (" AND a.env = ", &f.env),
     ];
     for (clause, value) in columns {
         if let Some(v) = value {
@@ -130,29 +184,36 @@ pub(super) async fn query_audit(
         }
     }
     if let Some(since) = f.since_ms {
-        q.push(" AND at_ms >= ").push_bind(since);
+        q.push(" AND a.at_ms >= ").push_bind(since);
     }
     if let Some(until) = f.until_ms {
-        q.push(" AND at_ms < ").push_bind(until);
+        q.push(" AND a.at_ms < ").push_bind(until);
     }
-    q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+    q.push(" ORDER BY a.seq DESC LIMIT ").push_bind(f.limit);
     let rows = q.build().fetch_all(pool).await?;
     rows.iter().map(rows::audit).collect()
 }
 
 pub(super) async fn outstanding_credentials(
     pool: &SqlitePool,
+    heads: &IdentityHeads,
     now: i64,
     identity: Option<&str>,
 ) -> Result<Vec<OutstandingCredential>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new(
-        "SELECT identity, jti, serial, at_ms FROM audit_log
-         WHERE decision = 'issued' AND identity IS NOT NULL AND expires_at > ",
-    );
-    q.push_bind(now);
-    if let Some(identity) = identity {
-        q.push(" AND identity = ").push_bind(identity);
-    }
+    const COLUMNS: &str = "a.identity, a.jti, a.serial, a.at_ms";
+    let mut q = match identity {
+        Some(identity) => {
+            let Some(head) = head_of_identity(pool, heads, identity).await? else {
+                return Ok(Vec::new());
+            };
+            identity_chain::walk_from(COLUMNS, head, identity, None)
+        }
+        None => QueryBuilder::new(format!(
+            "SELECT {COLUMNS} FROM audit_log AS a WHERE a.identity IS NOT NULL"
+        )),
+    };
+    q.push(" AND a.decision = 'issued' AND a.expires_at > ")
+        .push_bind(now);
     let rows = q.build().fetch_all(pool).await?;
     rows.iter()
         .map(|r| {
@@ -168,36 +229,45 @@ pub(super) async fn outstanding_credentials(
 
 pub(super) async fn issued_certificates(
     pool: &SqlitePool,
+    heads: &IdentityHeads,
     query: &CertQuery<'_>,
     now: i64,
 ) -> Result<Vec<IssuedCert>, StoreError> {
-    // One fixed statement per column, so each uses its index
-    // (audit_by_serial, audit_by_identity; audit_issued_by_expiry for env).
-    let sql = match query.by {
+    const COLUMNS: &str = "a.serial, a.identity, a.at_ms, a.expires_at";
+    // Each through its own way in: audit_by_serial, the identity's chain,
+    // audit_issued_by_expiry for an environment.
+    let mut q = match query.by {
         CertKey::Serial => {
-            "SELECT serial, identity, at_ms, expires_at FROM audit_log
-             WHERE serial = ? AND decision = 'issued' AND credential = 'x509-svid'
-               AND at_ms < ? AND expires_at > ? AND identity IS NOT NULL"
+            let mut q = QueryBuilder::new(format!(
+                "SELECT {COLUMNS} FROM audit_log AS a WHERE a.serial = "
+            ));
+            q.push_bind(query.value);
+            q
         }
         CertKey::Identity => {
-            "SELECT serial, identity, at_ms, expires_at FROM audit_log
-             WHERE identity = ? AND decision = 'issued' AND credential = 'x509-svid'
-               AND at_ms < ? AND expires_at > ? AND serial IS NOT NULL"
+            let Some(head) = head_of_identity(pool, heads, query.value).await? else {
+                return Ok(Vec::new());
+            };
+            identity_chain::walk_from(COLUMNS, head, query.value, None)
         }
         CertKey::Env => {
-            "SELECT serial, identity, at_ms, expires_at FROM audit_log
-             WHERE env = ? AND decision = 'issued' AND credential = 'x509-svid'
-               AND at_ms < ? AND expires_at > ? AND serial IS NOT NULL
-               AND identity IS NOT NULL"
+            let mut q = QueryBuilder::new(format!(
+                "SELECT {COLUMNS} FROM audit_log AS a WHERE a.env = "
+            ));
+            q.push_bind(query.value);
+            q
         }
     };
+    q.push(
+        " AND a.decision = 'issued' AND a.credential = 'x509-svid'
+          AND a.serial IS NOT NULL AND a.identity IS NOT NULL AND a.at_ms < ",
+    )
+    .push_bind(query.until.saturating_add(1).saturating_mul(1000))
+    .push(" AND a.expires_at > ")
+    .push_bind(now);
     // Row by row: an environment's revocation can cover 100,000s of
     // certificates, and their rows need not all be held at once.
-    let mut rows = sqlx::query(sql)
-        .bind(query.value)
-        .bind(query.until.saturating_add(1).saturating_mul(1000))
-        .bind(now)
-        .fetch(pool);
+    let mut rows = q.build().fetch(pool);
     let mut out = Vec::new();
     while let Some(r) = tokio_stream::StreamExt::next(&mut rows).await {
         let r = r?;

@@ -1,6 +1,7 @@
 //! The embedded SQLite store (the default).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,10 +17,12 @@ use super::{
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry};
 use crate::model::{Identity, IdentityKey};
 use crate::revocation::Revocation;
+use identity_chain::IdentityHeads;
 
 mod attestation;
 mod audit;
 mod changes;
+mod identity_chain;
 mod keys;
 mod operators;
 mod revocations;
@@ -37,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0010_changes.sql"),
     include_str!("../../../migrations/sqlite/0011_on_anomaly.sql"),
     include_str!("../../../migrations/sqlite/0012_audit_retention.sql"),
+    include_str!("../../../migrations/sqlite/0013_audit_identity_chain.sql"),
 ];
 
 /// Creates the database file 0600 if it does not exist yet (so SQLite never
@@ -75,6 +79,8 @@ fn make_private(path: &std::path::Path) -> Result<(), StoreError> {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Each identity's newest audit entry (see `identity_chain`).
+    heads: Arc<IdentityHeads>,
 }
 
 impl SqliteStore {
@@ -116,8 +122,9 @@ impl SqliteStore {
             })
             .connect_with(options)
             .await?;
-        let store = Self { pool };
-        store.migrate().await?;
+        migrate(&pool).await?;
+        let heads = IdentityHeads::load(&pool).await?;
+        let store = Self { pool, heads };
         // The readiness probe's one row; not part of the schema proper, so
         // created here rather than by a migration.
         sqlx::query(
@@ -128,36 +135,36 @@ impl SqliteStore {
         .await?;
         Ok(store)
     }
+}
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut *tx)
-            .await?;
-        // Older binaries must not run on a newer schema: they would write
-        // rows the newer one does not expect, or miss columns it relies on.
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::SchemaTooNew {
-                found: version,
-                known,
-            });
-        }
-        for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            // Both strings are compile-time constants or a formatted integer.
-            sqlx::raw_sql(sqlx::AssertSqlSafe(*step))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "PRAGMA user_version = {}",
-                i + 1
-            )))
+async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *tx)
+        .await?;
+    // Older binaries must not run on a newer schema: they would write
+    // rows the newer one does not expect, or miss columns it relies on.
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known,
+        });
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        // Both strings are compile-time constants or a formatted integer.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*step))
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PRAGMA user_version = {}",
+            i + 1
+        )))
+        .execute(&mut *tx)
+        .await?;
     }
+    tx.commit().await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -418,7 +425,7 @@ impl Store for SqliteStore {
         entries: &[AuditEntry],
         chain: &ChainKey,
     ) -> Result<(i64, [u8; 32]), StoreError> {
-        audit::append_audit(&self.pool, entries, chain).await
+        audit::append_audit(&self.pool, &self.heads, entries, chain).await
     }
 
     async fn audit_head(&self) -> Result<Option<(i64, [u8; 32])>, StoreError> {
@@ -442,7 +449,7 @@ impl Store for SqliteStore {
     }
 
     async fn query_audit(&self, f: &AuditFilter) -> Result<Vec<ChainedEntry>, StoreError> {
-        audit::query_audit(&self.pool, f).await
+        audit::query_audit(&self.pool, &self.heads, f).await
     }
 
     async fn outstanding_credentials(
@@ -450,7 +457,7 @@ impl Store for SqliteStore {
         now: i64,
         identity: Option<&str>,
     ) -> Result<Vec<OutstandingCredential>, StoreError> {
-        audit::outstanding_credentials(&self.pool, now, identity).await
+        audit::outstanding_credentials(&self.pool, &self.heads, now, identity).await
     }
 
     async fn issued_certificates(
@@ -458,7 +465,7 @@ impl Store for SqliteStore {
         query: &CertQuery<'_>,
         now: i64,
     ) -> Result<Vec<IssuedCert>, StoreError> {
-        audit::issued_certificates(&self.pool, query, now).await
+        audit::issued_certificates(&self.pool, &self.heads, query, now).await
     }
 
     async fn insert_revocation(&self, rev: &NewRevocation) -> Result<i64, StoreError> {

@@ -67,3 +67,112 @@ async fn a_schema_newer_than_this_binary_is_refused_and_left_alone() {
         .unwrap();
     assert_eq!(version, known + 1, "left as it was");
 }
+
+fn entry_of(identity: &str, at_ms: i64) -> AuditEntry {
+    AuditEntry {
+        at_ms,
+        action: "fetch_jwt".into(),
+        decision: "issued".into(),
+        identity: Some(identity.into()),
+        ..AuditEntry::default()
+    }
+}
+
+async fn history(store: &SqliteStore, identity: &str) -> Vec<i64> {
+    let filter = AuditFilter {
+        identity: Some(identity.into()),
+        limit: 100,
+        ..Default::default()
+    };
+    let found = store.query_audit(&filter).await.unwrap();
+    found.iter().map(|e| e.entry.at_ms).collect()
+}
+
+async fn execute(store: &SqliteStore, sql: &'static str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+}
+
+/// `identity_prev` is not hashed, so anyone with the file can change it:
+/// a loop, a link forward or into another identity's entries must neither
+/// hang a query nor show another identity's entries.
+#[tokio::test]
+async fn an_altered_identity_link_neither_loops_nor_strays() {
+    let (_dir, store) = store().await;
+    let key = ChainKey::for_tests();
+    let entries = [
+        entry_of("dev/api", 1),
+        entry_of("dev/web", 2),
+        entry_of("dev/api", 3),
+        entry_of("dev/api", 4),
+    ];
+    store.append_audit(&entries, &key).await.unwrap();
+    assert_eq!(history(&store, "dev/api").await, [4, 3, 1]);
+    for (altered, shows) in [
+        (
+            "UPDATE audit_log SET identity_prev = seq WHERE seq = 3",
+            [4, 3],
+        ),
+        (
+            "UPDATE audit_log SET identity_prev = 4 WHERE seq = 3",
+            [4, 3],
+        ),
+        (
+            "UPDATE audit_log SET identity_prev = 2 WHERE seq = 3",
+            [4, 3],
+        ),
+    ] {
+        execute(&store, altered).await;
+        assert_eq!(history(&store, "dev/api").await, shows, "{altered}");
+    }
+}
+
+/// A log written with the `(identity, seq)` index (the schema before the
+/// chain) keeps every identity's history once migrated, and new entries
+/// link on.
+#[tokio::test]
+async fn an_upgraded_log_keeps_each_identitys_history() {
+    let (dir, store) = store().await;
+    let key = ChainKey::for_tests();
+    let entries = [
+        entry_of("dev/api", 1),
+        entry_of("dev/web", 2),
+        entry_of("dev/api", 3),
+    ];
+    store.append_audit(&entries, &key).await.unwrap();
+    // Back to the schema before the chain, as an older broker left it.
+    execute(
+        &store,
+        "DROP TABLE audit_identity_heads; DROP TABLE audit_heads_through;
+         CREATE INDEX audit_by_identity ON audit_log (identity, seq);
+         ALTER TABLE audit_log DROP COLUMN identity_prev;",
+    )
+    .await;
+    let before_chain = MIGRATIONS.len() - 1;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PRAGMA user_version = {before_chain}"
+    )))
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    store.pool.close().await;
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    assert_eq!(history(&store, "dev/api").await, [3, 1]);
+    store
+        .append_audit(&[entry_of("dev/api", 4)], &key)
+        .await
+        .unwrap();
+    // A restart reads the heads the upgrade persisted, then the tail.
+    store.pool.close().await;
+    let store = SqliteStore::open(&url).await.unwrap();
+    assert_eq!(history(&store, "dev/api").await, [4, 3, 1]);
+    assert_eq!(history(&store, "dev/web").await, [2]);
+    let persisted: i64 = sqlx::query_scalar("SELECT seq FROM audit_heads_through")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(persisted, 4, "the open read the tail and wrote it back");
+}
