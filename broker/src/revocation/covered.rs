@@ -150,28 +150,30 @@ mod tests {
     async fn store_with(dir: &std::path::Path, revoked: u32) -> Arc<dyn Store> {
         let url = format!("sqlite://{}", dir.join("t.db").display());
         let store = crate::store::open(&url).await.unwrap();
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        let mut tx = conn.begin().await.unwrap();
-        for i in 0..revoked * 2 {
-            let identity = if i % 2 == 0 {
-                "dev/revoked"
-            } else {
-                "dev/other"
-            };
-            sqlx::query(
-                "INSERT INTO audit_log (at_ms, action, decision, identity, env, credential,
-                     serial, expires_at, prev_hash, hash)
-                 VALUES (?, 'renew_x509', 'issued', ?, 'dev', 'x509-svid', ?, ?, x'', x'')",
-            )
-            .bind(1_000_000_i64)
-            .bind(identity)
-            .bind(format!("{:040X}", u64::from(i) * 7919 + 1))
-            .bind(i64::MAX / 2)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let key = crate::audit::ChainKey::for_tests();
+        let entries: Vec<_> = (0..revoked * 2)
+            .map(|i| crate::audit::AuditEntry {
+                at_ms: 1_000_000,
+                action: "renew_x509".into(),
+                decision: "issued".into(),
+                identity: Some(
+                    if i % 2 == 0 {
+                        "dev/revoked"
+                    } else {
+                        "dev/other"
+                    }
+                    .into(),
+                ),
+                env: Some("dev".into()),
+                credential: Some("x509-svid".into()),
+                serial: Some(format!("{:040X}", u64::from(i) * 7919 + 1)),
+                expires_at: Some(i64::MAX / 2),
+                ..Default::default()
+            })
+            .collect();
+        for batch in entries.chunks(4096) {
+            store.append_audit(batch, &key).await.unwrap();
         }
-        tx.commit().await.unwrap();
         store
     }
 

@@ -55,8 +55,9 @@ async fn head_of_identity(
     heads: &IdentityHeads,
     identity: &str,
 ) -> Result<Option<i64>, StoreError> {
-    let end = chain_end(pool).await?.map_or(0, |(seq, _)| seq);
-    heads.catch_up(pool, end).await?;
+    heads
+        .catch_up(pool, identity_chain::log_end(pool).await?)
+        .await?;
     Ok(heads.head(identity))
 }
 

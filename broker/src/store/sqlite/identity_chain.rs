@@ -265,13 +265,15 @@ async fn write_heads(
     Ok(())
 }
 
-/// The newest seq in the log (0 when it is empty).
+/// The newest seq in the log, or of the retention cut when retention
+/// deleted every entry (0 when there never was one).
 pub(super) async fn log_end(conn: impl SqliteExecutor<'_>) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM audit_log")
-            .fetch_one(conn)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT max(coalesce((SELECT max(seq) FROM audit_log), 0),
+                    coalesce((SELECT seq FROM audit_cut WHERE id = 1), 0))",
     )
+    .fetch_one(conn)
+    .await?)
 }
 
 /// Starts a query over `identity`'s entries: `WITH RECURSIVE chain(seq)`
