@@ -46,6 +46,17 @@ pub struct RefreshPolicy {
     pub max_backoff: Duration,
 }
 
+impl RefreshPolicy {
+    /// How long after receiving a credential with `remaining` lifetime a
+    /// source or node agent renews it: `fraction` of it, ±`jitter`. The
+    /// spread matters: with lifetimes in whole seconds, renewing at exactly
+    /// half of what remains halves every credential's offset within its
+    /// second each round, until a fleet renews in bursts.
+    pub fn renew_after(&self, remaining: Duration) -> Duration {
+        timing::renew_after(remaining, self)
+    }
+}
+
 impl Default for RefreshPolicy {
     fn default() -> Self {
         Self {

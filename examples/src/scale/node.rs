@@ -9,15 +9,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, ensure};
 use credbroker_client::node::EntryKey;
-use credbroker_client::{Client, Evidence, JwtRequest, WorkloadClient};
+use credbroker_client::{Client, Evidence, JwtRequest, RefreshPolicy, WorkloadClient};
 use credbroker_proto::v1::{NodeEntriesUpdate, NodeEntry};
 use tokio::task::JoinSet;
 
 use super::tally::{Kind, Tally};
 use super::{AUDIENCE, Spread};
 
-/// A renewal falls due at this time for this entry.
-type Due = Reverse<(Instant, usize, Kind)>;
+/// A renewal falls due at this time for this entry, whose credential (if
+/// it has one yet) expires at the last instant.
+type Due = Reverse<(Instant, usize, Kind, Option<Instant>)>;
+
+/// A finished mint: the entry, what it renewed, when it was due, until
+/// when the entry's previous credential was good, and the new one's expiry.
+type Minted = (usize, Kind, Instant, Option<Instant>, Result<SystemTime>);
 
 /// One workload as its node agent knows it.
 #[derive(Debug)]
@@ -129,15 +134,15 @@ impl NodeAgent {
         for (i, w) in workloads.iter().enumerate() {
             for kind in [Kind::Jwt, Kind::X509] {
                 let first = w.half_life(kind).mul_f64(spread.next_fraction());
-                due.push(Reverse((now + first, i, kind)));
+                due.push(Reverse((now + first, i, kind, None)));
             }
         }
-        let mut calls: JoinSet<(usize, Kind, Instant, Result<SystemTime>)> = JoinSet::new();
+        let mut calls: JoinSet<Minted> = JoinSet::new();
         let mut stream_open = true;
         loop {
             let now = Instant::now();
             while calls.len() < in_flight
-                && let Some(Reverse((at, i, kind))) = due.peek().copied()
+                && let Some(Reverse((at, i, kind, held_until))) = due.peek().copied()
                 && at <= now
             {
                 due.pop();
@@ -145,7 +150,7 @@ impl NodeAgent {
                 calls.spawn(async move {
                     let key = &workloads[i].key;
                     let minted = mint(&session, key, kind).await;
-                    (i, kind, at, minted)
+                    (i, kind, at, held_until, minted)
                 });
             }
             let next_due = due
@@ -154,22 +159,25 @@ impl NodeAgent {
                 .filter(|_| calls.len() < in_flight);
             tokio::select! {
                 Some(done) = calls.join_next(), if !calls.is_empty() => {
-                    let Ok((i, kind, at, minted)) = done else { continue };
+                    let Ok((i, kind, at, held_until, minted)) = done else { continue };
                     let finished = Instant::now();
                     match minted {
                         Ok(expires) => {
-                            let half = workloads[i].half_life(kind);
                             let lag = finished.saturating_duration_since(at);
-                            tally.renewed(kind, lag, lag > half);
+                            let lapsed = held_until.is_some_and(|until| finished > until);
+                            tally.renewed(kind, lag, lapsed);
                             let left = expires
                                 .duration_since(SystemTime::now())
                                 .unwrap_or_default();
-                            due.push(Reverse((finished + left / 2, i, kind)));
+                            // As the agent does: half of what is left, ±10 %.
+                            let renew = RefreshPolicy::default().renew_after(left);
+                            due.push(Reverse((finished + renew, i, kind, Some(finished + left))));
                         }
                         Err(e) => {
                             tally.failed(format!("node {index}: {e:#}"));
                             // As an agent would: try again a second later.
-                            due.push(Reverse((finished + Duration::from_secs(1), i, kind)));
+                            let retry = finished + Duration::from_secs(1);
+                            due.push(Reverse((retry, i, kind, held_until)));
                         }
                     }
                 }

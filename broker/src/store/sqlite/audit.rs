@@ -22,7 +22,7 @@ pub(super) async fn append_audit(
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let (end, head) = chain_end(&mut *tx).await?.unwrap_or((0, GENESIS));
     // Whatever another process appended is linked to before this batch.
-    heads.catch_up(&mut *tx, end).await?;
+    heads.catch_up(&mut tx, end).await?;
     let (mut linked, seq, head) = audit_rows::link(entries, end, head, chain);
     let (prevs, pending) = heads.link(entries, end + 1);
     for (row, prev) in linked.iter_mut().zip(prevs) {
@@ -55,9 +55,9 @@ async fn head_of_identity(
     heads: &IdentityHeads,
     identity: &str,
 ) -> Result<Option<i64>, StoreError> {
-    heads
-        .catch_up(pool, identity_chain::log_end(pool).await?)
-        .await?;
+    let mut conn = pool.acquire().await?;
+    let end = identity_chain::log_end(&mut *conn).await?;
+    heads.catch_up(&mut conn, end).await?;
     Ok(heads.head(identity))
 }
 

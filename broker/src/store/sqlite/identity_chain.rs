@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteExecutor, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqliteExecutor, SqlitePool};
 
 use crate::audit::AuditEntry;
 use crate::store::StoreError;
@@ -37,6 +37,9 @@ use crate::store::audit_rows;
 /// that opens the store reads at most this much of the log's tail (plus
 /// whatever was appended since the last persist of a process that stopped).
 pub(super) const PERSIST_EVERY: Duration = Duration::from_secs(600);
+
+/// Entries read at a time when catching up with the log.
+const CATCH_UP_PAGE: i64 = 16_384;
 
 /// An identity's key: the first 16 bytes of the SHA-256 of `env/name`.
 type Key = [u8; 16];
@@ -106,8 +109,10 @@ impl IdentityHeads {
                 persisting: false,
             }),
         });
-        let end = log_end(pool).await?;
-        heads.catch_up(pool, end).await?;
+        let mut conn = pool.acquire().await?;
+        let end = log_end(&mut *conn).await?;
+        heads.catch_up(&mut conn, end).await?;
+        drop(conn);
         if heads.lock().through > through {
             heads.persist(pool).await?;
         }
@@ -124,10 +129,10 @@ impl IdentityHeads {
     /// newest seq as `conn` sees it), so their identities' heads are known.
     pub(super) async fn catch_up(
         &self,
-        conn: impl SqliteExecutor<'_>,
+        conn: &mut SqliteConnection,
         end: i64,
     ) -> Result<(), StoreError> {
-        let from = {
+        let mut from = {
             let mut state = self.lock();
             if end < state.through {
                 // The log is shorter than what was read of it: the file
@@ -138,27 +143,34 @@ impl IdentityHeads {
             }
             state.through
         };
-        if end <= from {
-            return Ok(());
+        // A page at a time: opening a store whose heads were never
+        // persisted reads the whole log, and must not hold it all at once.
+        while from < end {
+            let rows = sqlx::query(
+                "SELECT seq, identity FROM audit_log
+                 WHERE seq > ? AND seq <= ? AND identity IS NOT NULL ORDER BY seq LIMIT ?",
+            )
+            .bind(from)
+            .bind(end)
+            .bind(CATCH_UP_PAGE)
+            .fetch_all(&mut *conn)
+            .await?;
+            let mut seen = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let identity: &str = row.try_get("identity")?;
+                seen.push((key_of(identity), row.try_get::<i64, _>("seq")?));
+            }
+            let page_end = match seen.last() {
+                Some(&(_, seq)) if rows.len() as i64 == CATCH_UP_PAGE => seq,
+                _ => end,
+            };
+            let mut state = self.lock();
+            for (key, seq) in seen {
+                state.advance(key, seq);
+            }
+            state.through = state.through.max(page_end);
+            from = page_end;
         }
-        let rows = sqlx::query(
-            "SELECT seq, identity FROM audit_log
-             WHERE seq > ? AND seq <= ? AND identity IS NOT NULL ORDER BY seq",
-        )
-        .bind(from)
-        .bind(end)
-        .fetch_all(conn)
-        .await?;
-        let mut seen = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let identity: &str = row.try_get("identity")?;
-            seen.push((key_of(identity), row.try_get::<i64, _>("seq")?));
-        }
-        let mut state = self.lock();
-        for (key, seq) in seen {
-            state.advance(key, seq);
-        }
-        state.through = state.through.max(end);
         Ok(())
     }
 
