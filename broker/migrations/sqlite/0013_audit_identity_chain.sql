@@ -14,14 +14,15 @@ UPDATE audit_log SET identity_prev =
       WHERE older.identity = audit_log.identity AND older.seq < audit_log.seq)
  WHERE identity IS NOT NULL;
 DROP INDEX audit_by_identity;
--- Each identity's newest entry (its head), keyed by the first 16 bytes of
--- the SHA-256 of `env/name`, as of `audit_heads_through.seq`: a broker
--- loads these and reads the log after that seq instead of all of it.
--- Zero here makes the first broker to open the store read the whole log.
+-- Each identity's newest entry (its head), keyed by the first 8 bytes of
+-- the SHA-256 of `env/name` (little-endian), as of
+-- `audit_heads_through.seq`: a broker loads these and reads the log after
+-- that seq instead of all of it. Zero here makes the first broker to open
+-- the store read the whole log.
 CREATE TABLE audit_identity_heads (
-    key BLOB    PRIMARY KEY,
+    key INTEGER PRIMARY KEY,
     seq INTEGER NOT NULL
-) WITHOUT ROWID;
+);
 CREATE TABLE audit_heads_through (
     id  INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL

@@ -18,12 +18,17 @@
 //! `audit_identity_heads` every [`PERSIST_EVERY`] with the seq they cover,
 //! so opening the store reads only the log after that seq.
 //!
-//! An identity's head is keyed by the first 16 bytes of the SHA-256 of its
-//! name (`env/name`): 16 bytes in memory instead of the name. Only
-//! identities an operator created or an authenticated caller holds are
-//! named in the log, so the map grows with them, as the registry does.
+//! An identity's head is keyed by the first 8 bytes of the SHA-256 of its
+//! name (`env/name`): 16 bytes a head in memory instead of the name. Two
+//! names sharing a key would only cut short each other's walks (a walk
+//! stops at an entry of another identity, so it never shows one); among
+//! a million names the chance is 1 in 37 million, and names are chosen by
+//! operators, not callers. Only identities an operator created or an
+//! authenticated caller holds are named in the log, so the map grows with
+//! them, as the registry does.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,17 +44,46 @@ use crate::store::audit_rows;
 pub(super) const PERSIST_EVERY: Duration = Duration::from_secs(600);
 
 /// Entries read at a time when catching up with the log.
-const CATCH_UP_PAGE: i64 = 16_384;
+const CATCH_UP_PAGE: i64 = 4_096;
 
-/// An identity's key: the first 16 bytes of the SHA-256 of `env/name`.
-type Key = [u8; 16];
+/// Opening a store that read at least this many entries past the persisted
+/// heads persists them at once, so the next open does not read them again.
+/// (Fewer are read again quickly; persisting costs a copy of every head.)
+const PERSIST_AFTER_READING: i64 = 1_000_000;
+
+/// An identity's key: the first 8 bytes of the SHA-256 of `env/name`.
+type Key = i64;
 
 fn key_of(identity: &str) -> Key {
     let digest = ring::digest::digest(&ring::digest::SHA256, identity.as_bytes());
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&digest.as_ref()[..16]);
-    key
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest.as_ref()[..8]);
+    i64::from_le_bytes(key)
 }
+
+/// Keys are already uniform hash output: the map uses them as they are
+/// instead of hashing them again.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_i64` is used (the key); fold anything else in.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_i64(&mut self, key: i64) {
+        self.0 = key as u64;
+    }
+}
+
+type HeadMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 
 /// Each identity's newest audit entry, as far as this process has read.
 #[derive(Debug)]
@@ -59,7 +93,7 @@ pub(super) struct IdentityHeads {
 
 #[derive(Debug)]
 struct Heads {
-    newest: HashMap<Key, i64>,
+    newest: HeadMap<i64>,
     /// Every entry up to this seq is reflected in `newest`.
     through: i64,
     /// `audit_identity_heads` reflects every entry up to this seq.
@@ -89,15 +123,11 @@ impl IdentityHeads {
         let through: i64 = sqlx::query_scalar("SELECT seq FROM audit_heads_through WHERE id = 1")
             .fetch_one(pool)
             .await?;
-        let mut newest = HashMap::new();
+        let mut newest = HeadMap::default();
         let mut rows = sqlx::query("SELECT key, seq FROM audit_identity_heads").fetch(pool);
         while let Some(row) = tokio_stream::StreamExt::next(&mut rows).await {
             let row = row?;
-            let key: Vec<u8> = row.try_get("key")?;
-            let key: Key = key
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("an audit head key is not 16 bytes".into()))?;
-            newest.insert(key, row.try_get("seq")?);
+            newest.insert(row.try_get("key")?, row.try_get("seq")?);
         }
         drop(rows);
         let heads = Arc::new(Self {
@@ -113,7 +143,7 @@ impl IdentityHeads {
         let end = log_end(&mut *conn).await?;
         heads.catch_up(&mut conn, end).await?;
         drop(conn);
-        if heads.lock().through > through {
+        if heads.lock().through - through >= PERSIST_AFTER_READING {
             heads.persist(pool).await?;
         }
         Ok(heads)
@@ -184,7 +214,7 @@ impl IdentityHeads {
         first_seq: i64,
     ) -> (Vec<Option<i64>>, PendingHeads) {
         let state = self.lock();
-        let mut in_batch: HashMap<Key, i64> = HashMap::new();
+        let mut in_batch: HeadMap<i64> = HeadMap::default();
         let mut prevs = Vec::with_capacity(entries.len());
         for (seq, entry) in (first_seq..).zip(entries) {
             let prev = entry.identity.as_deref().map(key_of).and_then(|key| {
@@ -261,7 +291,7 @@ async fn write_heads(
     for run in audit_rows::runs(heads) {
         let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO audit_identity_heads (key, seq) ");
         q.push_values(run, |mut row, (key, seq)| {
-            row.push_bind(key.as_slice()).push_bind(*seq);
+            row.push_bind(*key).push_bind(*seq);
         });
         q.push(
             " ON CONFLICT (key) DO UPDATE SET seq = excluded.seq
