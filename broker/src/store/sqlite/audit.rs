@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::identity_chain::{self, IdentityHeads};
+use super::identity_chain::{self, EndSeen, IdentityHeads};
 
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry, GENESIS};
 use crate::store::audit_rows;
@@ -22,7 +22,9 @@ pub(super) async fn append_audit(
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let (end, head) = chain_end(&mut *tx).await?.unwrap_or((0, GENESIS));
     // Whatever another process appended is linked to before this batch.
-    heads.catch_up(&mut tx, end).await?;
+    heads
+        .catch_up(&mut tx, end, EndSeen::UnderWriteLock)
+        .await?;
     let (mut linked, seq, head) = audit_rows::link(entries, end, head, chain);
     let (prevs, pending) = heads.link(entries, end + 1);
     for (row, prev) in linked.iter_mut().zip(prevs) {
@@ -57,7 +59,7 @@ async fn head_of_identity(
 ) -> Result<Option<i64>, StoreError> {
     let mut conn = pool.acquire().await?;
     let end = identity_chain::log_end(&mut *conn).await?;
-    heads.catch_up(&mut conn, end).await?;
+    heads.catch_up(&mut conn, end, EndSeen::InSnapshot).await?;
     Ok(heads.head(identity))
 }
 

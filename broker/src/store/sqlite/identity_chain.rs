@@ -110,6 +110,16 @@ impl Heads {
     }
 }
 
+/// How the log's end given to [`IdentityHeads::catch_up`] was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EndSeen {
+    /// Inside the append's write transaction: the log's true end.
+    UnderWriteLock,
+    /// By a reader, whose snapshot may predate entries this process has
+    /// appended and published since.
+    InSnapshot,
+}
+
 /// The links of a batch being appended, published once it commits.
 #[derive(Debug)]
 pub(super) struct PendingHeads {
@@ -141,7 +151,7 @@ impl IdentityHeads {
         });
         let mut conn = pool.acquire().await?;
         let end = log_end(&mut *conn).await?;
-        heads.catch_up(&mut conn, end).await?;
+        heads.catch_up(&mut conn, end, EndSeen::InSnapshot).await?;
         drop(conn);
         if heads.lock().through - through >= PERSIST_AFTER_READING {
             heads.persist(pool).await?;
@@ -156,20 +166,29 @@ impl IdentityHeads {
     }
 
     /// Reads the entries after the last one seen, through `end` (the log's
-    /// newest seq as `conn` sees it), so their identities' heads are known.
+    /// newest seq as the caller saw it), so their identities' heads are
+    /// known.
     pub(super) async fn catch_up(
         &self,
         conn: &mut SqliteConnection,
         end: i64,
+        seen: EndSeen,
     ) -> Result<(), StoreError> {
         let mut from = {
             let mut state = self.lock();
             if end < state.through {
-                // The log is shorter than what was read of it: the file
-                // was replaced (a restore). Read it all again.
-                state.newest.clear();
-                state.through = 0;
-                state.persisted_through = 0;
+                match seen {
+                    // An older snapshot than what this process appended
+                    // since: nothing in it is new.
+                    EndSeen::InSnapshot => return Ok(()),
+                    // The log is shorter than what was read of it: the file
+                    // was replaced (a restore). Read it all again.
+                    EndSeen::UnderWriteLock => {
+                        state.newest.clear();
+                        state.through = 0;
+                        state.persisted_through = 0;
+                    }
+                }
             }
             state.through
         };

@@ -88,6 +88,18 @@ async fn history(store: &SqliteStore, identity: &str) -> Vec<i64> {
     found.iter().map(|e| e.entry.at_ms).collect()
 }
 
+/// Appends dev/api, dev/web, dev/api (seqs 1–3, at_ms 1–3).
+async fn api_web_api(store: &SqliteStore) -> ChainKey {
+    let key = ChainKey::for_tests();
+    let entries = [
+        entry_of("dev/api", 1),
+        entry_of("dev/web", 2),
+        entry_of("dev/api", 3),
+    ];
+    store.append_audit(&entries, &key).await.unwrap();
+    key
+}
+
 async fn execute(store: &SqliteStore, sql: &'static str) {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(&store.pool)
@@ -135,13 +147,7 @@ async fn an_altered_identity_link_neither_loops_nor_strays() {
 #[tokio::test]
 async fn an_upgraded_log_keeps_each_identitys_history() {
     let (dir, store) = store().await;
-    let key = ChainKey::for_tests();
-    let entries = [
-        entry_of("dev/api", 1),
-        entry_of("dev/web", 2),
-        entry_of("dev/api", 3),
-    ];
-    store.append_audit(&entries, &key).await.unwrap();
+    let key = api_web_api(&store).await;
     // Back to the schema before the chain, as an older broker left it.
     execute(
         &store,
@@ -177,26 +183,20 @@ async fn an_upgraded_log_keeps_each_identitys_history() {
 #[tokio::test]
 async fn persisted_heads_and_the_tail_after_them_find_every_history() {
     let (dir, store) = store().await;
-    let key = ChainKey::for_tests();
-    let entries = [
-        entry_of("dev/api", 1),
-        entry_of("dev/web", 2),
-        entry_of("dev/api", 3),
-    ];
-    store.append_audit(&entries, &key).await.unwrap();
+    let key = api_web_api(&store).await;
     store.heads.persist(&store.pool).await.unwrap();
-    let persisted: (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT seq FROM audit_heads_through),
-                (SELECT group_concat(seq) FROM (SELECT seq FROM audit_identity_heads ORDER BY seq))",
-    )
-    .fetch_one(&store.pool)
-    .await
-    .map(|(through, heads): (i64, String)| (through, heads.replace(',', "").parse().unwrap()))
-    .unwrap();
+    let through: i64 = sqlx::query_scalar("SELECT seq FROM audit_heads_through")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    let heads: Vec<i64> = sqlx::query_scalar("SELECT seq FROM audit_identity_heads ORDER BY seq")
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
     assert_eq!(
-        persisted,
-        (3, 23),
-        "through seq 3: dev/web at 2, dev/api at 3"
+        (through, heads),
+        (3, vec![2, 3]),
+        "dev/web at 2, dev/api at 3"
     );
     store
         .append_audit(&[entry_of("dev/api", 4)], &key)
@@ -208,4 +208,27 @@ async fn persisted_heads_and_the_tail_after_them_find_every_history() {
     // dev/web's head is only in the persisted table; dev/api's moved after.
     assert_eq!(history(&store, "dev/web").await, [2]);
     assert_eq!(history(&store, "dev/api").await, [4, 3, 1]);
+}
+
+/// A reader whose snapshot predates entries this process appended since
+/// must not take the log for one that shrank: the heads stay. Under the
+/// write lock, a log shorter than what was read is a replaced file.
+#[tokio::test]
+async fn an_older_snapshot_leaves_the_heads_alone() {
+    use super::identity_chain::EndSeen;
+    let (_dir, store) = store().await;
+    api_web_api(&store).await;
+    let mut conn = store.pool.acquire().await.unwrap();
+    let heads = &store.heads;
+    heads
+        .catch_up(&mut conn, 1, EndSeen::InSnapshot)
+        .await
+        .unwrap();
+    assert_eq!(heads.head("dev/api"), Some(3));
+    heads
+        .catch_up(&mut conn, 1, EndSeen::UnderWriteLock)
+        .await
+        .unwrap();
+    assert_eq!(heads.head("dev/api"), Some(1), "read again up to seq 1");
+    assert_eq!(heads.head("dev/web"), None);
 }
