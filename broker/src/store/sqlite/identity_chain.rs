@@ -368,3 +368,71 @@ pub(super) fn walk_from(
     q.push_bind(identity);
     q
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heads_persisted_at(persisted_at: Instant) -> IdentityHeads {
+        IdentityHeads {
+            state: Mutex::new(Heads {
+                newest: HeadMap::default(),
+                through: 0,
+                persisted_through: 0,
+                persisted_at,
+                persisting: false,
+            }),
+        }
+    }
+
+    fn batch(heads: &IdentityHeads, first_seq: i64) -> PendingHeads {
+        let entry = AuditEntry {
+            identity: Some("dev/api".into()),
+            ..AuditEntry::default()
+        };
+        heads.link(&[entry], first_seq).1
+    }
+
+    /// Heads are persisted once every `PERSIST_EVERY`, one persist at a time.
+    #[test]
+    fn heads_fall_due_for_persisting_once_per_interval() {
+        let fresh = heads_persisted_at(Instant::now());
+        assert!(!fresh.publish(batch(&fresh, 1)), "persisted just now");
+        let Some(long_ago) = Instant::now().checked_sub(PERSIST_EVERY) else {
+            return; // a machine up for less than the interval
+        };
+        let stale = heads_persisted_at(long_ago);
+        assert!(stale.publish(batch(&stale, 1)), "due after the interval");
+        assert!(
+            !stale.publish(batch(&stale, 2)),
+            "not again while that persist is under way"
+        );
+        assert_eq!(stale.head("dev/api"), Some(2));
+    }
+
+    /// An entry links to its identity's previous one, in the batch or
+    /// before it; other identities' entries start their own chains.
+    #[test]
+    fn a_batch_links_each_entry_to_its_identitys_previous_one() {
+        let heads = heads_persisted_at(Instant::now());
+        heads.publish(batch(&heads, 7));
+        let of = |identity: &str| AuditEntry {
+            identity: Some(identity.into()),
+            ..AuditEntry::default()
+        };
+        let entries = [
+            of("dev/api"),
+            of("dev/web"),
+            AuditEntry::default(),
+            of("dev/api"),
+        ];
+        let (prevs, pending) = heads.link(&entries, 8);
+        assert_eq!(prevs, [Some(7), None, None, Some(8)]);
+        assert_eq!(heads.head("dev/api"), Some(7), "published only on commit");
+        heads.publish(pending);
+        assert_eq!(
+            (heads.head("dev/api"), heads.head("dev/web")),
+            (Some(11), Some(9))
+        );
+    }
+}

@@ -135,6 +135,13 @@ async fn an_altered_identity_link_neither_loops_nor_strays() {
             "UPDATE audit_log SET identity_prev = 2 WHERE seq = 3",
             [4, 3],
         ),
+        // Through another identity's entry and back into this one's: the
+        // walk stops at the stranger, so entry 1 is not reached that way.
+        (
+            "UPDATE audit_log SET identity_prev = CASE seq WHEN 3 THEN 2 ELSE 1 END
+             WHERE seq IN (2, 3)",
+            [4, 3],
+        ),
     ] {
         execute(&store, altered).await;
         assert_eq!(history(&store, "dev/api").await, shows, "{altered}");
