@@ -1,55 +1,13 @@
-//! The audit log tables: appending chained entries and querying them.
-
-use std::sync::Arc;
+//! The audit log tables: reading and querying the chained entries
+//! (appending is `append`'s).
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::identity_chain::{self, EndSeen, IdentityHeads};
 
-use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry, GENESIS};
-use crate::store::audit_rows;
+use crate::audit::{AuditFilter, ChainedEntry};
 use crate::store::rows::{self, hash32};
 use crate::store::{AuditCut, CertKey, CertQuery, IssuedCert, OutstandingCredential, StoreError};
-
-pub(super) async fn append_audit(
-    pool: &SqlitePool,
-    heads: &Arc<IdentityHeads>,
-    entries: &[AuditEntry],
-    chain: &ChainKey,
-) -> Result<(i64, [u8; 32]), StoreError> {
-    // IMMEDIATE takes the write lock before the head is read, so the head
-    // cannot move between reading it and appending after it.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let (end, head) = chain_end(&mut *tx).await?.unwrap_or((0, GENESIS));
-    // Whatever another process appended is linked to before this batch.
-    heads
-        .catch_up(&mut tx, end, EndSeen::UnderWriteLock)
-        .await?;
-    let (mut linked, seq, head) = audit_rows::link(entries, end, head, chain);
-    let (prevs, pending) = heads.link(entries, end + 1);
-    for (row, prev) in linked.iter_mut().zip(prevs) {
-        row.set_identity_prev(prev);
-    }
-    for run in audit_rows::runs(&linked) {
-        audit_rows::insert::<Sqlite>(run, audit_rows::LogColumns::WithIdentityPrev)
-            .build()
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    // Published before the caller hears of the commit: a query that starts
-    // after that (a revocation looking for this identity's certificates)
-    // finds these entries.
-    if heads.publish(pending) {
-        let (heads, pool) = (Arc::clone(heads), pool.clone());
-        tokio::spawn(async move {
-            if let Err(e) = heads.persist(&pool).await {
-                tracing::warn!(error = %e, "could not persist the audit log's identity heads");
-            }
-        });
-    }
-    Ok((seq, head))
-}
 
 /// `identity`'s newest entry, after reading what other processes appended.
 async fn head_of_identity(
@@ -61,23 +19,6 @@ async fn head_of_identity(
     let end = identity_chain::log_end(&mut *conn).await?;
     heads.catch_up(&mut conn, end, EndSeen::InSnapshot).await?;
     Ok(heads.head(identity))
-}
-
-/// Where the next entry links: the newest entry, or the retention cut when
-/// retention deleted every entry up to it.
-async fn chain_end(
-    conn: impl sqlx::SqliteExecutor<'_>,
-) -> Result<Option<(i64, [u8; 32])>, StoreError> {
-    let row = sqlx::query(
-        "SELECT seq, hash FROM (
-             SELECT seq, hash FROM (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1)
-             UNION ALL SELECT seq, head AS hash FROM audit_cut WHERE id = 1)
-         ORDER BY seq DESC LIMIT 1",
-    )
-    .fetch_optional(conn)
-    .await?;
-    row.map(|row| Ok((row.try_get("seq")?, hash32(row.try_get("hash")?)?)))
-        .transpose()
 }
 
 async fn head_of(

@@ -17,8 +17,10 @@ use super::{
 use crate::audit::{AuditEntry, AuditFilter, ChainKey, ChainedEntry};
 use crate::model::{Identity, IdentityKey};
 use crate::revocation::Revocation;
+use append::AppendConnection;
 use identity_chain::IdentityHeads;
 
+mod append;
 mod attestation;
 mod audit;
 mod changes;
@@ -81,6 +83,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Each identity's newest audit entry (see `identity_chain`).
     heads: Arc<IdentityHeads>,
+    /// The audit writer's own connection (see `append`).
+    appender: Arc<AppendConnection>,
 }
 
 impl SqliteStore {
@@ -124,7 +128,12 @@ impl SqliteStore {
             .await?;
         migrate(&pool).await?;
         let heads = IdentityHeads::load(&pool).await?;
-        let store = Self { pool, heads };
+        let appender = Arc::new(AppendConnection::new(pool.clone()));
+        let store = Self {
+            pool,
+            heads,
+            appender,
+        };
         // The readiness probe's one row; not part of the schema proper, so
         // created here rather than by a migration.
         sqlx::query(
@@ -425,7 +434,7 @@ impl Store for SqliteStore {
         entries: &[AuditEntry],
         chain: &ChainKey,
     ) -> Result<(i64, [u8; 32]), StoreError> {
-        audit::append_audit(&self.pool, &self.heads, entries, chain).await
+        self.appender.append(&self.heads, entries, chain).await
     }
 
     async fn audit_head(&self) -> Result<Option<(i64, [u8; 32])>, StoreError> {

@@ -239,3 +239,47 @@ async fn an_older_snapshot_leaves_the_heads_alone() {
     assert_eq!(heads.head("dev/api"), Some(1), "read again up to seq 1");
     assert_eq!(heads.head("dev/web"), None);
 }
+
+/// An append that fails part-way (a trigger refuses its last INSERT after
+/// the first went in) commits none of its entries and leaves no transaction
+/// holding the write lock: other writers go on at once, and the next append
+/// continues the chain from the entries before it.
+#[tokio::test]
+async fn a_failed_append_commits_nothing_and_the_next_one_continues() {
+    let (_dir, store) = store().await;
+    let key = api_web_api(&store).await;
+    execute(
+        &store,
+        "CREATE TRIGGER refuse BEFORE INSERT ON audit_log WHEN NEW.action = 'refused'
+         BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    )
+    .await;
+    // Runs of two and one entries: the second INSERT is refused.
+    let refused = AuditEntry {
+        action: "refused".into(),
+        ..entry_of("dev/api", 6)
+    };
+    let batch = [entry_of("dev/api", 4), entry_of("dev/web", 5), refused];
+    store.append_audit(&batch, &key).await.unwrap_err();
+
+    // A write lock left behind would make this wait out the busy timeout
+    // and fail.
+    let started = std::time::Instant::now();
+    execute(&store, "DROP TRIGGER refuse").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the write lock was held"
+    );
+    assert_eq!(store.audit_head().await.unwrap().unwrap().0, 3);
+
+    let (seq, _) = store
+        .append_audit(&[entry_of("dev/web", 7)], &key)
+        .await
+        .unwrap();
+    assert_eq!(seq, 4);
+    let log = store.audit_page(0, 10).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(log.iter().all(|e| e.is_intact(&key)));
+    assert!(log.windows(2).all(|w| w[1].prev_hash == w[0].hash));
+    assert_eq!(history(&store, "dev/web").await, [7, 2]);
+}
