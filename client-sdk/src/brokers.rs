@@ -132,7 +132,7 @@ impl Brokers {
     /// over: use it where a request must be sent at most once.
     pub async fn connect_first(
         &self,
-        tls: &tonic::transport::ClientTlsConfig,
+        tls: &crate::BrokerTls,
     ) -> Result<tonic::transport::Channel, ClientError> {
         crate::failover::first_channel(self, tls).await
     }

@@ -10,11 +10,11 @@ use credbroker_proto::v1::{
     introspect_request,
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tonic::transport::Channel;
 
 use crate::brokers::Brokers;
+use crate::connector::BrokerTls;
 use crate::error::ClientError;
 use crate::evidence::Evidence;
 use crate::failover::{Health, Pool, Retry};
@@ -65,7 +65,7 @@ pub struct Client {
 #[derive(Debug, Clone)]
 struct Target {
     brokers: Brokers,
-    bundle_pem: Arc<[u8]>,
+    tls: BrokerTls,
     health: Arc<Health>,
 }
 
@@ -79,26 +79,15 @@ impl Target {
     /// A pool presenting `svid` as the TLS client certificate, starting
     /// with the broker in use.
     async fn session(&self, svid: &X509Svid) -> Result<WorkloadClient, ClientError> {
-        let identity = Identity::from_pem(svid.cert_chain_pem(), svid.private_key_pem());
-        let pool = Pool::open(
-            &self.brokers,
-            &tls(&self.bundle_pem, Some(identity)),
-            Arc::clone(&self.health),
-        )
-        .await?;
+        let tls = self.tls.with_client_cert(
+            svid.cert_chain.clone(),
+            PrivateKeyDer::Pkcs8(svid.private_key.clone_key()),
+        )?;
+        let pool = Pool::open(&self.brokers, &tls, Arc::clone(&self.health)).await?;
         Ok(WorkloadClient {
             pool,
             target: self.clone(),
         })
-    }
-}
-
-fn tls(bundle_pem: &[u8], identity: Option<Identity>) -> ClientTlsConfig {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(bundle_pem));
-    match identity {
-        Some(identity) => tls.identity(identity),
-        None => tls,
     }
 }
 
@@ -123,27 +112,16 @@ impl Client {
     /// Connects to `brokers` (a list with its timeouts), trusting the CA
     /// certificates in `bundle_pem`.
     pub async fn connect_to(brokers: Brokers, bundle_pem: &[u8]) -> Result<Self, ClientError> {
-        let certs: Vec<_> = CertificateDer::pem_slice_iter(bundle_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| ClientError::Bundle(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(ClientError::Bundle("no PEM certificate found".into()));
-        }
         Self::open(Target {
             brokers,
-            bundle_pem: bundle_pem.into(),
+            tls: BrokerTls::new(bundle_pem)?,
             health: Health::new(),
         })
         .await
     }
 
     async fn open(target: Target) -> Result<Self, ClientError> {
-        let pool = Pool::open(
-            &target.brokers,
-            &tls(&target.bundle_pem, None),
-            Arc::clone(&target.health),
-        )
-        .await?;
+        let pool = Pool::open(&target.brokers, &target.tls, Arc::clone(&target.health)).await?;
         Ok(Self { target, pool })
     }
 

@@ -16,6 +16,9 @@ pub enum ClientError {
     /// The trust bundle holds no usable certificate.
     #[error("trust bundle: {0}")]
     Bundle(String),
+    /// The client certificate or its private key cannot be used for TLS.
+    #[error("client certificate: {0}")]
+    ClientCertificate(String),
     /// TLS or connection failure (the message names the cause; see
     /// [`crate::diagnose`]).
     #[error("{}", crate::diagnose::explain_connect_error(.url, .source))]

@@ -22,11 +22,12 @@ use std::time::Duration;
 
 use credbroker_proto::v1::workload_client::WorkloadClient as Grpc;
 use tokio::time::Instant;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 use crate::brokers::Brokers;
+use crate::connector::BrokerTls;
 use crate::error::ClientError;
-use crate::targets::{connect_now, endpoint, resolve};
+use crate::targets::{Route, resolve};
 
 /// First bench time of a failed target; doubles per consecutive failure.
 const BENCH_MIN: Duration = Duration::from_secs(1);
@@ -160,26 +161,26 @@ impl Pool {
     /// naming why; the others connect when first needed.
     pub(crate) async fn open(
         brokers: &Brokers,
-        tls: &ClientTlsConfig,
+        tls: &BrokerTls,
         health: Arc<Health>,
     ) -> Result<Self, ClientError> {
         let targets = resolve(brokers).await;
-        let endpoints = targets
+        let routes = targets
             .iter()
-            .map(|target| endpoint(brokers, target, tls))
+            .map(|target| Route::new(brokers, target, tls))
             .collect::<Result<Vec<_>, _>>()?;
         let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
-        let (up, channel) = connect_first(brokers, &endpoints, &labels, &health).await?;
-        let members = endpoints
+        let (up, channel) = connect_first(brokers, &routes, &labels, &health).await?;
+        let members = routes
             .iter()
             .zip(&targets)
             .enumerate()
-            .map(|(i, (endpoint, target))| Member {
+            .map(|(i, (route, target))| Member {
                 label: target.label.clone(),
                 grpc: Grpc::new(if i == up {
                     channel.clone()
                 } else {
-                    endpoint.connect_lazy()
+                    route.connect_lazy()
                 }),
             })
             .collect();
@@ -241,18 +242,21 @@ impl Pool {
     }
 }
 
-/// Connects now to the first of `endpoints` that answers, in the order
+/// Connects now to the first of `routes` that answers, in the order
 /// `health` prefers, benching those that do not; returns its index.
 async fn connect_first(
     brokers: &Brokers,
-    endpoints: &[Endpoint],
+    routes: &[Route],
     labels: &[&str],
     health: &Health,
 ) -> Result<(usize, Channel), ClientError> {
     let order = health.order(labels);
     let mut last_err = None;
     for (n, &i) in order.iter().enumerate() {
-        match connect_now(&endpoints[i], labels[i], brokers.get_connect_timeout()).await {
+        match routes[i]
+            .connect_now(labels[i], brokers.get_connect_timeout())
+            .await
+        {
             Ok(channel) => {
                 health.succeeded(labels[i]);
                 return Ok((i, channel));
@@ -273,15 +277,15 @@ async fn connect_first(
 /// with `tls` (see [`Brokers::connect_first`]).
 pub(crate) async fn first_channel(
     brokers: &Brokers,
-    tls: &ClientTlsConfig,
+    tls: &BrokerTls,
 ) -> Result<Channel, ClientError> {
     let targets = resolve(brokers).await;
-    let endpoints = targets
+    let routes = targets
         .iter()
-        .map(|target| endpoint(brokers, target, tls))
+        .map(|target| Route::new(brokers, target, tls))
         .collect::<Result<Vec<_>, _>>()?;
     let labels: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
-    let (_, channel) = connect_first(brokers, &endpoints, &labels, &Health::default()).await?;
+    let (_, channel) = connect_first(brokers, &routes, &labels, &Health::default()).await?;
     Ok(channel)
 }
 

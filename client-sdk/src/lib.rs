@@ -29,6 +29,7 @@
 pub mod agent;
 mod brokers;
 mod client;
+mod connector;
 pub mod diagnose;
 mod error;
 mod evidence;
@@ -49,6 +50,7 @@ pub mod workload_api;
 
 pub use brokers::{Brokers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RPC_TIMEOUT, MAX_BROKERS};
 pub use client::{Attestation, Client, IdleClient, WorkloadClient};
+pub use connector::BrokerTls;
 pub use credbroker_proto::v1::{IntrospectResponse, Revocation};
 pub use error::ClientError;
 pub use evidence::{DEFAULT_IMDS_URL, Evidence};

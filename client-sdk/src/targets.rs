@@ -11,9 +11,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use rustls_pki_types::ServerName;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::brokers::Brokers;
+use crate::connector::{BrokerTls, Connector};
 use crate::error::ClientError;
 
 /// Addresses of one name used as separate targets, at most.
@@ -98,53 +100,78 @@ pub(crate) async fn resolve(brokers: &Brokers) -> Vec<Target> {
     targets
 }
 
-/// The endpoint of `target` with the list's timeouts.
-pub(crate) fn endpoint(
-    brokers: &Brokers,
-    target: &Target,
-    tls: &ClientTlsConfig,
-) -> Result<Endpoint, ClientError> {
-    let tls = match &target.tls_name {
-        Some(name) => tls.clone().domain_name(name.clone()),
-        None => tls.clone(),
-    };
-    Endpoint::from_shared(target.uri.clone())
-        .map_err(|e| ClientError::InvalidUrl {
-            url: target.label.clone(),
-            why: e.to_string(),
-        })?
-        .connect_timeout(brokers.get_connect_timeout())
-        .timeout(brokers.get_rpc_timeout())
-        // A broker whose host vanished sends no reset: without pings a
-        // revocation stream to it would wait forever instead of moving on.
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .tls_config(tls)
-        .map_err(|source| ClientError::Connect {
-            url: target.label.clone(),
-            source,
-        })
+/// One target, ready to connect: tonic's endpoint with the list's timeouts
+/// and the connector that makes its TLS connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    endpoint: Endpoint,
+    connector: Connector,
 }
 
-/// Connects to `endpoint` now, bounding the TLS handshake too (tonic's
-/// connect timeout covers only TCP: a stopped process whose kernel still
-/// accepts connections would otherwise hold the caller forever).
-pub(crate) async fn connect_now(
-    endpoint: &Endpoint,
-    label: &str,
-    limit: Duration,
-) -> Result<Channel, ClientError> {
-    match tokio::time::timeout(limit, endpoint.connect()).await {
-        Ok(result) => result.map_err(|source| ClientError::Connect {
-            url: label.to_owned(),
-            source,
-        }),
-        Err(_) => Err(ClientError::Rejected(tonic::Status::from_error(Box::new(
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{label}: connection timed out: no TLS handshake within {limit:?}"),
-            ),
-        )))),
+impl Route {
+    /// The route to `target`, presenting what `tls` holds.
+    pub(crate) fn new(
+        brokers: &Brokers,
+        target: &Target,
+        tls: &BrokerTls,
+    ) -> Result<Self, ClientError> {
+        let invalid = |why: String| ClientError::InvalidUrl {
+            url: target.label.clone(),
+            why,
+        };
+        let uri: http::Uri = target.uri.parse().map_err(|e| invalid(format!("{e}")))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| invalid("no host".into()))?
+            .clone();
+        let name = target
+            .tls_name
+            .clone()
+            .unwrap_or_else(|| authority.host().trim_matches(['[', ']']).to_owned());
+        let name = ServerName::try_from(name)
+            .map_err(|e| invalid(format!("not a name TLS can verify: {e}")))?;
+        // The connector does TLS itself; tonic sees a plain URI to hand it
+        // and the `https` origin to put in every request.
+        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+            .map_err(|e| invalid(e.to_string()))?
+            .origin(uri)
+            .connect_timeout(brokers.get_connect_timeout())
+            .timeout(brokers.get_rpc_timeout())
+            // A broker whose host vanished sends no reset: without pings a
+            // revocation stream to it would wait forever instead of moving on.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        Ok(Self {
+            endpoint,
+            connector: tls.connector(name),
+        })
+    }
+
+    /// A channel that connects when first used (and again after a loss).
+    pub(crate) fn connect_lazy(&self) -> Channel {
+        self.endpoint
+            .connect_with_connector_lazy(self.connector.clone())
+    }
+
+    /// Connects now, TCP and TLS within `limit`.
+    pub(crate) async fn connect_now(
+        &self,
+        label: &str,
+        limit: Duration,
+    ) -> Result<Channel, ClientError> {
+        let connect = self.endpoint.connect_with_connector(self.connector.clone());
+        match tokio::time::timeout(limit, connect).await {
+            Ok(result) => result.map_err(|source| ClientError::Connect {
+                url: label.to_owned(),
+                source,
+            }),
+            Err(_) => Err(ClientError::Rejected(tonic::Status::from_error(Box::new(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{label}: connection timed out: no TLS handshake within {limit:?}"),
+                ),
+            )))),
+        }
     }
 }
 
@@ -202,8 +229,16 @@ mod tests {
     }
 
     /// A TLS server speaking HTTP/2 on loopback with a certificate for
-    /// `broker.test` only; returns its port and its CA (PEM).
-    async fn named_server() -> (u16, String) {
+    /// `broker.test` only, offering `alpn` and keeping resumable sessions as
+    /// rustls does by default; returns its port, its CA (PEM) and how each
+    /// handshake went.
+    async fn named_server(
+        alpn: &[&[u8]],
+    ) -> (
+        u16,
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<rustls::HandshakeKind>,
+    ) {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -225,55 +260,95 @@ mod tests {
             rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
         )
         .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (kinds, handshakes) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
+                let kinds = kinds.clone();
                 tokio::spawn(async move {
-                    if let Ok(tls) = acceptor.accept(tcp).await
-                        && let Ok(mut h2) = h2::server::handshake(tls).await
-                    {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if let Some(kind) = tls.get_ref().1.handshake_kind() {
+                        let _ = kinds.send(kind);
+                    }
+                    if let Ok(mut h2) = h2::server::handshake(tls).await {
                         while h2.accept().await.is_some() {}
                     }
                 });
             }
         });
-        (port, ca_pem)
+        (port, ca_pem, handshakes)
+    }
+
+    fn target(port: u16, tls_name: Option<&str>) -> Target {
+        Target {
+            label: "test".into(),
+            uri: format!("https://127.0.0.1:{port}"),
+            tls_name: tls_name.map(str::to_owned),
+        }
     }
 
     #[tokio::test]
     async fn an_address_target_is_verified_against_the_host_name() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let (port, ca) = named_server().await;
+        let (port, ca, _) = named_server(&[b"h2"]).await;
         let brokers: Brokers = format!("https://broker.test:{port}").parse().unwrap();
-        let tls =
-            ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca));
-        let by_name = Target {
-            label: "named".into(),
-            uri: format!("https://127.0.0.1:{port}"),
-            tls_name: Some("broker.test".into()),
-        };
+        let tls = BrokerTls::new(ca.as_bytes()).unwrap();
         let limit = Duration::from_secs(5);
-        connect_now(&endpoint(&brokers, &by_name, &tls).unwrap(), "named", limit)
+        Route::new(&brokers, &target(port, Some("broker.test")), &tls)
+            .unwrap()
+            .connect_now("named", limit)
             .await
             .expect("the certificate is valid for the name");
-        let by_address = Target {
-            tls_name: None,
-            ..by_name
-        };
-        let err = connect_now(
-            &endpoint(&brokers, &by_address, &tls).unwrap(),
-            "bare",
-            limit,
-        )
-        .await
-        .expect_err("the certificate is not valid for the address");
+        let err = Route::new(&brokers, &target(port, None), &tls)
+            .unwrap()
+            .connect_now("bare", limit)
+            .await
+            .expect_err("the certificate is not valid for the address");
         assert!(
             err.to_string().contains("not valid for this host name"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_is_a_full_handshake() {
+        let (port, ca, mut handshakes) = named_server(&[b"h2"]).await;
+        let brokers: Brokers = format!("https://broker.test:{port}").parse().unwrap();
+        let tls = BrokerTls::new(ca.as_bytes()).unwrap();
+        let route = Route::new(&brokers, &target(port, Some("broker.test")), &tls).unwrap();
+        for _ in 0..2 {
+            let channel = route
+                .connect_now("named", Duration::from_secs(5))
+                .await
+                .unwrap();
+            // The server sends its resumable sessions after the handshake.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(channel);
+        }
+        for n in 0..2 {
+            assert_eq!(
+                handshakes.recv().await,
+                Some(rustls::HandshakeKind::Full),
+                "handshake {n}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_does_not_agree_to_http2_is_refused() {
+        let (port, ca, _) = named_server(&[]).await;
+        let brokers: Brokers = format!("https://broker.test:{port}").parse().unwrap();
+        let tls = BrokerTls::new(ca.as_bytes()).unwrap();
+        let err = Route::new(&brokers, &target(port, Some("broker.test")), &tls)
+            .unwrap()
+            .connect_now("no-alpn", Duration::from_secs(5))
+            .await
+            .expect_err("no ALPN agreement");
+        assert!(err.to_string().contains("HTTP/2 (ALPN h2)"), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use credbroker_proto::v1::{
     ListIdentitiesRequest, ListRevocationsRequest, QueryAuditRequest, RevokeRequest, Selector,
     VerifyAuditRequest, revoke_request,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use super::output::{
     print_audit, print_identities, print_identity, print_revocations, print_token,
@@ -109,9 +109,9 @@ async fn connect(
             ]
         }
     };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key));
+    let tls = credbroker_client::BrokerTls::new(&ca)
+        .and_then(|tls| tls.with_client_pem(&cert, &key))
+        .map_err(AdminError::Connect)?;
     let channel = brokers
         .connect_first(&tls)
         .await
