@@ -58,6 +58,15 @@ async fn a_store_that_cannot_commit_gets_unavailable_not_unaudited_credentials()
         .await
         .unwrap();
 
+    let issued_lines = |broker: &TestBroker| {
+        broker
+            .log()
+            .lines()
+            .filter(|l| l.contains(r#"action="fetch_jwt""#) && l.contains(r#"decision="issued""#))
+            .count()
+    };
+    assert_eq!(issued_lines(&broker), 1, "{}", broker.log());
+
     let lock = lock_writes(&broker).await;
     let asked = Instant::now();
     let refused = session
@@ -71,6 +80,8 @@ async fn a_store_that_cannot_commit_gets_unavailable_not_unaudited_credentials()
     assert!(waited < Duration::from_secs(20), "waited {waited:?}");
     let renewal = session.renew().await.unwrap_err();
     assert_eq!(renewal.code(), Some(tonic::Code::Unavailable), "{renewal}");
+    // The log stream says `issued` only for what the audit log holds.
+    assert_eq!(issued_lines(&broker), 1, "{}", broker.log());
     drop(lock);
 
     // The store is back: issuance resumes and every credential handed out

@@ -271,6 +271,8 @@ async fn write_loop(
             }
         };
         let mut batch = Vec::new();
+        // Where in `batch` the issuances are, logged once committed.
+        let mut issued = Vec::new();
         let mut waiters = Vec::new();
         let mut checkpoint_waiters = Vec::new();
         let mut next = Some(first);
@@ -278,7 +280,9 @@ async fn write_loop(
             match cmd {
                 Command::Append(entry) => batch.push(*entry),
                 Command::Commit(entries, done) => {
+                    let start = batch.len();
                     batch.extend(entries);
+                    issued.push(start..batch.len());
                     waiters.push(done);
                 }
                 Command::Flush(done) => waiters.push(done),
@@ -322,6 +326,12 @@ async fn write_loop(
         for done in waiters {
             let _ = done.send(());
         }
+        // After the waiters, who need not wait for it; in one write.
+        credbroker_client::logging::batched(|| {
+            for entry in issued.into_iter().flat_map(|range| &batch[range]) {
+                super::log_issued(entry);
+            }
+        });
         if !checkpoint_waiters.is_empty() {
             if seq > sealed && seal_checkpoint(&seal, seq, head) {
                 sealed = seq;

@@ -61,6 +61,36 @@ macro_rules! audit_event {
     };
 }
 
+/// Emits the event of an issuance once its entry is committed: the writer
+/// calls this after the commit, so the log stream never says `issued` for
+/// a credential the audit log does not hold (one refused because its
+/// commit failed). The fields are those of [`audit_event!`].
+pub(crate) fn log_issued(entry: &AuditEntry) {
+    let audiences: Option<Vec<&str>> = entry
+        .detail
+        .as_deref()
+        .and_then(|d| d.strip_prefix(JWT_AUDIENCES))
+        .map(|a| a.split(',').collect());
+    tracing::info!(
+        target: TARGET,
+        action = entry.action.as_str(),
+        decision = entry.decision.as_str(),
+        identity = entry.identity.as_deref(),
+        env = entry.env.as_deref(),
+        actor = entry.actor.as_deref(),
+        evidence = entry.evidence.as_deref(),
+        peer = entry.peer.as_deref(),
+        credential = entry.credential.as_deref(),
+        serial = entry.serial.as_deref(),
+        jti = entry.jti.as_deref(),
+        audiences = audiences.as_ref().map(tracing::field::debug),
+        expires_at = entry.expires_at.map(crate::model::rfc3339).map(tracing::field::display),
+    );
+}
+
+/// How a JWT's entry records its audiences in `detail`.
+const JWT_AUDIENCES: &str = "aud=";
+
 /// One auditable request, filled in as it is processed; each outcome is
 /// logged and appended to the audit log. Issuances are held until
 /// [`AuditRecord::commit_issued`], which the request must pass before it
@@ -148,16 +178,9 @@ impl AuditRecord {
         Ok(())
     }
 
-    /// Records that an X.509-SVID with `serial` was issued.
+    /// Records that an X.509-SVID with `serial` was issued (logged once
+    /// committed, see [`log_issued`]).
     pub fn issued_x509(&self, serial: &str, expires_at: i64) {
-        audit_event!(
-            info,
-            self,
-            "issued",
-            credential = "x509-svid",
-            serial,
-            expires_at = %crate::model::rfc3339(expires_at)
-        );
         self.hold(AuditEntry {
             credential: Some("x509-svid".into()),
             serial: Some(serial.to_owned()),
@@ -166,14 +189,14 @@ impl AuditRecord {
         });
     }
 
-    /// Records that a JWT with `jti` was issued.
+    /// Records that a JWT with `jti` was issued (logged once committed, see
+    /// [`log_issued`]).
     pub fn issued_jwt(&self, jti: &str, audiences: &[String], expires_at: i64) {
-        audit_event!(info, self, "issued", credential = "jwt-svid", jti, audiences = ?audiences, expires_at = %crate::model::rfc3339(expires_at));
         self.hold(AuditEntry {
             credential: Some("jwt-svid".into()),
             jti: Some(jti.to_owned()),
             expires_at: Some(expires_at),
-            detail: Some(format!("aud={}", audiences.join(","))),
+            detail: Some(format!("{JWT_AUDIENCES}{}", audiences.join(","))),
             ..self.entry("issued")
         });
     }
