@@ -97,8 +97,27 @@ where
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
 {
+    insert_after("", rows, columns)
+}
+
+/// [`insert`], after the statements in `before` (which take no arguments).
+pub(super) fn insert_after<DB>(
+    before: &str,
+    rows: &[Linked<'_>],
+    columns: LogColumns,
+) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+{
     let linked_column = columns == LogColumns::WithIdentityPrev;
-    let mut q = QueryBuilder::<DB>::new(
+    let mut q = QueryBuilder::<DB>::new(before);
+    q.push(
         "INSERT INTO audit_log (seq, at_ms, action, decision, actor, peer, identity, env,
              credential, jti, serial, expires_at, reason, detail, evidence, prev_hash, hash",
     );

@@ -12,10 +12,16 @@
 //!   check, BEGIN, the chain's end, the INSERT, COMMIT.
 //!
 //! So the single audit writer appends through one connection it keeps, in
-//! two round trips: `BEGIN IMMEDIATE` with the read of the chain's end, then
-//! the INSERTs with `COMMIT` after the last of them. A failed append closes
-//! the connection, which rolls back whatever it left open (and releases the
-//! write lock); the writer's retry opens a new one.
+//! one round trip when it can: it knows where its own last commit left the
+//! chain, and sends `BEGIN IMMEDIATE`, the INSERTs and `COMMIT` together.
+//! The first entry's seq is the log's primary key, so if any other process
+//! appended since, that INSERT fails on the key and nothing is written;
+//! the writer rolls back and takes the careful way, two round trips:
+//! `BEGIN IMMEDIATE` with the read of the chain's end (and what others
+//! appended), then the INSERTs with `COMMIT` after the last of them. A
+//! failed append closes the connection, which rolls back whatever it left
+//! open (and releases the write lock); the writer's retry opens a new one
+//! and starts the careful way.
 
 use std::sync::Arc;
 
@@ -43,14 +49,26 @@ const BEGIN_AND_READ_END: &str = "BEGIN IMMEDIATE;
 #[derive(Debug)]
 pub(super) struct AppendConnection {
     pool: SqlitePool,
-    conn: Mutex<Option<SqliteConnection>>,
+    writer: Mutex<Option<Writer>>,
 }
+
+/// The connection, and where its last commit left the chain.
+#[derive(Debug)]
+struct Writer {
+    conn: SqliteConnection,
+    /// `(seq, hash)` of the chain's end after this connection's last
+    /// commit; `None` until it has committed.
+    end: Option<(i64, [u8; 32])>,
+}
+
+/// What an append committed: the new end and the identity heads to publish.
+type Appended = (i64, [u8; 32], PendingHeads);
 
 impl AppendConnection {
     pub(super) fn new(pool: SqlitePool) -> Self {
         Self {
             pool,
-            conn: Mutex::new(None),
+            writer: Mutex::new(None),
         }
     }
 
@@ -62,23 +80,35 @@ impl AppendConnection {
         entries: &[AuditEntry],
         chain: &ChainKey,
     ) -> Result<(i64, [u8; 32]), StoreError> {
-        let mut slot = self.conn.lock().await;
-        let mut conn = match slot.take() {
-            Some(conn) => conn,
-            None => self.pool.connect_options().connect().await?,
+        let mut slot = self.writer.lock().await;
+        let mut writer = match slot.take() {
+            Some(writer) => writer,
+            None => Writer {
+                conn: self.pool.connect_options().connect().await?,
+                end: None,
+            },
         };
-        let (seq, head, pending) = match append_on(&mut conn, heads, entries, chain).await {
+        let appended = match writer.end {
+            Some(end) => match append_after(&mut writer.conn, end, heads, entries, chain).await {
+                Ok(Some(appended)) => Ok(appended),
+                Ok(None) => append_on(&mut writer.conn, heads, entries, chain).await,
+                Err(e) => Err(e),
+            },
+            None => append_on(&mut writer.conn, heads, entries, chain).await,
+        };
+        let (seq, head, pending) = match appended {
             Ok(appended) => appended,
             Err(e) => {
                 // Closing rolls back a transaction the failure left open
                 // (so does dropping it, when this future is cancelled).
-                if let Err(e) = conn.close().await {
+                if let Err(e) = writer.conn.close().await {
                     tracing::debug!(error = %e, "closing the audit writer's failed connection");
                 }
                 return Err(e);
             }
         };
-        *slot = Some(conn);
+        writer.end = Some((seq, head));
+        *slot = Some(writer);
         // Published before the caller hears of the commit: a query that
         // starts after that (a revocation looking for this identity's
         // certificates) finds these entries.
@@ -94,13 +124,61 @@ impl AppendConnection {
     }
 }
 
-/// One append, committed: the new end and the identity heads to publish.
+/// One append after `end`, where this connection's last commit left the
+/// chain, in one round trip; `None` (rolled back, nothing written) when
+/// another process appended since.
+async fn append_after(
+    conn: &mut SqliteConnection,
+    (end, head): (i64, [u8; 32]),
+    heads: &IdentityHeads,
+    entries: &[AuditEntry],
+    chain: &ChainKey,
+) -> Result<Option<Appended>, StoreError> {
+    let (mut linked, seq, head) = audit_rows::link(entries, end, head, chain);
+    let (prevs, pending) = heads.link(entries, end + 1);
+    for (row, prev) in linked.iter_mut().zip(prevs) {
+        row.set_identity_prev(prev);
+    }
+    let mut runs = audit_rows::runs(&linked).peekable();
+    let mut first = true;
+    while let Some(run) = runs.next() {
+        let before = if first { "BEGIN IMMEDIATE; " } else { "" };
+        let mut insert = audit_rows::insert_after::<Sqlite>(
+            before,
+            run,
+            audit_rows::LogColumns::WithIdentityPrev,
+        );
+        if runs.peek().is_none() {
+            insert.push("; COMMIT");
+        }
+        match insert.build().execute(&mut *conn).await {
+            Ok(_) => first = false,
+            // Only the first INSERT can meet an entry of another process:
+            // after it this transaction holds the write lock.
+            Err(e) if first && is_key_taken(&e) => {
+                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some((seq, head, pending)))
+}
+
+/// Whether `e` is an INSERT meeting a seq that is already in the log.
+fn is_key_taken(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|e| e.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// One append after the chain's end as the log says it is (after whatever
+/// other processes appended), committed.
 async fn append_on(
     conn: &mut SqliteConnection,
     heads: &IdentityHeads,
     entries: &[AuditEntry],
     chain: &ChainKey,
-) -> Result<(i64, [u8; 32], PendingHeads), StoreError> {
+) -> Result<Appended, StoreError> {
     let end_row = sqlx::query(BEGIN_AND_READ_END)
         .fetch_optional(&mut *conn)
         .await?;
