@@ -236,7 +236,7 @@ async fn run(args: &Args, endpoint: &Endpoint) -> Result<Vec<CaseResult>> {
 /// Registers the benchmark identity and returns a join token for it, as an
 /// operator would with `credbroker identity create` and `token create`.
 async fn register(endpoint: &Endpoint) -> Result<String> {
-    let mut admin = admin_client(endpoint, None).await?;
+    let mut admin = admin_client(endpoint).await?;
     create_identity(
         &mut admin,
         NewIdentity {

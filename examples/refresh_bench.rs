@@ -70,15 +70,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use credbroker::keys::AdminFiles;
 use credbroker_client::{CredentialSource, Evidence, RefreshPolicy, SourceConfig, SourceState};
+use credbroker_examples::broker::Broker;
 use credbroker_examples::procfs::{ProcFiles, clock_ticks};
-use credbroker_proto::v1::admin_client::AdminClient;
 use credbroker_proto::v1::{CreateIdentityRequest, CreateJoinTokenRequest, IdentityRef};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// Environment the benchmark identity lives in (served by default).
 const ENV: &str = "dev";
@@ -231,7 +229,6 @@ async fn bench(args: &Args, broker: &mut BrokerProcess, files_limit: u64) -> Res
         std::fs::read(broker.data_dir.join("broker-ca.pem")).context("reading broker-ca.pem")?;
     let tokens = register(
         &url,
-        &bundle,
         &broker.data_dir,
         args.ttl,
         n.div_ceil(SOURCES_PER_TOKEN),
@@ -480,31 +477,11 @@ async fn bench(args: &Args, broker: &mut BrokerProcess, files_limit: u64) -> Res
 }
 
 /// Registers the benchmark identity and `count` join tokens; returns them.
-async fn register(
-    url: &str,
-    bundle: &[u8],
-    data_dir: &Path,
-    ttl: u32,
-    count: usize,
-) -> Result<Vec<String>> {
-    let files = AdminFiles::locate(data_dir);
-    let cert =
-        std::fs::read(&files.cert).with_context(|| format!("reading {}", files.cert.display()))?;
-    let key =
-        std::fs::read(&files.key).with_context(|| format!("reading {}", files.key.display()))?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(bundle))
-        .identity(Identity::from_pem(cert, key));
-    let channel = Channel::from_shared(url.to_owned())
-        .context("admin URL")?
-        .connect_timeout(CALL_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .tls_config(tls)
-        .context("admin TLS configuration")?
-        .connect()
-        .await
-        .context("connecting to the Admin API")?;
-    let mut admin = AdminClient::new(channel);
+async fn register(url: &str, data_dir: &Path, ttl: u32, count: usize) -> Result<Vec<String>> {
+    let mut admin = Broker::from_data_dir(url.to_owned(), data_dir)?
+        .admin()
+        .await?
+        .grpc_clone();
     admin
         .create_identity(CreateIdentityRequest {
             env: ENV.into(),

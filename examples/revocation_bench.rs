@@ -224,7 +224,7 @@ struct Seen {
 /// The client side of the propagation benchmark: registers the identities,
 /// opens the streams, revokes, and tallies what the subscribers saw.
 async fn run(plan: SubscriberPlan, endpoint: &Endpoint) -> Result<Propagation> {
-    let mut admin = admin_client(endpoint, Some(CALL_TIMEOUT)).await?;
+    let mut admin = admin_client(endpoint).await?;
 
     let identities: [(&str, &[&str]); 2] = [(WATCHER, &[]), (TARGET, &[AUDIENCE])];
     for (name, audiences) in identities {

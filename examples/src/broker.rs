@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use credbroker::keys::AdminFiles;
+use credbroker_client::{BrokerTls, Brokers};
 use credbroker_proto::v1::admin_client::AdminClient;
 use credbroker_proto::v1::{CreateIdentityRequest, CreateJoinTokenRequest, IdentityRef};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 /// The environment the examples' identities live in (served by default).
 pub const ENV: &str = "dev";
@@ -71,21 +72,17 @@ impl Broker {
         })
     }
 
-    /// An Admin API client authenticated with the admin client certificate.
+    /// An Admin API client authenticated with the admin client certificate,
+    /// connected the way the `credbroker` CLI connects.
     pub async fn admin(&self) -> Result<Admin> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.bundle_pem))
-            .identity(Identity::from_pem(
-                &self.admin_cert_pem,
-                &self.admin_key_pem,
-            ));
-        let channel = Channel::from_shared(self.url.clone())
+        let tls = BrokerTls::new(&self.bundle_pem)
+            .and_then(|tls| tls.with_client_pem(&self.admin_cert_pem, &self.admin_key_pem))
+            .context("admin TLS configuration")?;
+        let channel = Brokers::new(std::slice::from_ref(&self.url))
             .with_context(|| format!("broker URL {:?}", self.url))?
             .connect_timeout(ADMIN_TIMEOUT)
-            .timeout(ADMIN_TIMEOUT)
-            .tls_config(tls)
-            .context("admin TLS configuration")?
-            .connect()
+            .rpc_timeout(ADMIN_TIMEOUT)
+            .connect_first(&tls)
             .await
             .with_context(|| format!("connecting to the broker at {}", self.url))?;
         Ok(Admin(AdminClient::new(channel)))

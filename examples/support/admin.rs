@@ -1,43 +1,22 @@
 //! The Admin API calls an operator makes before a workload can attest:
 //! registering an identity and creating a join token for it.
 
-use std::path::Path;
-use std::time::Duration;
-
 use anyhow::{Context, Result};
-use credbroker::keys::AdminFiles;
 use credbroker_proto::v1::admin_client::AdminClient;
 use credbroker_proto::v1::{CreateIdentityRequest, CreateJoinTokenRequest, IdentityRef};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use super::{ENV, Endpoint};
 
 /// An Admin API client authenticated with the admin client certificate from
-/// the broker's data directory, as the `credbroker` CLI makes one.
-///
-/// With a `timeout`, connecting and every call on the client are bounded by
-/// it; without one they may wait as long as the broker takes.
-pub async fn admin_client(
-    endpoint: &Endpoint,
-    timeout: Option<Duration>,
-) -> Result<AdminClient<Channel>> {
-    let files = AdminFiles::locate(&endpoint.data_dir);
-    let cert = read(&files.cert).await?;
-    let key = read(&files.key).await?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&endpoint.bundle))
-        .identity(Identity::from_pem(cert, key));
-    let mut channel = Channel::from_shared(endpoint.url.clone()).context("admin URL")?;
-    if let Some(timeout) = timeout {
-        channel = channel.connect_timeout(timeout).timeout(timeout);
-    }
-    let channel = channel
-        .tls_config(tls)
-        .context("admin TLS configuration")?
-        .connect()
-        .await
-        .context("connecting to the Admin API")?;
-    Ok(AdminClient::new(channel))
+/// the broker's data directory, as the `credbroker` CLI makes one; connecting
+/// and every call are bounded (see [`credbroker_examples::broker::Broker`]).
+pub async fn admin_client(endpoint: &Endpoint) -> Result<AdminClient<Channel>> {
+    let broker = credbroker_examples::broker::Broker::from_data_dir(
+        endpoint.url.clone(),
+        &endpoint.data_dir,
+    )?;
+    Ok(broker.admin().await?.grpc_clone())
 }
 
 /// An identity to register in [`ENV`].
@@ -94,10 +73,4 @@ pub async fn join_token(admin: &mut AdminClient<Channel>, name: &str, uses: u32)
         .with_context(|| format!("creating a join token for {name}"))?
         .into_inner();
     Ok(token.token)
-}
-
-async fn read(path: &Path) -> Result<Vec<u8>> {
-    tokio::fs::read(path)
-        .await
-        .with_context(|| format!("reading {}", path.display()))
 }

@@ -58,6 +58,13 @@ impl InProcessBroker {
                 sign_per_second_per_peer: 0,
                 sign_per_second_per_identity: 0,
             },
+            // One identity opens every WatchRevocations stream of the
+            // revocation benchmark: the per-caller bound would refuse all
+            // but the first 16.
+            connections: credbroker::config::ConnectionsConfig {
+                revocation_streams_per_caller: 1 << 20,
+                ..Default::default()
+            },
             ..credbroker::Config::default()
         };
         let running = runtime
