@@ -69,7 +69,7 @@ impl BrokerTls {
         }
         let roots = Arc::new(roots);
         let config = finish(
-            builder()?
+            builder()
                 .with_root_certificates(Arc::clone(&roots))
                 .with_no_client_auth(),
         );
@@ -82,7 +82,7 @@ impl BrokerTls {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, ClientError> {
-        let config = builder()?
+        let config = builder()
             .with_root_certificates(Arc::clone(&self.roots))
             .with_client_auth_cert(chain, key)
             .map_err(|e| ClientError::ClientCertificate(e.to_string()))?;
@@ -117,10 +117,13 @@ impl BrokerTls {
     }
 }
 
-fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, ClientError> {
-    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+fn builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
+    /// One provider for every configuration (each source has its own).
+    static RING: std::sync::LazyLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+    ClientConfig::builder_with_provider(Arc::clone(&RING))
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::ClientCertificate(e.to_string()))
+        .expect("ring's provider has cipher suites for TLS 1.2 and 1.3")
 }
 
 fn finish(mut config: ClientConfig) -> Arc<ClientConfig> {

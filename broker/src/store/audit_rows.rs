@@ -86,26 +86,9 @@ pub(super) fn runs<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
 }
 
 /// One INSERT of `rows`, for any backend whose placeholders the builder
-/// knows (`?` or `$n`).
-pub(super) fn insert<DB>(rows: &[Linked<'_>], columns: LogColumns) -> QueryBuilder<DB>
-where
-    DB: Database,
-    DB::Arguments: Default,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-{
-    insert_after("", rows, columns)
-}
-
-/// [`insert`], after the statements in `before` (which take no arguments).
-pub(super) fn insert_after<DB>(
-    before: &str,
-    rows: &[Linked<'_>],
-    columns: LogColumns,
-) -> QueryBuilder<DB>
+/// knows (`?` or `$n`), after the statements in `before` (which take no
+/// arguments; `""` for none).
+pub(super) fn insert<DB>(before: &str, rows: &[Linked<'_>], columns: LogColumns) -> QueryBuilder<DB>
 where
     DB: Database,
     DB::Arguments: Default,

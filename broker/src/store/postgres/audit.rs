@@ -34,7 +34,7 @@ async fn append_in(
     }
     let (linked, seq, head) = audit_rows::link(entries, seq, head, chain);
     for run in audit_rows::runs(&linked) {
-        audit_rows::insert::<Postgres>(run, audit_rows::LogColumns::Entry)
+        audit_rows::insert::<Postgres>("", run, audit_rows::LogColumns::Entry)
             .build()
             .execute(&mut **tx)
             .await?;

@@ -129,46 +129,22 @@ impl AppendConnection {
 /// another process appended since.
 async fn append_after(
     conn: &mut SqliteConnection,
-    (end, head): (i64, [u8; 32]),
+    end: (i64, [u8; 32]),
     heads: &IdentityHeads,
     entries: &[AuditEntry],
     chain: &ChainKey,
 ) -> Result<Option<Appended>, StoreError> {
-    let (mut linked, seq, head) = audit_rows::link(entries, end, head, chain);
-    let (prevs, pending) = heads.link(entries, end + 1);
-    for (row, prev) in linked.iter_mut().zip(prevs) {
-        row.set_identity_prev(prev);
-    }
-    let mut runs = audit_rows::runs(&linked).peekable();
-    let mut first = true;
-    while let Some(run) = runs.next() {
-        let before = if first { "BEGIN IMMEDIATE; " } else { "" };
-        let mut insert = audit_rows::insert_after::<Sqlite>(
-            before,
-            run,
-            audit_rows::LogColumns::WithIdentityPrev,
-        );
-        if runs.peek().is_none() {
-            insert.push("; COMMIT");
+    let (linked, appended) = link(entries, end, heads, chain);
+    match insert_and_commit(conn, "BEGIN IMMEDIATE; ", &linked).await {
+        Ok(()) => Ok(Some(appended)),
+        // Only the first INSERT can meet an entry of another process: once
+        // it ran, this transaction holds the write lock.
+        Err(Failed { first: true, error }) if is_key_taken(&error) => {
+            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+            Ok(None)
         }
-        match insert.build().execute(&mut *conn).await {
-            Ok(_) => first = false,
-            // Only the first INSERT can meet an entry of another process:
-            // after it this transaction holds the write lock.
-            Err(e) if first && is_key_taken(&e) => {
-                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        }
+        Err(Failed { error, .. }) => Err(error.into()),
     }
-    Ok(Some((seq, head, pending)))
-}
-
-/// Whether `e` is an INSERT meeting a seq that is already in the log.
-fn is_key_taken(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|e| e.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
 
 /// One append after the chain's end as the log says it is (after whatever
@@ -182,30 +158,73 @@ async fn append_on(
     let end_row = sqlx::query(BEGIN_AND_READ_END)
         .fetch_optional(&mut *conn)
         .await?;
-    let (end, head) = match end_row {
+    let end = match end_row {
         Some(row) => (row.try_get("seq")?, hash32(row.try_get("hash")?)?),
         None => (0, GENESIS),
     };
     // Whatever another process appended is linked to before this batch.
-    heads.catch_up(conn, end, EndSeen::UnderWriteLock).await?;
+    heads.catch_up(conn, end.0, EndSeen::UnderWriteLock).await?;
+    let (linked, appended) = link(entries, end, heads, chain);
+    if linked.is_empty() {
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+    }
+    insert_and_commit(conn, "", &linked)
+        .await
+        .map_err(|failed| failed.error)?;
+    Ok(appended)
+}
+
+/// `entries` placed after `end`, each linked to its identity's previous
+/// entry, and what committing them appends.
+fn link<'a>(
+    entries: &'a [AuditEntry],
+    (end, head): (i64, [u8; 32]),
+    heads: &IdentityHeads,
+    chain: &ChainKey,
+) -> (Vec<audit_rows::Linked<'a>>, Appended) {
     let (mut linked, seq, head) = audit_rows::link(entries, end, head, chain);
     let (prevs, pending) = heads.link(entries, end + 1);
     for (row, prev) in linked.iter_mut().zip(prevs) {
         row.set_identity_prev(prev);
     }
-    if linked.is_empty() {
-        sqlx::query("COMMIT").execute(&mut *conn).await?;
-    }
-    let mut runs = audit_rows::runs(&linked).peekable();
+    (linked, (seq, head, pending))
+}
+
+/// An INSERT that failed, and whether it was the first.
+struct Failed {
+    first: bool,
+    error: sqlx::Error,
+}
+
+/// Sends `linked` as INSERTs, the first after the statements in `before`,
+/// with `COMMIT` after the last. SQLite's thread stops at the first
+/// statement that fails: a failed INSERT never reaches the COMMIT.
+async fn insert_and_commit(
+    conn: &mut SqliteConnection,
+    before: &str,
+    linked: &[audit_rows::Linked<'_>],
+) -> Result<(), Failed> {
+    let mut runs = audit_rows::runs(linked).peekable();
+    let mut first = true;
     while let Some(run) = runs.next() {
+        let before = if first { before } else { "" };
         let mut insert =
-            audit_rows::insert::<Sqlite>(run, audit_rows::LogColumns::WithIdentityPrev);
+            audit_rows::insert::<Sqlite>(before, run, audit_rows::LogColumns::WithIdentityPrev);
         if runs.peek().is_none() {
-            // SQLite's thread stops at the first statement that fails: a
-            // failed INSERT never reaches this COMMIT.
             insert.push("; COMMIT");
         }
-        insert.build().execute(&mut *conn).await?;
+        insert
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(|error| Failed { first, error })?;
+        first = false;
     }
-    Ok((seq, head, pending))
+    Ok(())
+}
+
+/// Whether `e` is an INSERT meeting a seq that is already in the log.
+fn is_key_taken(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|e| e.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
